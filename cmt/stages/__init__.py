@@ -1,0 +1,1 @@
+"""Pipeline stages: each takes plain paths and a config subtree, and knows nothing of Snakemake."""

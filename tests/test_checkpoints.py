@@ -1,0 +1,49 @@
+"""Checkpoint format: round trip, atomic writes, clear errors for damaged files."""
+
+import json
+
+import pytest
+import torch
+
+from cmt.checkpoints import atomic_write_json, load_denoiser, save_denoiser
+from cmt.nets import PRESETS, add_second_time, build_unet
+from cmt.precond import Denoiser
+
+
+def test_round_trip_reproduces_outputs_and_meta(tmp_path):
+    den = Denoiser(add_second_time(build_unet(PRESETS["digits-tiny"])), sigma_min=0.003, mode="boundary")
+    with torch.no_grad():
+        for p in den.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_denoiser(tmp_path, den, {"stage": "test"})
+    back, meta = load_denoiser(tmp_path)
+    x, sigma, h = torch.randn(3, 1, 8, 8), torch.tensor([0.1, 1.0, 10.0]), torch.rand(3)
+    assert torch.equal(back.eval()(x, sigma, h), den.eval()(x, sigma, h))
+    assert meta["stage"] == "test" and meta["architecture"]["second_time"] is True
+    assert back.mode == "boundary" and back.sigma_min == 0.003
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_truncated_weights_name_the_file(tmp_path):
+    save_denoiser(tmp_path, Denoiser(build_unet(PRESETS["digits-tiny"])), {})
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_denoiser(tmp_path)
+
+
+def test_meta_without_architecture_is_refused(tmp_path):
+    atomic_write_json(tmp_path / "meta.json", {"precond": {}})
+    with pytest.raises(ValueError, match="meta.json.*architecture"):
+        load_denoiser(tmp_path)
+    (tmp_path / "meta.json").write_text("{oops")
+    with pytest.raises(ValueError, match="meta.json: not valid JSON"):
+        load_denoiser(tmp_path)
+
+
+def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):
+    target = tmp_path / "scores.json"
+    atomic_write_json(target, {"fd": 1.0})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"fd": object()})
+    assert json.loads(target.read_text()) == {"fd": 1.0}
