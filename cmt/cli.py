@@ -15,7 +15,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     out = Path(args.out) if args.out else Path("results") / cfg["name"] / "teacher"
-    meta = teacher.run(cfg, out)
+    meta = teacher.run(cfg, out, work_dir=Path(args.work) if args.work else Path("work") / cfg["name"] / "teacher")
     print(json.dumps({"out": str(out), **meta["train"], "parameters": meta["parameters"]}, indent=2))
     print(f"sample grid: {out / 'samples.png'}")
     return 0
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train the teacher on the configured data and write a sample grid")
     demo.add_argument("--config", default="config/config.yaml")
     demo.add_argument("--out", help="output folder (default: results/<name>/teacher)")
+    demo.add_argument("--work", help="resume-checkpoint folder (default: work/<name>/teacher)")
     demo.set_defaults(func=_demo)
     check = sub.add_parser("check-config", help="validate config files against the schema")
     check.add_argument("configs", nargs="+")

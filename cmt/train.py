@@ -1,16 +1,30 @@
-"""Pieces shared by every trainer: EMA, learning-rate schedules, device choice, the guarded step loop."""
+"""The one training loop shared by every trainer (teacher, CMT, ECT, ...).
+
+``fit`` runs an objective's ``loss(model, step, generator)`` under an optimiser, an EMA and an LR
+schedule, with: a progress bar (loss, images/s); periodic resume checkpoints in a work folder that
+is *not* a declared workflow output (a rerun after a kill continues from the last one); atomic
+writes; gradient hygiene (NaN -> 0, +-inf -> +-1e5, as the authors); and a stop with a message
+naming the step when the loss itself is NaN/inf, leaving the last good checkpoint in place.
+"""
 
 from __future__ import annotations
 
 import copy
+import io
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+RESUME_FILE = "resume.pt"
+
+LossFn = Callable[[nn.Module, int, torch.Generator], Tensor]
+EvalFn = Callable[[nn.Module, int], dict]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -20,18 +34,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class EMA:
-    """Exponential moving average of a module's parameters and buffers."""
+@dataclass(frozen=True)
+class LoopConfig:
+    iterations: int
+    batch_size: int
+    lr: float
+    optimizer: str = "adam"  # adam | radam
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: str = "constant"  # constant | linear_decay
+    warmup_iterations: int = 0
+    ema_beta: float | None = None  # fixed per-step EMA decay (CMT, ECT)
+    ema_halflife_images: float | None = None  # EDM's ramped half-life EMA (teacher)
+    checkpoint_every: int = 200
+    eval_every: int = 0
 
-    def __init__(self, model: nn.Module):
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, beta: float) -> None:
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - beta)
-        for ema_b, b in zip(self.model.buffers(), model.buffers()):
-            ema_b.copy_(b)
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoopConfig":
+        known = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
 
 
 def ema_beta_halflife(batch_size: int, images_seen: int, halflife_images: float, rampup_ratio: float = 0.05) -> float:
@@ -40,46 +60,132 @@ def ema_beta_halflife(batch_size: int, images_seen: int, halflife_images: float,
     return 0.5 ** (batch_size / max(halflife, 1e-8))
 
 
-def warmup_lr(base_lr: float, step: int, warmup_steps: int) -> float:
-    """Linear warm-up to ``base_lr`` over ``warmup_steps`` steps, then constant (EDM's schedule)."""
-    return base_lr * min(1.0, (step + 1) / max(warmup_steps, 1))
+def learning_rate(cfg: LoopConfig, step: int) -> float:
+    """Linear warm-up (EDM), then constant or linear decay to 0 over the run (CMT, method.md 7)."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_iterations, 1))
+    if cfg.lr_schedule == "linear_decay":
+        lr *= max(0.0, 1 - step / cfg.iterations)
+    return lr
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+def ema_decay(cfg: LoopConfig, step: int) -> float:
+    if cfg.ema_beta is not None:
+        return cfg.ema_beta
+    if cfg.ema_halflife_images is not None:
+        return ema_beta_halflife(cfg.batch_size, (step + 1) * cfg.batch_size, cfg.ema_halflife_images)
+    raise ValueError("LoopConfig needs ema_beta or ema_halflife_images")
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - beta)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def clean_gradients(model: nn.Module) -> None:
+    """NaN -> 0, +-inf -> +-1e5 in every gradient (the authors' gradient hygiene, method.md 7)."""
+    for p in model.parameters():
+        if p.grad is not None:
+            torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+
+def make_optimizer(cfg: LoopConfig, params) -> torch.optim.Optimizer:
+    optimizers = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}
+    if cfg.optimizer not in optimizers:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(optimizers)}")
+    return optimizers[cfg.optimizer](params, lr=cfg.lr, betas=cfg.betas, eps=1e-8)
 
 
 class NonFiniteLoss(RuntimeError):
-    """Training produced NaN or inf; the message names the step."""
+    """Training produced NaN or inf; the message names the step and the checkpoint kept."""
 
 
 @dataclass
-class LoopStats:
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    images: int = 0
+class FitResult:
+    ema: nn.Module
+    history: list[dict]
+    wall_seconds: float
+    resumed_from: int
 
 
-def run_steps(step_fn: Callable[[int], Tensor], iterations: int, batch_size: int, desc: str,
-              start: int = 0, on_step: Callable[[int, float], None] | None = None) -> LoopStats:
-    """Call ``step_fn(step)`` for steps ``start..iterations-1`` with a progress bar (loss, images/s).
+def fit(model: nn.Module, loss_fn: LossFn, cfg: LoopConfig, work_dir: str | Path, desc: str, seed: int,
+        evaluate: EvalFn | None = None) -> FitResult:
+    """Train ``model`` in place; returns its EMA copy and the metric history (one dict per logged step)."""
+    from cmt.checkpoints import atomic_write_bytes
 
-    ``step_fn`` performs one optimiser step and returns the detached loss; a NaN/inf loss stops the
-    loop with ``NonFiniteLoss`` naming the step, before ``on_step`` could record anything from it.
-    """
-    stats = LoopStats()
-    t0 = time.perf_counter()
-    bar = tqdm(range(start, iterations), desc=desc, initial=start, total=iterations, mininterval=1.0, leave=False)
+    work = Path(work_dir)
+    device = next(model.parameters()).device
+    model.train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = make_optimizer(cfg, model.parameters())
+    generator = torch.Generator(device=device).manual_seed(seed)
+    torch.manual_seed(seed)
+    history: list[dict] = []
+    start = _resume(work / RESUME_FILE, model, ema, optimizer, generator, history)
+    images, t0 = 0, time.perf_counter()
+    bar = tqdm(range(start, cfg.iterations), desc=desc, initial=start, total=cfg.iterations, mininterval=1.0)
     for step in bar:
-        loss = float(step_fn(step))
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(f"{desc}: loss is {loss} at step {step}; training stopped")
-        stats.losses.append(loss)
-        stats.images += batch_size
-        if on_step is not None:
-            on_step(step, loss)
-        stats.seconds = time.perf_counter() - t0
-        bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{stats.images / max(stats.seconds, 1e-9):.0f}", refresh=False)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        loss = loss_fn(model, step, generator)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            kept = f"last good checkpoint kept at {work / RESUME_FILE}" if (work / RESUME_FILE).exists() else "no checkpoint was written yet"
+            raise NonFiniteLoss(f"{desc}: loss is {value} at step {step}; training stopped ({kept})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clean_gradients(model)
+        optimizer.step()
+        ema_update(ema, model, ema_decay(cfg, step))
+        images += cfg.batch_size
+        seconds = time.perf_counter() - t0
+        history.append({"step": step + 1, "loss": value, "lr": optimizer.param_groups[0]["lr"],
+                        "images": (step + 1) * cfg.batch_size})
+        bar.set_postfix(loss=f"{value:.4g}", img_s=f"{images / max(seconds, 1e-9):.0f}", refresh=False)
+        done = step + 1
+        if evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.iterations):
+            history.append({"step": done, "images": done * cfg.batch_size, **evaluate(ema, done)})
+            model.train()
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+            atomic_write_bytes(work / RESUME_FILE, _state_bytes(done, model, ema, optimizer, generator, history))
     bar.close()
-    return stats
+    return FitResult(ema=ema, history=history, wall_seconds=time.perf_counter() - t0, resumed_from=start)
+
+
+def _state_bytes(step: int, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
+                 generator: torch.Generator, history: list[dict]) -> bytes:
+    state = {
+        "step": step, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], "history": history,
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def _resume(path: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
+            generator: torch.Generator, history: list[dict]) -> int:
+    """Load a resume checkpoint if one exists; returns the step to continue from (0 if none)."""
+    if not path.exists():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+    except Exception as err:  # noqa: BLE001 - any damage to the file means the same thing to the user
+        raise ValueError(f"{path}: cannot resume from this checkpoint ({err}); delete it to start over") from err
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    history.extend(state["history"])
+    return int(state["step"])
+
+
+def clear_resume(work_dir: str | Path) -> None:
+    """Remove the resume checkpoint once the final outputs are written."""
+    (Path(work_dir) / RESUME_FILE).unlink(missing_ok=True)

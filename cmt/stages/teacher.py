@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from cmt.plots import save_loss_curve
 from cmt.precond import Denoiser, edm_loss_weight
 from cmt.sampling import sample_diffusion
 from cmt.solvers import sigma_grid
-from cmt.train import EMA, LoopStats, ema_beta_halflife, resolve_device, run_steps, set_lr, warmup_lr
+from cmt.train import FitResult, LoopConfig, clear_resume, fit, resolve_device
 
 DEFAULTS = {"warmup_iterations": 200, "ema_halflife_images": 50_000, "p_mean": -1.2, "p_std": 1.2}
 
@@ -42,30 +41,19 @@ def build_denoiser(network: dict, precond: dict) -> Denoiser:
     return Denoiser(net, sigma_data=precond["sigma_data"], sigma_min=precond["sigma_min"], mode="edm")
 
 
-def train_teacher(denoiser: Denoiser, train_set: ImageDataset, cfg: dict, seed: int,
-                  device: torch.device) -> tuple[Denoiser, LoopStats]:
-    """Train with Adam + linear LR warm-up + EDM's ramped EMA; returns the EMA denoiser and loop stats."""
+def train_teacher(denoiser: Denoiser, train_set: ImageDataset, cfg: dict, seed: int, device: torch.device,
+                  work_dir: str | Path) -> FitResult:
+    """EDM training: Adam, linear LR warm-up, EDM's ramped half-life EMA; resumable from ``work_dir``."""
     cfg = {**DEFAULTS, **cfg}
-    torch.manual_seed(seed)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    denoiser = denoiser.to(device).train()
-    ema = EMA(denoiser)
-    optimizer = torch.optim.Adam(denoiser.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
+    loop = LoopConfig.from_dict({**cfg, "optimizer": "adam"})
     images = train_set.images.to(device)
-    batch = cfg["batch_size"]
+    pixels = images[0].numel()
 
-    def step(k: int) -> Tensor:
-        idx = torch.randint(len(images), (batch,), generator=gen, device=device)
-        loss = edm_loss(denoiser, images[idx], cfg["p_mean"], cfg["p_std"], gen)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        set_lr(optimizer, warmup_lr(cfg["lr"], k, cfg["warmup_iterations"]))
-        optimizer.step()
-        ema.update(denoiser, ema_beta_halflife(batch, (k + 1) * batch, cfg["ema_halflife_images"]))
-        return loss.detach() / images[0].numel()  # logged per pixel, as EDM
+    def loss_fn(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
+        idx = torch.randint(len(images), (loop.batch_size,), generator=gen, device=device)
+        return edm_loss(model, images[idx], cfg["p_mean"], cfg["p_std"], gen) / pixels  # logged per pixel, as EDM
 
-    stats = run_steps(step, cfg["iterations"], batch, desc="teacher")
-    return ema.model, stats
+    return fit(denoiser.to(device), loss_fn, loop, work_dir, desc="teacher", seed=seed)
 
 
 def sample_grid_images(denoiser: Denoiser, sampling: dict, precond: dict, seed: int, shape: tuple[int, ...],
@@ -78,18 +66,18 @@ def sample_grid_images(denoiser: Denoiser, sampling: dict, precond: dict, seed: 
     return sample_diffusion(denoiser.eval(), noise, sigmas, sampling["solver"])
 
 
-def run(cfg: dict, out_dir: str | Path) -> dict:
+def run(cfg: dict, out_dir: str | Path, work_dir: str | Path) -> dict:
     """Train the teacher on the configured data, write checkpoint, sample grid and loss curve to ``out_dir``."""
     out = Path(out_dir)
     device = resolve_device(cfg["device"])
     train_set, _ = split(load_dataset(cfg["data"]), cfg["data"]["holdout_fraction"], cfg["seed"])
     denoiser = build_denoiser(cfg["network"], cfg["precond"])
-    t0 = time.perf_counter()
-    ema, stats = train_teacher(denoiser, train_set, cfg["teacher"]["train"], cfg["seed"], device)
-    wall = time.perf_counter() - t0
+    result = train_teacher(denoiser, train_set, cfg["teacher"]["train"], cfg["seed"], device, work_dir)
+    ema = result.ema
     samples = sample_grid_images(ema, cfg["sampling"], cfg["precond"], cfg["seed"] + 1, train_set.shape, device)
     save_grid(samples, out / "samples.png", scale=4)
-    save_loss_curve(stats.losses, out / "loss.png", title="EDM teacher loss (per pixel)")
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    save_loss_curve(losses, out / "loss.png", title="EDM teacher loss (per pixel)")
     meta = {
         "stage": "teacher",
         "source": "train",
@@ -98,9 +86,11 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
         "config_hash": config_hash({k: cfg[k] for k in ("data", "network", "precond", "teacher", "seed")}),
         "git_commit": git_commit(),
         "parameters": count_parameters(ema),
-        "train": {"iterations": len(stats.losses), "images_seen": stats.images, "wall_seconds": wall,
-                  "final_loss": sum(stats.losses[-50:]) / len(stats.losses[-50:])},
+        "train": {"iterations": len(losses), "images_seen": len(losses) * cfg["teacher"]["train"]["batch_size"],
+                  "wall_seconds": result.wall_seconds, "resumed_from": result.resumed_from,
+                  "final_loss": sum(losses[-50:]) / len(losses[-50:])},
     }
     save_denoiser(out, ema.cpu(), meta)
-    atomic_write_json(out / "train_log.json", {"loss": stats.losses})
+    atomic_write_json(out / "train_log.json", {"loss": losses})
+    clear_resume(work_dir)
     return meta

@@ -1,0 +1,97 @@
+"""The shared training loop: schedules, EMA, resume after a kill, NaN stop, gradient hygiene."""
+
+import pytest
+import torch
+from torch import nn
+
+from cmt.train import (
+    RESUME_FILE,
+    LoopConfig,
+    NonFiniteLoss,
+    clean_gradients,
+    ema_beta_halflife,
+    fit,
+    learning_rate,
+)
+
+
+def regression_problem():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.1), nn.Tanh(), nn.Linear(16, 1))
+    w = torch.randn(4, 1)
+
+    def loss_fn(net, step, gen):
+        x = torch.randn(32, 4, generator=gen)
+        return (net(x) - x @ w).square().mean()
+
+    return model, loss_fn
+
+
+CFG = LoopConfig(iterations=30, batch_size=32, lr=1e-2, ema_beta=0.9, checkpoint_every=10)
+
+
+def test_schedules():
+    cfg = LoopConfig(iterations=100, batch_size=8, lr=1.0, lr_schedule="linear_decay", warmup_iterations=10)
+    assert learning_rate(cfg, 0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 50) == pytest.approx(0.5)
+    assert learning_rate(cfg, 99) == pytest.approx(0.01)
+    assert ema_beta_halflife(128, 10**9, 1280) == pytest.approx(0.5**0.1)
+    assert ema_beta_halflife(128, 128, 10**6) == pytest.approx(0.5 ** (128 / 6.4))  # ramp-up: 5% of images
+
+
+def test_training_reduces_loss_and_ema_lags(tmp_path):
+    model, loss_fn = regression_problem()
+    result = fit(model, loss_fn, CFG, tmp_path, "t", seed=1)
+    losses = [h["loss"] for h in result.history]
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    differs = any(not torch.equal(a, b) for a, b in zip(result.ema.parameters(), model.parameters()))
+    assert differs
+
+
+def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
+    ref_model, loss_fn = regression_problem()
+    ref = fit(ref_model, loss_fn, CFG, tmp_path / "ref", "ref", seed=3)
+
+    model, loss_fn = regression_problem()
+
+    def killed(net, step, gen):
+        if step == 25:
+            raise KeyboardInterrupt
+        return loss_fn(net, step, gen)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, killed, CFG, tmp_path / "run", "run", seed=3)
+    assert (tmp_path / "run" / RESUME_FILE).exists()
+    model2, loss_fn2 = regression_problem()
+    resumed = fit(model2, loss_fn2, CFG, tmp_path / "run", "run", seed=3)
+    assert resumed.resumed_from == 20
+    assert resumed.history == ref.history
+    for a, b in zip(resumed.ema.parameters(), ref.ema.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
+    model, loss_fn = regression_problem()
+
+    def exploding(net, step, gen):
+        loss = loss_fn(net, step, gen)
+        return loss * float("nan") if step == 15 else loss
+
+    with pytest.raises(NonFiniteLoss, match="at step 15.*last good checkpoint kept"):
+        fit(model, exploding, CFG, tmp_path, "boom", seed=0)
+    state = torch.load(tmp_path / RESUME_FILE, weights_only=True)
+    assert state["step"] == 10
+
+
+def test_damaged_resume_checkpoint_is_named(tmp_path):
+    (tmp_path / RESUME_FILE).write_bytes(b"not a checkpoint")
+    model, loss_fn = regression_problem()
+    with pytest.raises(ValueError, match=RESUME_FILE):
+        fit(model, loss_fn, CFG, tmp_path, "x", seed=0)
+
+
+def test_gradient_hygiene():
+    p = nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    clean_gradients(nn.ParameterList([p]))
+    assert p.grad.tolist() == [0.0, 1e5, -1e5]
