@@ -11,8 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from torch import Tensor
 
 from cmt.nets import UNetConfig, build_unet
 from cmt.precond import Denoiser
@@ -44,26 +46,36 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def save_denoiser(folder: str | Path, denoiser: Denoiser, meta: dict) -> None:
-    """Write weights and meta (arch + precond added here) into ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in denoiser.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{WEIGHTS}.", suffix=".tmp")
+def atomic_save_tensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors file written through a temporary file and an atomic rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(state, tmp)
+        save_file(tensors, tmp, metadata=metadata)
         os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, folder / WEIGHTS)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_denoiser(folder: str | Path, denoiser: Denoiser, meta: dict) -> None:
+    """Write weights and meta (arch + precond added here) into ``folder``.
+
+    The meta is also embedded in the safetensors header (key ``cmt_meta``), so the weights file alone
+    is a complete checkpoint, e.g. for ``teacher.source: fetch``.
+    """
+    folder = Path(folder)
     full = {
         **meta,
         "format_version": FORMAT_VERSION,
         "architecture": denoiser.model.cfg.to_dict(),
         "precond": {"sigma_data": denoiser.sigma_data, "sigma_min": denoiser.sigma_min, "mode": denoiser.mode},
     }
+    state = {k: v.detach().contiguous().cpu() for k, v in denoiser.state_dict().items()}
+    atomic_save_tensors(state, folder / WEIGHTS, metadata={"cmt_meta": json.dumps(full, sort_keys=True)})
     atomic_write_json(folder / META, full)
 
 
@@ -72,30 +84,44 @@ def read_meta(folder: str | Path) -> dict:
     if not file.is_file():
         raise FileNotFoundError(f"checkpoint meta not found: {file}")
     try:
-        meta = json.loads(file.read_text())
+        return json.loads(file.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{file}: not valid JSON: {err}") from err
-    for key in ("architecture", "precond"):
-        if key not in meta:
-            raise ValueError(f"{file}: missing key {key!r}")
-    return meta
 
 
 def load_denoiser(folder: str | Path) -> tuple[Denoiser, dict]:
     """Rebuild the denoiser described by ``meta.json`` and load its weights (strict)."""
     folder = Path(folder)
-    meta = read_meta(folder)
+    return _build_and_load(read_meta(folder), folder / WEIGHTS, folder / META)
+
+
+def load_denoiser_file(path: str | Path) -> tuple[Denoiser, dict]:
+    """A single ``.safetensors`` checkpoint whose header carries the meta (key ``cmt_meta``)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a safetensors checkpoint: {err}") from err
+    if "cmt_meta" not in header:
+        raise ValueError(f"{path}: safetensors header has no 'cmt_meta' (architecture and preconditioning)")
+    return _build_and_load(json.loads(header["cmt_meta"]), path, path)
+
+
+def _build_and_load(meta: dict, weights: Path, meta_source: Path) -> tuple[Denoiser, dict]:
+    for key in ("architecture", "precond"):
+        if key not in meta:
+            raise ValueError(f"{meta_source}: missing key {key!r}")
     net = build_unet(UNetConfig.from_dict(meta["architecture"]))
     p = meta["precond"]
     denoiser = Denoiser(net, sigma_data=p["sigma_data"], sigma_min=p["sigma_min"], mode=p["mode"])
-    weights = folder / WEIGHTS
     try:
         state = load_file(weights)
     except (FileNotFoundError, SafetensorError, OSError) as err:
         raise ValueError(f"{weights}: cannot read checkpoint weights: {err}") from err
     missing, unexpected = denoiser.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{weights}: weights do not match {folder / META}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"{weights}: weights do not match {meta_source}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return denoiser, meta
 
 

@@ -1,4 +1,9 @@
-"""Command-line entry point: ``python -m cmt <verb> ...`` (one verb per stage; thin wrappers)."""
+"""Command-line entry point: ``python -m cmt <verb> --params JSON ...``, one verb per workflow stage.
+
+Each verb parses the config subtree its rule passes (``--params``, a JSON object) and the file
+paths, then calls the stage function; nothing here knows about Snakemake.  Training verbs are
+plain ``python -m`` programs, so ``accelerate launch -m cmt ...`` can wrap them.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +15,112 @@ from pathlib import Path
 from cmt.config import ConfigError, load_config
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _params(args: argparse.Namespace) -> dict:
+    try:
+        return json.loads(args.params)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--params is not valid JSON: {err}") from err
+
+
+def _teacher(args: argparse.Namespace) -> None:
     from cmt.stages import teacher
 
-    cfg = load_config(args.config)
-    out = Path(args.out) if args.out else Path("results") / cfg["name"] / "teacher"
-    meta = teacher.run(cfg, out, work_dir=Path(args.work) if args.work else Path("work") / cfg["name"] / "teacher")
-    print(json.dumps({"out": str(out), **meta["train"], "parameters": meta["parameters"]}, indent=2))
-    print(f"sample grid: {out / 'samples.png'}")
-    return 0
+    p = _params(args)
+    teacher.run(p["teacher"], p["network"], p["precond"], p["data"], p["seed"], args.out, args.work, p["device"])
 
 
-def _check_config(args: argparse.Namespace) -> int:
+def _featnet(args: argparse.Namespace) -> None:
+    from cmt.stages import featnet
+
+    p = _params(args)
+    featnet.run(p["featnet"], p["data"], p["seed"], args.out)
+
+
+def _trajectories(args: argparse.Namespace) -> None:
+    from cmt.stages import trajectories
+
+    p = _params(args)
+    cfg = {**p["trajectories"], "sigma_min": p["precond"]["sigma_min"], "sigma_max": p["precond"]["sigma_max"]}
+    trajectories.run(cfg, p["data"], p["seed"], args.teacher, args.out, p["device"])
+
+
+def _midtrain(args: argparse.Namespace) -> None:
+    from cmt.stages import midtrain
+
+    p = _params(args)
+    traj_cfg = {**p["trajectories"], "sigma_min": p["precond"]["sigma_min"], "sigma_max": p["precond"]["sigma_max"]}
+    midtrain.run(p["midtrain"], traj_cfg, p["data"], p["precond"], p["seed"], args.teacher, args.traj or None,
+                 args.featnet, args.out, args.work, p["device"])
+
+
+def _posttrain(args: argparse.Namespace) -> None:
+    from cmt.stages.posttrain import ect
+
+    p = _params(args)
+    ect.run(p["ect"], p["data"], p["precond"], p["seed"], args.init, args.init_dir or None, args.teacher,
+            args.featnet, args.out, args.work, p["device"])
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from cmt.stages import evaluate
+    from cmt.train import resolve_device
+
+    p = _params(args)
+    cfg = {**p["evaluate"], "sample": p["sample"]}
+    evaluate.run(args.model, args.featnet, cfg, p["data"], p["precond"], p["seed"], args.label, args.out,
+                 resolve_device(p["device"]))
+
+
+def _ingest(args: argparse.Namespace) -> None:
+    from cmt.tracking import ingest
+
+    counts = ingest(args.records, args.db, args.experiment, args.artifacts)
+    Path(args.done).write_text(json.dumps(counts) + "\n")
+    print(f"MLflow: {counts['created']} runs logged, {counts['unchanged']} unchanged -> {args.db}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from cmt import tables
+
+    tables.main_report(args.db, args.experiment, args.out)
+
+
+def _check_config(args: argparse.Namespace) -> None:
     for path in args.configs:
         load_config(path)
         print(f"{path}: ok")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cmt", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cmt", description="CMT reproduction: one verb per workflow stage.")
     sub = parser.add_subparsers(dest="verb", required=True)
-    demo = sub.add_parser("demo", help="train the teacher on the configured data and write a sample grid")
-    demo.add_argument("--config", default="config/config.yaml")
-    demo.add_argument("--out", help="output folder (default: results/<name>/teacher)")
-    demo.add_argument("--work", help="resume-checkpoint folder (default: work/<name>/teacher)")
-    demo.set_defaults(func=_demo)
+
+    def verb(name: str, func, help: str, *paths: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help)
+        cmd.add_argument("--params", required=True, help="JSON object: the config subtree of this stage")
+        for path in paths:
+            cmd.add_argument(f"--{path}", required=path in ("out", "work", "teacher", "featnet", "model"))
+        cmd.set_defaults(func=func)
+        return cmd
+
+    verb("teacher", _teacher, "train or fetch the diffusion teacher", "out", "work")
+    verb("featnet", _featnet, "train the offline metric's feature net", "out")
+    verb("trajectories", _trajectories, "generate a stored trajectory set", "teacher", "out")
+    verb("midtrain", _midtrain, "CMT mid-training", "teacher", "traj", "featnet", "out", "work")
+    post = verb("posttrain", _posttrain, "post-training (ECT)", "teacher", "init-dir", "featnet", "out", "work")
+    post.add_argument("--init", required=True, choices=["random", "diffusion", "cmt"])
+    ev = verb("evaluate", _evaluate, "1-/2-step (or teacher) sampling, FD/KID, grids", "model", "featnet", "out")
+    ev.add_argument("--label", required=True)
+
+    ing = sub.add_parser("ingest", help="log job records into the MLflow store (serial)")
+    ing.add_argument("records", nargs="+")
+    for name in ("db", "experiment", "artifacts", "done"):
+        ing.add_argument(f"--{name}", required=True)
+    ing.set_defaults(func=_ingest)
+    rep = sub.add_parser("report", help="paper tables and plots from the MLflow store")
+    for name in ("db", "experiment", "out"):
+        rep.add_argument(f"--{name}", required=True)
+    rep.set_defaults(func=_report)
     check = sub.add_parser("check-config", help="validate config files against the schema")
     check.add_argument("configs", nargs="+")
     check.set_defaults(func=_check_config)
@@ -45,10 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        args.func(args)
     except ConfigError as err:
         print(f"config error:\n{err}", file=sys.stderr)
         return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,15 +1,34 @@
-"""Samplers built on the solvers: multi-step diffusion sampling from the prior."""
+"""Samplers: multi-step diffusion sampling from the prior, and 1-/2-step consistency sampling (method.md 9)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from cmt.solvers import Denoiser, sample_trajectory
+from cmt.precond import Denoiser
+from cmt.solvers import Denoiser as DenoiserFn
+from cmt.solvers import sample_trajectory
 
 
 @torch.no_grad()
-def sample_diffusion(denoiser: Denoiser, noise: Tensor, sigmas: Tensor, solver: str) -> Tensor:
+def sample_diffusion(denoiser: DenoiserFn, noise: Tensor, sigmas: Tensor, solver: str) -> Tensor:
     """Integrate the PF-ODE from x_T = sigma_max * noise along ``sigmas``; returns the final state."""
     sigmas = sigmas.to(noise.device)
     return sample_trajectory(denoiser, noise * sigmas[0].to(noise.dtype), sigmas, solver)[-1]
+
+
+@torch.no_grad()
+def sample_consistency(model: Denoiser, noise: Tensor, sigma_max: float, t_mid: float | None = None,
+                       gen: torch.Generator | None = None) -> Tensor:
+    """CM sampling in boundary (eval) mode: x0 = f(sigma_max z, sigma_max); 2-step re-noises to t_mid (method.md 9)."""
+    mode = model.mode
+    model.set_mode("boundary").eval()
+    try:
+        b = noise.shape[0]
+        x0 = model(noise * sigma_max, torch.full((b,), sigma_max, device=noise.device))
+        if t_mid is not None:
+            eps = torch.randn(noise.shape, generator=gen, device=noise.device, dtype=noise.dtype)
+            x0 = model(x0 + t_mid * eps, torch.full((b,), t_mid, device=noise.device))
+    finally:
+        model.set_mode(mode)
+    return x0

@@ -36,16 +36,20 @@ def test_training_lowers_the_edm_loss(cfg, tmp_path):
     assert eval_loss(result.ema) < 0.8 * before
 
 
-def test_demo_writes_checkpoint_grid_and_curve(tmp_path, cfg):
-    small = {**cfg, "teacher": {"source": "train", "train": {**cfg["teacher"]["train"], "iterations": 15}},
-             "sampling": {**cfg["sampling"], "num_samples": 16}}
-    path = tmp_path / "small.yaml"
-    path.write_text(yaml.safe_dump(small))
+def test_teacher_stage_writes_checkpoint_grid_curve_and_record(tmp_path, cfg):
+    train = {**cfg["teacher"]["train"], "iterations": 15}
+    teacher_cfg = {**cfg["teacher"], "train": train, "sample": {**cfg["teacher"]["sample"], "num_samples": 16}}
+    params = {"teacher": teacher_cfg, "network": cfg["network"], "precond": cfg["precond"], "data": cfg["data"],
+              "seed": 0, "device": "cpu"}
     out = tmp_path / "out"
-    assert main(["demo", "--config", str(path), "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    assert main(["teacher", "--params", json.dumps(params), "--out", str(out), "--work", str(tmp_path / "w")]) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["train"]["iterations"] == 15 and meta["architecture"]["img_resolution"] == 8
-    assert len(meta["config_hash"]) == 12
+    assert meta["model_kind"] == "diffusion" and len(meta["config_hash"]) == 12
     with Image.open(out / "samples.png") as grid:
         assert grid.size == ((4 * 9 + 1) * 4, (4 * 9 + 1) * 4)
-    assert (out / "loss.png").stat().st_size > 1000 and (out / "model.safetensors").is_file()
+    assert (out / "loss.png").stat().st_size > 1000
+    record = json.loads((out / "run.json").read_text())
+    assert record["stage"] == "teacher" and record["metrics"]["images"] == 15 * 128
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 15
+    assert not (tmp_path / "w" / "resume.pt").exists()

@@ -3,6 +3,7 @@
 from cmt.nets.unet import (
     PRESETS,
     SongUNet,
+    UNetBlock,
     UNetConfig,
     add_second_time,
     build_unet,
@@ -10,4 +11,4 @@ from cmt.nets.unet import (
     network_config,
 )
 
-__all__ = ["PRESETS", "SongUNet", "UNetConfig", "add_second_time", "build_unet", "count_parameters", "network_config"]
+__all__ = ["PRESETS", "SongUNet", "UNetBlock", "UNetConfig", "add_second_time", "build_unet", "count_parameters", "network_config"]

@@ -37,6 +37,10 @@ class UNetConfig:
     second_time: bool = False
     resample_filter: tuple[int, ...] = (1, 1)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.img_resolution, self.img_resolution)
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 

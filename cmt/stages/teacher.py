@@ -7,15 +7,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cmt.checkpoints import atomic_write_json, git_commit, save_denoiser
+from cmt.checkpoints import git_commit, load_denoiser_file, save_denoiser
 from cmt.config import config_hash
 from cmt.data import ImageDataset, load_dataset, split
+from cmt.fetch import fetch
 from cmt.images import save_grid
 from cmt.nets import build_unet, count_parameters, network_config
 from cmt.plots import save_loss_curve
 from cmt.precond import Denoiser, edm_loss_weight
 from cmt.sampling import sample_diffusion
 from cmt.solvers import sigma_grid
+from cmt.tracking import write_history, write_record
 from cmt.train import FitResult, LoopConfig, clear_resume, fit, resolve_device
 
 DEFAULTS = {"warmup_iterations": 200, "ema_halflife_images": 50_000, "p_mean": -1.2, "p_std": 1.2}
@@ -38,7 +40,7 @@ def edm_loss(denoiser: Denoiser, images: Tensor, p_mean: float, p_std: float,
 def build_denoiser(network: dict, precond: dict) -> Denoiser:
     """Fresh EDM-preconditioned denoiser from the config's ``network`` and ``precond`` sections."""
     net = build_unet(network_config(network))
-    return Denoiser(net, sigma_data=precond["sigma_data"], sigma_min=precond["sigma_min"], mode="edm")
+    return Denoiser(net, sigma_data=precond["sigma_data"], sigma_min=precond["boundary_sigma_min"], mode="edm")
 
 
 def train_teacher(denoiser: Denoiser, train_set: ImageDataset, cfg: dict, seed: int, device: torch.device,
@@ -56,41 +58,50 @@ def train_teacher(denoiser: Denoiser, train_set: ImageDataset, cfg: dict, seed: 
     return fit(denoiser.to(device), loss_fn, loop, work_dir, desc="teacher", seed=seed)
 
 
-def sample_grid_images(denoiser: Denoiser, sampling: dict, precond: dict, seed: int, shape: tuple[int, ...],
+def sample_grid_images(denoiser: Denoiser, sample: dict, precond: dict, seed: int, shape: tuple[int, ...],
                        device: torch.device) -> Tensor:
-    """``sampling.num_samples`` teacher samples with the configured solver and grid (eval mode, no grad)."""
+    """``sample.num_samples`` teacher samples with the configured solver and grid (no grad)."""
     gen = torch.Generator(device=device).manual_seed(seed)
-    noise = torch.randn((sampling["num_samples"], *shape), generator=gen, device=device)
-    sigmas = sigma_grid(sampling["grid"], sampling["steps"], sigma_min=precond["sigma_min"],
-                        sigma_max=precond["sigma_max"])
-    return sample_diffusion(denoiser.eval(), noise, sigmas, sampling["solver"])
+    noise = torch.randn((sample["num_samples"], *shape), generator=gen, device=device)
+    sigmas = sigma_grid(sample["grid"], sample["steps"], sigma_min=precond["sigma_min"], sigma_max=precond["sigma_max"])
+    return sample_diffusion(denoiser.eval(), noise, sigmas, sample["solver"])
 
 
-def run(cfg: dict, out_dir: str | Path, work_dir: str | Path) -> dict:
-    """Train the teacher on the configured data, write checkpoint, sample grid and loss curve to ``out_dir``."""
-    out = Path(out_dir)
-    device = resolve_device(cfg["device"])
-    train_set, _ = split(load_dataset(cfg["data"]), cfg["data"]["holdout_fraction"], cfg["seed"])
-    denoiser = build_denoiser(cfg["network"], cfg["precond"])
-    result = train_teacher(denoiser, train_set, cfg["teacher"]["train"], cfg["seed"], device, work_dir)
-    ema = result.ema
-    samples = sample_grid_images(ema, cfg["sampling"], cfg["precond"], cfg["seed"] + 1, train_set.shape, device)
+def run(cfg: dict, network: dict, precond: dict, data_cfg: dict, seed: int, out_dir: str | Path,
+        work_dir: str | Path, device_name: str = "cpu") -> dict:
+    """Teacher stage: train (``source: train``) or fetch a checkpoint; writes our format, a grid and a record."""
+    out, device = Path(out_dir), resolve_device(device_name)
+    train_set, _ = split(load_dataset(data_cfg), data_cfg["holdout_fraction"], seed)
+    if cfg["source"] == "fetch":
+        ema, meta, losses = _fetched(cfg["fetch"], work_dir)
+    else:
+        result = train_teacher(build_denoiser(network, precond), train_set, cfg["train"], seed, device, work_dir)
+        ema, losses = result.ema, [h["loss"] for h in result.history]
+        meta = {"source": "train", "train": {"iterations": len(losses), "images": len(losses) * cfg["train"]["batch_size"],
+                                             "wall_seconds": result.wall_seconds, "resumed_from": result.resumed_from,
+                                             "final_loss": sum(losses[-50:]) / len(losses[-50:])}}
+        save_loss_curve(losses, out / "loss.png", title="EDM teacher loss (per pixel)")
+    samples = sample_grid_images(ema, cfg["sample"], precond, seed + 1, train_set.shape, device)
     save_grid(samples, out / "samples.png", scale=4)
-    losses = [h["loss"] for h in result.history if "loss" in h]
-    save_loss_curve(losses, out / "loss.png", title="EDM teacher loss (per pixel)")
-    meta = {
-        "stage": "teacher",
-        "source": "train",
-        "data": {"name": train_set.name, "shape": list(train_set.shape), "count": len(train_set)},
-        "config": {k: cfg[k] for k in ("data", "network", "precond", "teacher", "seed")},
-        "config_hash": config_hash({k: cfg[k] for k in ("data", "network", "precond", "teacher", "seed")}),
-        "git_commit": git_commit(),
-        "parameters": count_parameters(ema),
-        "train": {"iterations": len(losses), "images_seen": len(losses) * cfg["teacher"]["train"]["batch_size"],
-                  "wall_seconds": result.wall_seconds, "resumed_from": result.resumed_from,
-                  "final_loss": sum(losses[-50:]) / len(losses[-50:])},
-    }
-    save_denoiser(out, ema.cpu(), meta)
-    atomic_write_json(out / "train_log.json", {"loss": losses})
+    subtree = {"teacher": cfg, "network": network, "precond": precond, "data": data_cfg, "seed": seed}
+    meta = {**meta, "stage": "teacher", "model_kind": "diffusion", "tags": {"label": "teacher"},
+            "data": {"name": train_set.name, "shape": list(train_set.shape), "count": len(train_set)},
+            "config": subtree, "config_hash": config_hash(subtree), "git_commit": git_commit(),
+            "parameters": count_parameters(ema)}
+    save_denoiser(out, ema.cpu().set_mode("edm"), meta)
+    write_history(out, [{"step": k + 1, "loss": v} for k, v in enumerate(losses)])
+    write_record(out, stage="teacher", run_name="teacher", params={"source": cfg["source"], "seed": seed,
+                 "parameters": meta["parameters"], **{f"train.{k}": v for k, v in cfg.get("train", {}).items()}},
+                 tags={"label": "teacher"}, metrics={"images": meta.get("train", {}).get("images", 0),
+                                                     "wall_seconds": meta.get("train", {}).get("wall_seconds", 0.0)},
+                 artifacts=[p.name for p in (out / "samples.png", out / "loss.png") if p.exists()])
     clear_resume(work_dir)
     return meta
+
+
+def _fetched(cfg: dict, work_dir: str | Path) -> tuple[Denoiser, dict, list[float]]:
+    """Fetch a single-file checkpoint (sha256-verified) into the work folder and load it."""
+    path = fetch(cfg["url"], cfg["sha256"], Path(work_dir) / "fetched-teacher.safetensors")
+    denoiser, meta = load_denoiser_file(path)
+    provenance = {"source": "fetch", "url": cfg["url"], "sha256": cfg["sha256"], "fetched_meta": meta}
+    return denoiser, provenance, []

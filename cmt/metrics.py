@@ -1,0 +1,145 @@
+"""Sample-quality metrics: a dataset-native feature net (offline) or Inception (clean-fid), FD and KID.
+
+Offline, FD is the Frechet distance of a small classifier's penultimate features, trained on the
+dataset's own labels by its own workflow rule; with Inception weights present (cluster) the same
+code computes FID with clean-fid's TorchScript Inception (legacy_tensorflow mode, as EDM/ECT/CMT).
+FD and KID come from clean-fid (``frechet_distance``, ``kernel_distance``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from cmt.checkpoints import atomic_save_tensors
+from cmt.data import ImageDataset
+
+INCEPTION_FILE = "inception-2015-12-05.pt"
+
+
+class ClassifierFeatureNet(nn.Module):
+    """Small CNN classifier; its penultimate layer (``feature_dim`` values) is the FD feature space."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32, feature_dim: int = 64):
+        super().__init__()
+        self.config = {"in_channels": in_channels, "num_classes": num_classes, "width": width, "feature_dim": feature_dim}
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(8 * width, feature_dim),
+        )
+        self.head = nn.Sequential(nn.SiLU(), nn.Linear(feature_dim, num_classes))
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def train_feature_net(train: ImageDataset, holdout: ImageDataset, epochs: int, seed: int,
+                      batch_size: int = 128, lr: float = 2e-3) -> tuple[ClassifierFeatureNet, float]:
+    """Train the classifier on real labels (light Gaussian-noise augmentation); returns (net, held-out accuracy)."""
+    if train.labels is None:
+        raise ValueError(f"dataset {train.name!r} has no labels: the offline feature net needs them "
+                         "(set evaluate.features: inception with Inception weights present)")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = ClassifierFeatureNet(train.shape[0], int(train.labels.max()) + 1)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    steps = epochs * max(1, len(train) // batch_size)
+    for step in tqdm(range(steps), desc="feature net", leave=False):
+        idx = torch.randint(len(train), (batch_size,), generator=gen)
+        x = train.images[idx] + 0.1 * torch.randn(train.images[idx].shape, generator=gen)
+        loss = F.cross_entropy(net(x), train.labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        accuracy = float((net(holdout.images).argmax(1) == holdout.labels).float().mean())
+    return net, accuracy
+
+
+def save_feature_net(net: ClassifierFeatureNet, path: str | Path, meta: dict) -> None:
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    atomic_save_tensors(state, path, metadata={"config": json.dumps(net.config), "meta": json.dumps(meta)})
+
+
+def load_feature_net(path: str | Path) -> ClassifierFeatureNet:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        config = json.loads((fh.metadata() or {}).get("config", "null") or "null")
+    if config is None:
+        raise ValueError(f"{path}: not a feature-net file (no 'config' in the safetensors header)")
+    net = ClassifierFeatureNet(**config)
+    net.load_state_dict(load_file(str(path)))
+    return net.eval()
+
+
+@torch.no_grad()
+def extract(net: ClassifierFeatureNet, images: Tensor, batch_size: int = 1024) -> np.ndarray:
+    """Penultimate features (N, F) as float64."""
+    return torch.cat([net.features(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)]).double().numpy()
+
+
+def inception_path() -> Path:
+    """Where clean-fid keeps its TorchScript Inception (a hard-coded folder; environment.md 4)."""
+    return Path("./" if platform.system() == "Windows" else "/tmp") / INCEPTION_FILE
+
+
+@torch.no_grad()
+def inception_features(images: Tensor, device: torch.device, batch_size: int = 100) -> np.ndarray:
+    """2048-d Inception features of images in [-1, 1] (clean-fid, legacy_tensorflow mode); no downloads."""
+    path = inception_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"FID needs clean-fid's Inception weights at {path} (no download is attempted); "
+                                f"place {INCEPTION_FILE} there or use evaluate.features: classifier")
+    from cleanfid.features import build_feature_extractor
+
+    model = build_feature_extractor("legacy_tensorflow", device=device, use_dataparallel=False)
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = ((images[i:i + batch_size].float() + 1) * 127.5).clamp(0, 255).to(device)
+        x = x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+        out.append(model(x).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
+    """FD between Gaussians fitted to two feature sets (clean-fid's ``frechet_distance``)."""
+    from cleanfid.fid import frechet_distance as fd
+
+    return float(fd(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False)))
+
+
+def kernel_distance(f1: np.ndarray, f2: np.ndarray, seed: int = 0) -> float:
+    """KID (polynomial-kernel MMD, unbiased, averaged over subsets; clean-fid's ``kernel_distance``)."""
+    from cleanfid.fid import kernel_distance as kid
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return float(kid(f1, f2, num_subsets=100, max_subset_size=1000))
+    finally:
+        np.random.set_state(state)
+
+
+@torch.no_grad()
+def classifier_scores(net: ClassifierFeatureNet, images: Tensor) -> dict:
+    """Mean classifier confidence and the entropy of the predicted-class histogram (mode coverage)."""
+    probs = torch.cat([net(images[i:i + 1024].float()).softmax(1) for i in range(0, len(images), 1024)])
+    hist = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double() / len(probs)
+    entropy = float(-(hist[hist > 0] * hist[hist > 0].log()).sum() / np.log(probs.shape[1]))
+    return {"confidence": float(probs.max(1).values.mean()), "class_entropy": entropy}

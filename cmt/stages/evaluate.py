@@ -1,0 +1,111 @@
+"""Evaluation: 1- and 2-step sampling (or the teacher's multi-step sampler), FD/KID against held-out data, grids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cmt.checkpoints import atomic_write_json, load_denoiser
+from cmt.data import ImageDataset, load_dataset, split
+from cmt.images import save_grid
+from cmt.metrics import (
+    classifier_scores,
+    extract,
+    frechet_distance,
+    inception_features,
+    kernel_distance,
+    load_feature_net,
+)
+from cmt.precond import Denoiser
+from cmt.sampling import sample_consistency, sample_diffusion
+from cmt.solvers import denoiser_calls, sigma_grid
+from cmt.tracking import write_record
+
+
+@dataclass
+class Scorer:
+    """Scores generated images against held-out data in the feature net's (or Inception's) space."""
+
+    featnet_path: Path
+    reference: ImageDataset
+    features: str = "classifier"  # classifier | inception
+    device: torch.device = torch.device("cpu")
+
+    def __post_init__(self) -> None:
+        self.net = load_feature_net(self.featnet_path)
+        self.ref_feats = self._features(self.reference.images)
+
+    def _features(self, images: Tensor) -> np.ndarray:
+        if self.features == "inception":
+            return inception_features(images, self.device)
+        return extract(self.net, images.cpu())
+
+    def fd(self, images: Tensor) -> float:
+        return frechet_distance(self._features(images.clamp(-1, 1)), self.ref_feats)
+
+    def score(self, images: Tensor) -> dict:
+        images = images.clamp(-1, 1).cpu()
+        feats = self._features(images)
+        key = "fid" if self.features == "inception" else "fd"
+        return {key: frechet_distance(feats, self.ref_feats), "kid": kernel_distance(feats, self.ref_feats),
+                **classifier_scores(self.net, images)}
+
+
+def reference_split(data_cfg: dict, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """The (train, held-out) split every stage shares."""
+    return split(load_dataset(data_cfg), data_cfg["holdout_fraction"], seed)
+
+
+def consistency_fd_callback(scorer: Scorer, n: int, sigma_max: float, t_mid: float, seed: int, shape: tuple[int, ...]):
+    """Training-time evaluation: FD of 1-step and 2-step samples of the EMA model, fixed noise."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn((n, *shape), generator=gen)
+
+    def evaluate(ema: Denoiser, step: int) -> dict:
+        device = next(ema.parameters()).device
+        one = sample_consistency(ema, noise.to(device), sigma_max)
+        two = sample_consistency(ema, noise.to(device), sigma_max, t_mid, torch.Generator(device).manual_seed(seed + 1))
+        return {"fd_1step": scorer.fd(one), "fd_2step": scorer.fd(two)}
+
+    return evaluate
+
+
+def generate(model: Denoiser, meta: dict, cfg: dict, precond: dict, shape: tuple[int, ...],
+             device: torch.device) -> dict[str, Tensor]:
+    """Samples per sampler name: the teacher's ODE sampler, or 1-step and 2-step consistency sampling."""
+    gen = torch.Generator(device).manual_seed(cfg["seed"])
+    noise = torch.randn((cfg["num_samples"], *shape), generator=gen, device=device)
+    model = model.to(device).eval()
+    if meta.get("model_kind") == "diffusion":
+        sample = cfg["sample"]
+        sigmas = sigma_grid(sample["grid"], sample["steps"], sigma_min=precond["sigma_min"], sigma_max=precond["sigma_max"])
+        nfe = denoiser_calls(sample["solver"], sigmas)
+        return {f"{nfe}nfe": sample_diffusion(model, noise, sigmas, sample["solver"])}
+    two_gen = torch.Generator(device).manual_seed(cfg["seed"] + 1)
+    return {"1step": sample_consistency(model, noise, precond["sigma_max"]),
+            "2step": sample_consistency(model, noise, precond["sigma_max"], cfg["t_mid"], two_gen)}
+
+
+def run(model_dir: str | Path, featnet: str | Path, cfg: dict, data_cfg: dict, precond: dict, seed: int,
+        label: str, out_dir: str | Path, device: torch.device) -> dict:
+    """Evaluate one model: scores.json, one grid per sampler, and a record for MLflow."""
+    out = Path(out_dir)
+    model, meta = load_denoiser(model_dir)
+    _, holdout = reference_split(data_cfg, seed)
+    scorer = Scorer(Path(featnet), holdout, cfg["features"], device)
+    scores = {}
+    for sampler, images in generate(model, meta, cfg, precond, holdout.shape, device).items():
+        scores.update({f"{k}_{sampler}": v for k, v in scorer.score(images).items()})
+        save_grid(images[:100], out / f"grid-{sampler}.png", scale=4)
+    result = {"label": label, "model": str(model_dir), "model_kind": meta.get("model_kind"),
+              "num_samples": cfg["num_samples"], "reference_count": len(holdout), **scores}
+    atomic_write_json(out / "scores.json", result)
+    write_record(out, stage="evaluate", run_name=f"eval/{label}", params={"label": label, "t_mid": cfg["t_mid"],
+                 "features": cfg["features"], "num_samples": cfg["num_samples"]},
+                 tags={**meta.get("tags", {}), "label": label}, metrics=scores,
+                 artifacts=sorted(p.name for p in out.glob("grid-*.png")))
+    return result

@@ -1,0 +1,1 @@
+"""Post-training objectives (ECT; ECD and MeanFlow follow), each initialised from random, diffusion or CMT weights."""

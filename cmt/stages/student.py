@@ -1,0 +1,57 @@
+"""What every student trainer shares: initialisation from a checkpoint and writing its outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cmt.checkpoints import load_denoiser, save_denoiser
+from cmt.images import save_grid
+from cmt.nets import UNetBlock, build_unet
+from cmt.plots import save_loss_curve
+from cmt.precond import Denoiser
+from cmt.sampling import sample_consistency
+from cmt.tracking import write_history, write_record
+from cmt.train import FitResult, clear_resume
+
+
+def set_dropout(denoiser: Denoiser, p: float) -> Denoiser:
+    """Dropout of every residual block (the recipe's per-stage dropout, method.md 7)."""
+    for module in denoiser.modules():
+        if isinstance(module, UNetBlock):
+            module.dropout = p
+    return denoiser
+
+
+def init_student(init: str, init_dir: str | Path | None, architecture_from: str | Path, dropout: float,
+                 boundary_sigma_min: float) -> tuple[Denoiser, dict]:
+    """Student from ``random`` (fresh weights, the teacher's architecture) or from a checkpoint's EMA weights."""
+    if init == "random":
+        template, meta = load_denoiser(architecture_from)
+        student = Denoiser(build_unet(template.model.cfg), sigma_data=template.sigma_data)
+    else:
+        if init_dir is None:
+            raise ValueError(f"init {init!r} needs a checkpoint folder")
+        student, meta = load_denoiser(init_dir)
+    student.sigma_min = boundary_sigma_min
+    return set_dropout(student.set_mode("edm"), dropout), meta
+
+
+def finish(out_dir: str | Path, work_dir: str | Path, result: FitResult, meta: dict, sigma_max: float,
+           t_mid: float, run_name: str, params: dict, tags: dict, final: dict) -> None:
+    """Write EMA checkpoint, metric history, loss curve, 1-/2-step grids and the MLflow record."""
+    out = Path(out_dir)
+    ema = result.ema.cpu().set_mode("boundary")
+    save_denoiser(out, ema, {**meta, "model_kind": "consistency", "tags": tags})
+    write_history(out, result.history)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    save_loss_curve(losses, out / "loss.png", title=f"{run_name} loss")
+    noise = torch.randn((64, *ema.model.cfg.image_shape), generator=torch.Generator().manual_seed(0))
+    save_grid(sample_consistency(ema, noise, sigma_max), out / "grid-1step.png", scale=4)
+    save_grid(sample_consistency(ema, noise, sigma_max, t_mid, torch.Generator().manual_seed(1)),
+              out / "grid-2step.png", scale=4)
+    write_record(out, stage=meta["stage"], run_name=run_name, params=params, tags=tags,
+                 metrics={**final, "wall_seconds": result.wall_seconds},
+                 artifacts=["loss.png", "grid-1step.png", "grid-2step.png"])
+    clear_resume(work_dir)

@@ -1,0 +1,141 @@
+"""The paper's tables and plots, built from the MLflow store (``search_runs``), never from hand-kept lists."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from cmt.checkpoints import atomic_write_bytes
+
+# Lineage of each model row: the training stages (by label) whose images, teacher NFE and wall time it carries.
+MAIN_ROWS = [
+    ("teacher", "teacher (EDM, 16 NFE)", ["teacher"]),
+    ("cmt", "CMT only", ["teacher", "cmt"]),
+    ("ect-random", "ECT from random init", ["ect-random"]),
+    ("ect-diffusion", "ECT from diffusion init", ["teacher", "ect-diffusion"]),
+    ("ect-cmt", "ECT from CMT init", ["teacher", "cmt", "ect-cmt"]),
+]
+TRAIN_STAGES = ("teacher", "midtrain", "posttrain")
+
+
+def _runs(db: str | Path, experiment: str) -> pd.DataFrame:
+    from cmt.tracking import search
+
+    runs = search(db, experiment)
+    return runs[runs.get("tags.cmt_parent", pd.Series(index=runs.index, dtype=object)).ne("true")]
+
+
+def _metric(row: pd.Series | None, name: str) -> float:
+    if row is None or f"metrics.{name}" not in row or pd.isna(row[f"metrics.{name}"]):
+        return math.nan
+    return float(row[f"metrics.{name}"])
+
+
+def main_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: FD of its samplers, the images each stage trained on, teacher NFE, wall time."""
+    by = {(r["tags.cmt_stage"], r["tags.label"]): r for _, r in runs.iterrows()}
+    train = {label: r for (stage, label), r in by.items() if stage in TRAIN_STAGES}
+    multi = next((c[len("metrics."):] for c in runs.columns if c.startswith("metrics.fd_") and c.endswith("nfe")), "")
+    rows = []
+    for label, name, lineage in MAIN_ROWS:
+        ev = by.get(("evaluate", label))
+        if ev is None:
+            continue
+
+        def images(stage_label: str) -> int:
+            return int(_metric(train.get(stage_label), "images")) if stage_label in lineage and stage_label in train else 0
+
+        rows.append({
+            "model": name,
+            "FD 1-step": _metric(ev, "fd_1step"),
+            "FD 2-step": _metric(ev, "fd_2step"),
+            f"FD {multi.removeprefix('fd_')}": _metric(ev, multi) if multi else math.nan,
+            "KID 2-step": _metric(ev, "kid_2step"),
+            "images teacher": images("teacher"),
+            "images mid": images("cmt"),
+            "images post": images(label) if label.startswith("ect-") else 0,
+            "teacher NFE (training)": int(_metric(train.get("cmt"), "teacher_nfe")) if "cmt" in lineage else 0,
+            "wall s (training)": sum(_metric(train.get(s), "wall_seconds") for s in lineage if s in train),
+        })
+    return pd.DataFrame(rows)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """Plain GitHub Markdown without optional dependencies; NaN shows as an en dash."""
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return "–" if math.isnan(v) else (f"{v:.1f}" if abs(v) >= 100 else f"{v:.3g}")
+        return str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def fd_curves(db: str | Path, runs: pd.DataFrame, labels: list[str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """FD histories (step, value) of the post-training runs, per label and metric, from MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from cmt.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(db))
+    curves = {}
+    for _, r in runs[(runs["tags.cmt_stage"] == "posttrain") & runs["tags.label"].isin(labels)].iterrows():
+        curves[r["tags.label"]] = {m: sorted((h.step, h.value) for h in client.get_metric_history(r["run_id"], m))
+                                   for m in ("fd_1step", "fd_2step")}
+    return curves
+
+
+def iterations_to_match(curves: dict, slow: str, fast: str, metric: str = "fd_2step") -> str:
+    """When does ``slow`` first reach the FD that ``fast`` has at its last evaluation?"""
+    if slow not in curves or fast not in curves or not curves[fast][metric]:
+        return "not available"
+    fast_step, target = curves[fast][metric][-1]
+    for step, value in curves[slow][metric]:
+        if value <= target:
+            return f"{slow} reaches {fast}'s final {metric} ({target:.1f} at iteration {fast_step}) at iteration {step}"
+    last = curves[slow][metric][-1] if curves[slow][metric] else (0, math.nan)
+    return (f"{slow} does not reach {fast}'s final {metric} ({target:.1f} at iteration {fast_step}) within "
+            f"{last[0]} iterations (its best: {min(v for _, v in curves[slow][metric]):.1f})")
+
+
+def plot_curves(curves: dict, path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120, sharey=True)
+    for ax, metric in zip(axes, ("fd_1step", "fd_2step")):
+        for label, series in sorted(curves.items()):
+            if series[metric]:
+                steps, values = zip(*series[metric])
+                ax.plot(steps, values, marker="o", ms=3, label=label)
+        ax.set(title=metric.replace("fd_", "FD, ").replace("step", "-step"), xlabel="post-training iteration",
+               yscale="log")
+    axes[0].set_ylabel("FD (feature net)")
+    axes[1].legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main_report(db: str | Path, experiment: str, out_dir: str | Path) -> pd.DataFrame:
+    """Write ``main.md``, ``main.csv`` and ``fd_vs_iterations.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    runs = _runs(db, experiment)
+    table = main_table(runs)
+    curves = fd_curves(db, runs, [label for label, _, _ in MAIN_ROWS if label.startswith("ect-")])
+    atomic_write_bytes(out / "main.csv", table.to_csv(index=False).encode())
+    note = iterations_to_match(curves, "ect-diffusion", "ect-cmt")
+    md = (f"# Main comparison ({experiment})\n\nBuilt from the MLflow store {Path(db).name} "
+          f"(experiment `{experiment}`). FD: Frechet distance in the feature space of the evaluation net, "
+          "against held-out data (lower is better).\n\n" + to_markdown(table) + f"\n{note}.\n")
+    atomic_write_bytes(out / "main.md", md.encode())
+    plot_curves(curves, out / "fd_vs_iterations.png")
+    return table

@@ -1,0 +1,118 @@
+"""MLflow conventions: jobs write records, one serial step ingests them (no SQLite write contention).
+
+Each job writes ``run.json`` (stage, run name, params, tags, final metrics, artifact names) and, for
+trainers, ``metrics.jsonl`` (one JSON object per logged step) into its output folder.  ``ingest``
+logs every record as an MLflow run in a SQLite store, as children of one parent run per experiment
+(tag ``mlflow.parentRunId``, which the UI uses for grouping).  Re-ingesting an unchanged record is a
+no-op; a changed record replaces its run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from cmt.checkpoints import atomic_write_bytes, atomic_write_json, git_commit
+
+RECORD = "run.json"
+HISTORY = "metrics.jsonl"
+
+
+def write_history(out_dir: str | Path, history: list[dict]) -> None:
+    atomic_write_bytes(Path(out_dir) / HISTORY, "".join(json.dumps(h) + "\n" for h in history).encode())
+
+
+def read_history(out_dir: str | Path) -> list[dict]:
+    path = Path(out_dir) / HISTORY
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def write_record(out_dir: str | Path, *, stage: str, run_name: str, params: dict, tags: dict, metrics: dict,
+                 artifacts: list[str] | tuple[str, ...] = ()) -> dict:
+    """Write ``run.json`` describing one job for ``ingest``."""
+    record = {"stage": stage, "run_name": run_name, "params": params, "tags": {**tags, "stage": stage},
+              "metrics": metrics, "artifacts": list(artifacts), "git_commit": git_commit(), "finished": time.time()}
+    atomic_write_json(Path(out_dir) / RECORD, record)
+    return record
+
+
+def tracking_uri(db: str | Path) -> str:
+    """Absolute ``sqlite:////...`` URI (relative SQLite URIs depend on the cwd; workflow.md 5)."""
+    return f"sqlite:///{Path(db).resolve()}"
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256((folder / RECORD).read_bytes())
+    if (folder / HISTORY).exists():
+        h.update((folder / HISTORY).read_bytes())
+    return h.hexdigest()
+
+
+def ingest(record_files: list[str | Path], db: str | Path, experiment: str, artifact_root: str | Path,
+           root: str | Path = ".") -> dict:
+    """Log every record into the MLflow store at ``db``; returns counts of created/unchanged runs."""
+    import mlflow
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri(db))
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        experiment, artifact_location=Path(artifact_root).resolve().as_uri())
+    parent = _parent_run(client, exp_id, experiment)
+    counts = {"created": 0, "unchanged": 0}
+    for file in record_files:
+        folder = Path(file).parent
+        key = str(folder.resolve().relative_to(Path(root).resolve()))
+        digest = _digest(folder)
+        old = client.search_runs([exp_id], filter_string=f"tags.cmt_record = '{key}'")
+        if any(r.data.tags.get("cmt_digest") == digest for r in old):
+            counts["unchanged"] += 1
+            continue
+        for r in old:
+            client.delete_run(r.info.run_id)
+        record = json.loads(Path(file).read_text())
+        tags = {**{k: str(v) for k, v in record["tags"].items()}, "cmt_record": key, "cmt_digest": digest,
+                "git_commit": record["git_commit"], "cmt_stage": record["stage"], "mlflow.parentRunId": parent}
+        run = client.create_run(exp_id, run_name=record["run_name"], tags=tags)
+        rid, now = run.info.run_id, int(time.time() * 1000)
+        params = [Param(k, str(v)[:6000]) for k, v in record["params"].items()]
+        history = read_history(folder)
+        metrics = [Metric(k, float(v), now, int(h["step"])) for h in history for k, v in h.items()
+                   if k != "step" and _is_number(v)]
+        last = max((int(h["step"]) for h in history), default=0)
+        # final values at the last step with a later timestamp, so MLflow reports them as the latest
+        metrics += [Metric(k, float(v), now + 1, last) for k, v in record["metrics"].items() if _is_number(v)]
+        for i in range(0, len(params), 100):  # MLflow's per-request limits
+            client.log_batch(rid, params=params[i:i + 100])
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(rid, metrics=metrics[i:i + 1000])
+        for name in record["artifacts"]:
+            client.log_artifact(rid, str(folder / name))
+        client.set_terminated(rid, "FINISHED")
+        counts["created"] += 1
+    client.set_terminated(parent, "FINISHED")
+    return counts
+
+
+def _parent_run(client, exp_id: str, experiment: str) -> str:
+    found = client.search_runs([exp_id], filter_string="tags.cmt_parent = 'true'")
+    if found:
+        return found[0].info.run_id
+    return client.create_run(exp_id, run_name=f"pipeline/{experiment}", tags={"cmt_parent": "true"}).info.run_id
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def search(db: str | Path, experiment: str, stage: str | None = None):
+    """``mlflow.search_runs`` over one experiment (pandas DataFrame), optionally one stage."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(db))
+    filt = f"tags.cmt_stage = '{stage}'" if stage else ""
+    return mlflow.search_runs(experiment_names=[experiment], filter_string=filt, output_format="pandas")

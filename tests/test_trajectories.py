@@ -1,0 +1,90 @@
+"""Trajectory shards: contents, identical regeneration, damaged shards named, stored vs online sources."""
+
+import json
+
+import pytest
+import torch
+
+from cmt.nets import PRESETS, build_unet
+from cmt.precond import Denoiser
+from cmt.solvers import logsnr_sigmas, sample_trajectory
+from cmt.trajectories import (
+    INDEX,
+    OnlineTrajectories,
+    StoredTrajectories,
+    TrajectorySpec,
+    file_sha256,
+    generate,
+    shard_seed,
+    write_set,
+)
+
+SPEC = TrajectorySpec("dpmpp3m_legacy", logsnr_sigmas(4), "prior", (1, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    den = Denoiser(build_unet(PRESETS["digits-tiny"]))
+    with torch.no_grad():
+        for p in den.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return den.eval()
+
+
+@pytest.fixture
+def stored(tmp_path, teacher):
+    index = write_set(tmp_path, teacher, SPEC, count=10, shard_size=4, seed=3, data=None, provenance={"teacher": "t"})
+    return tmp_path, index
+
+
+def test_index_and_shards(stored, teacher):
+    folder, index = stored
+    assert [s["count"] for s in index["shards"]] == [4, 4, 2] and index["nfe"] == 4
+    assert json.loads((folder / INDEX).read_text()) == index
+    traj = StoredTrajectories(folder)
+    assert traj.states.shape == (10, 5, 1, 8, 8) and len(traj) == 10
+    # shard 1 is the solver run from its own seeded start points
+    gen = torch.Generator().manual_seed(shard_seed(3, 1))
+    x_T = 80.0 * torch.randn((4, 1, 8, 8), generator=gen)
+    expected = sample_trajectory(teacher, x_T, SPEC.sigmas.float(), SPEC.solver).transpose(0, 1)
+    torch.testing.assert_close(traj.states[4:8], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_any_shard_regenerates_identically(stored, teacher, tmp_path_factory):
+    folder, index = stored
+    again = tmp_path_factory.mktemp("again")
+    write_set(again, teacher, SPEC, count=10, shard_size=4, seed=3, data=None, provenance={})
+    for entry in index["shards"]:
+        assert file_sha256(again / entry["file"]) == entry["sha256"]
+
+
+def test_truncated_shard_is_named(stored):
+    folder, index = stored
+    shard = folder / index["shards"][1]["file"]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=f"trajectory shard {shard}.*truncated"):
+        StoredTrajectories(folder)
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=str(shard)):
+        StoredTrajectories(folder)
+
+
+def test_stored_sampling_counts_distinct(stored):
+    traj = StoredTrajectories(stored[0])
+    gen = torch.Generator().manual_seed(0)
+    seen = torch.cat([traj.sample(3, gen) for _ in range(50)])
+    assert seen.shape == (150, 5, 1, 8, 8) and traj.distinct_seen == 10
+
+
+def test_online_source_and_data_plus_noise_start(teacher):
+    data = torch.full((5, 1, 8, 8), 0.5)
+    spec = TrajectorySpec("euler", logsnr_sigmas(2), "data_plus_noise", (1, 8, 8))
+    online = OnlineTrajectories(teacher, spec, data)
+    gen = torch.Generator().manual_seed(1)
+    batch = online.sample(6, gen)
+    assert batch.shape == (6, 3, 1, 8, 8) and online.distinct_seen == 6
+    noise = torch.randn((6, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(batch[:, 0], 80 * noise + 0.5)
+    with pytest.raises(ValueError, match="training images"):
+        generate(teacher, spec, 2, gen, None)

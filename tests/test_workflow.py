@@ -1,0 +1,108 @@
+"""The real Snakemake workflow on config/smoke.yaml: full run, up-to-date check, targeted reruns, bad input."""
+
+import csv
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+LABELS = {"teacher", "cmt", "ect-random", "ect-diffusion", "ect-cmt"}
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(SNAKEMAKE), *args], cwd=workdir, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run."""
+    jobs, table = {}, False
+    for line in output.splitlines():
+        if line.startswith("job "):
+            table = True
+        elif table and line.strip() and not line.startswith("-"):
+            name, count = line.split()[:2]
+            if name == "total":
+                break
+            jobs[name] = int(count)
+    return jobs
+
+
+def copy_project(dest: Path) -> Path:
+    for folder in ("workflow", "config", "envs"):
+        shutil.copytree(ROOT / folder, dest / folder)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    work = copy_project(tmp_path_factory.mktemp("project"))
+    snakemake(work, "--cores", "2", "all", "--configfile", "config/smoke.yaml")
+    return work
+
+
+def test_smoke_run_produces_tables_from_mlflow(smoke):
+    results = smoke / "results" / "smoke"
+    rows = list(csv.DictReader((results / "tables" / "main.csv").open()))
+    assert len(rows) == 5 and rows[-1]["model"] == "ECT from CMT init"
+    assert (results / "tables" / "fd_vs_iterations.png").stat().st_size > 5000
+    assert "| ECT from CMT init |" in (results / "tables" / "main.md").read_text()
+    from cmt.tracking import search
+
+    runs = search(results / "mlflow.db", "smoke", stage="evaluate")
+    assert set(runs["tags.label"]) == LABELS
+    assert {"teacher.tsv", "midtrain.tsv", "posttrain-ect-cmt.tsv"} <= {p.name for p in (results / "benchmarks").iterdir()}
+    assert not any((smoke / "work" / "smoke").rglob("resume.pt"))
+
+
+def test_second_run_has_nothing_to_do(smoke):
+    assert "Nothing to be done" in snakemake(smoke, "-n", "all", "--configfile", "config/smoke.yaml").stdout
+
+
+def test_editing_midtrain_loss_reruns_only_midtrain_and_downstream(smoke, tmp_path):
+    cfg = yaml.safe_load((smoke / "config" / "smoke.yaml").read_text())
+    cfg["midtrain"]["loss"] = "pseudo_huber"
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    jobs = planned_jobs(snakemake(smoke, "-n", "all", "--configfile", str(edited)).stdout)
+    assert jobs == {"midtrain": 1, "posttrain_ect": 1, "evaluate": 2, "ingest": 1, "report": 1, "all": 1}
+
+
+def test_config_typo_is_a_schema_error_naming_the_key(smoke, tmp_path):
+    cfg = yaml.safe_load((smoke / "config" / "smoke.yaml").read_text())
+    cfg["midtrain"]["los"] = cfg["midtrain"].pop("loss")
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(smoke, "-n", "all", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    assert "midtrain.los: unknown key" in proc.stdout + proc.stderr
+
+
+def test_fetched_teacher_with_wrong_sha256_is_refused(smoke, tmp_path):
+    project = copy_project(tmp_path / "fetch")
+    weights = smoke / "results" / "smoke" / "teacher" / "model.safetensors"
+    cfg = yaml.safe_load((project / "config" / "smoke.yaml").read_text())
+    cfg["name"] = "fetched"
+    cfg["teacher"] = {"source": "fetch", "sample": cfg["teacher"]["sample"],
+                      "fetch": {"url": weights.as_uri(), "sha256": "0" * 64}}
+    (project / "config" / "fetched.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(project, "--cores", "1", "teacher", "--configfile", "config/fetched.yaml", check=False)
+    assert proc.returncode != 0
+    log = (project / "results" / "fetched" / "logs" / "teacher.log").read_text()
+    assert "sha256 mismatch" in log and weights.as_uri() in log
+    assert not any(p.is_file() for p in (project / "results" / "fetched" / "teacher").rglob("*"))
+
+    cfg["teacher"]["fetch"]["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (project / "config" / "fetched.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(project, "--cores", "1", "teacher", "--configfile", "config/fetched.yaml")
+    assert (project / "results" / "fetched" / "teacher" / "samples.png").exists()
