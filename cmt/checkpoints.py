@@ -13,7 +13,6 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-
 from torch import Tensor
 
 from cmt.nets import UNetConfig, build_unet
@@ -121,7 +120,9 @@ def _build_and_load(meta: dict, weights: Path, meta_source: Path) -> tuple[Denoi
         raise ValueError(f"{weights}: cannot read checkpoint weights: {err}") from err
     missing, unexpected = denoiser.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{weights}: weights do not match {meta_source}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{weights}: weights do not match {meta_source}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return denoiser, meta
 
 
@@ -129,8 +130,9 @@ def git_commit() -> str:
     """Current git commit of the working tree (``unknown`` outside a repository), '+dirty' if modified."""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "")

@@ -49,16 +49,38 @@ def _midtrain(args: argparse.Namespace) -> None:
 
     p = _params(args)
     traj_cfg = {**p["trajectories"], "sigma_min": p["precond"]["sigma_min"], "sigma_max": p["precond"]["sigma_max"]}
-    midtrain.run(p["midtrain"], traj_cfg, p["data"], p["precond"], p["seed"], args.teacher, args.traj or None,
-                 args.featnet, args.out, args.work, p["device"])
+    midtrain.run(
+        p["midtrain"],
+        traj_cfg,
+        p["data"],
+        p["precond"],
+        p["seed"],
+        args.teacher,
+        args.traj or None,
+        args.featnet,
+        args.out,
+        args.work,
+        p["device"],
+    )
 
 
 def _posttrain(args: argparse.Namespace) -> None:
     from cmt.stages.posttrain import ect
 
     p = _params(args)
-    ect.run(p["ect"], p["data"], p["precond"], p["seed"], args.init, args.init_dir or None, args.teacher,
-            args.featnet, args.out, args.work, p["device"])
+    ect.run(
+        p["ect"],
+        p["data"],
+        p["precond"],
+        p["seed"],
+        args.init,
+        args.init_dir or None,
+        args.teacher,
+        args.featnet,
+        args.out,
+        args.work,
+        p["device"],
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -67,8 +89,17 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     p = _params(args)
     cfg = {**p["evaluate"], "sample": p["sample"]}
-    evaluate.run(args.model, args.featnet, cfg, p["data"], p["precond"], p["seed"], args.label, args.out,
-                 resolve_device(p["device"]))
+    evaluate.run(
+        args.model,
+        args.featnet,
+        cfg,
+        p["data"],
+        p["precond"],
+        p["seed"],
+        args.label,
+        args.out,
+        resolve_device(p["device"]),
+    )
 
 
 def _ingest(args: argparse.Namespace) -> None:

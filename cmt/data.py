@@ -152,8 +152,10 @@ def split(dataset: ImageDataset, holdout_fraction: float, seed: int) -> tuple[Im
         raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     n_hold = max(1, round(holdout_fraction * len(dataset)))
-    return (dataset.subset(order[n_hold:].sort().values, f"{dataset.name}-train"),
-            dataset.subset(order[:n_hold].sort().values, f"{dataset.name}-holdout"))
+    return (
+        dataset.subset(order[n_hold:].sort().values, f"{dataset.name}-train"),
+        dataset.subset(order[:n_hold].sort().values, f"{dataset.name}-holdout"),
+    )
 
 
 def _existing(path: str | Path) -> Path:

@@ -43,8 +43,13 @@ def fetch(source: str, sha256: str, dest: str | Path, timeout: float = 60.0) -> 
             try:
                 with _open(source, timeout) as src:
                     total = int(getattr(src, "headers", {}).get("Content-Length", 0) or 0) or None
-                    with tqdm(total=total, unit="B", unit_scale=True, desc=f"fetch {Path(urlparse(source).path).name}",
-                              leave=False) as bar:
+                    with tqdm(
+                        total=total,
+                        unit="B",
+                        unit_scale=True,
+                        desc=f"fetch {Path(urlparse(source).path).name}",
+                        leave=False,
+                    ) as bar:
                         for block in iter(lambda: src.read(CHUNK), b""):
                             digest.update(block)
                             out.write(block)
@@ -58,4 +63,3 @@ def fetch(source: str, sha256: str, dest: str | Path, timeout: float = 60.0) -> 
     finally:
         Path(tmp).unlink(missing_ok=True)
     return target
-

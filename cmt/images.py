@@ -29,7 +29,7 @@ def grid(images: Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1) 
     canvas = np.zeros((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
     for i, img in enumerate(arr):
         r, q = divmod(i, nrow)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = img
+        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = img
     return canvas.repeat(scale, 0).repeat(scale, 1)
 
 

@@ -6,6 +6,7 @@ Each returns one value per sample, shape (B,); callers weight and average over t
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -16,8 +17,11 @@ from torch import Tensor
 Distance = Callable[[Tensor, Tensor], Tensor]
 
 # torchvision's file names for the ImageNet trunks the lpips package loads (environment.md 5.1)
-LPIPS_TRUNK_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth",
-                     "squeeze": "squeezenet1_1-b8a52dc0.pth"}
+LPIPS_TRUNK_FILES = {
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+}
 LPIPS_MIN_SIZE = {"alex": 31, "vgg": 16, "squeeze": 16}
 
 
@@ -63,11 +67,14 @@ class LPIPSDistance(torch.nn.Module):
         if not trunk.is_file():
             raise FileNotFoundError(
                 f"LPIPS-{net} needs the pretrained ImageNet trunk at {trunk} (no downloads are attempted); "
-                f"copy torchvision's {LPIPS_TRUNK_FILES[net]} there or set TORCH_HOME")
+                f"copy torchvision's {LPIPS_TRUNK_FILES[net]} there or set TORCH_HOME"
+            )
         import lpips
 
         self.net_name, self.resize_to = net, resize_to
-        self.lpips = lpips.LPIPS(net=net, version="0.1", verbose=False).eval().requires_grad_(False)
+        with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained=` (harmless)
+            warnings.simplefilter("ignore", UserWarning)
+            self.lpips = lpips.LPIPS(net=net, version="0.1", verbose=False).eval().requires_grad_(False)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         a, b = self._prepare(a), self._prepare(b)
@@ -78,15 +85,23 @@ class LPIPSDistance(torch.nn.Module):
             x = x.repeat(1, 3, 1, 1)
         size = self.resize_to or x.shape[-1]
         if size < LPIPS_MIN_SIZE[self.net_name]:
-            raise ValueError(f"LPIPS-{self.net_name} needs images of at least {LPIPS_MIN_SIZE[self.net_name]} px, "
-                             f"got {x.shape[-1]}; set lpips_resize")
+            raise ValueError(
+                f"LPIPS-{self.net_name} needs images of at least {LPIPS_MIN_SIZE[self.net_name]} px, "
+                f"got {x.shape[-1]}; set lpips_resize"
+            )
         if size != x.shape[-1]:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return x
 
 
-def make_distance(name: str, *, pseudo_huber_c_value: float | None = None, lpips_net: str = "vgg",
-                  lpips_resize: int | None = None, device: torch.device | None = None) -> Distance:
+def make_distance(
+    name: str,
+    *,
+    pseudo_huber_c_value: float | None = None,
+    lpips_net: str = "vgg",
+    lpips_resize: int | None = None,
+    device: torch.device | None = None,
+) -> Distance:
     """Distance by config name: ``l2`` (sum of squares), ``l2_norm``, ``pseudo_huber`` or ``lpips``."""
     if name == "l2":
         return squared_l2

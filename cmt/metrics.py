@@ -29,12 +29,21 @@ class ClassifierFeatureNet(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 32, feature_dim: int = 64):
         super().__init__()
-        self.config = {"in_channels": in_channels, "num_classes": num_classes, "width": width, "feature_dim": feature_dim}
+        self.config = {
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "width": width,
+            "feature_dim": feature_dim,
+        }
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
             nn.Linear(8 * width, feature_dim),
         )
         self.head = nn.Sequential(nn.SiLU(), nn.Linear(feature_dim, num_classes))
@@ -46,18 +55,21 @@ class ClassifierFeatureNet(nn.Module):
         return self.head(self.features(x))
 
 
-def train_feature_net(train: ImageDataset, holdout: ImageDataset, epochs: int, seed: int,
-                      batch_size: int = 128, lr: float = 2e-3) -> tuple[ClassifierFeatureNet, float]:
+def train_feature_net(
+    train: ImageDataset, holdout: ImageDataset, epochs: int, seed: int, batch_size: int = 128, lr: float = 2e-3
+) -> tuple[ClassifierFeatureNet, float]:
     """Train the classifier on real labels (light Gaussian-noise augmentation); returns (net, held-out accuracy)."""
     if train.labels is None:
-        raise ValueError(f"dataset {train.name!r} has no labels: the offline feature net needs them "
-                         "(set evaluate.features: inception with Inception weights present)")
+        raise ValueError(
+            f"dataset {train.name!r} has no labels: the offline feature net needs them "
+            "(set evaluate.features: inception with Inception weights present)"
+        )
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = ClassifierFeatureNet(train.shape[0], int(train.labels.max()) + 1)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     steps = epochs * max(1, len(train) // batch_size)
-    for step in tqdm(range(steps), desc="feature net", leave=False):
+    for _ in tqdm(range(steps), desc="feature net", leave=False):
         idx = torch.randint(len(train), (batch_size,), generator=gen)
         x = train.images[idx] + 0.1 * torch.randn(train.images[idx].shape, generator=gen)
         loss = F.cross_entropy(net(x), train.labels[idx])
@@ -91,7 +103,11 @@ def load_feature_net(path: str | Path) -> ClassifierFeatureNet:
 @torch.no_grad()
 def extract(net: ClassifierFeatureNet, images: Tensor, batch_size: int = 1024) -> np.ndarray:
     """Penultimate features (N, F) as float64."""
-    return torch.cat([net.features(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)]).double().numpy()
+    return (
+        torch.cat([net.features(images[i : i + batch_size].float()) for i in range(0, len(images), batch_size)])
+        .double()
+        .numpy()
+    )
 
 
 def inception_path() -> Path:
@@ -104,14 +120,16 @@ def inception_features(images: Tensor, device: torch.device, batch_size: int = 1
     """2048-d Inception features of images in [-1, 1] (clean-fid, legacy_tensorflow mode); no downloads."""
     path = inception_path()
     if not path.is_file():
-        raise FileNotFoundError(f"FID needs clean-fid's Inception weights at {path} (no download is attempted); "
-                                f"place {INCEPTION_FILE} there or use evaluate.features: classifier")
+        raise FileNotFoundError(
+            f"FID needs clean-fid's Inception weights at {path} (no download is attempted); "
+            f"place {INCEPTION_FILE} there or use evaluate.features: classifier"
+        )
     from cleanfid.features import build_feature_extractor
 
     model = build_feature_extractor("legacy_tensorflow", device=device, use_dataparallel=False)
     out = []
     for i in range(0, len(images), batch_size):
-        x = ((images[i:i + batch_size].float() + 1) * 127.5).clamp(0, 255).to(device)
+        x = ((images[i : i + batch_size].float() + 1) * 127.5).clamp(0, 255).to(device)
         x = x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
         out.append(model(x).double().cpu())
     return torch.cat(out).numpy()
@@ -139,7 +157,7 @@ def kernel_distance(f1: np.ndarray, f2: np.ndarray, seed: int = 0) -> float:
 @torch.no_grad()
 def classifier_scores(net: ClassifierFeatureNet, images: Tensor) -> dict:
     """Mean classifier confidence and the entropy of the predicted-class histogram (mode coverage)."""
-    probs = torch.cat([net(images[i:i + 1024].float()).softmax(1) for i in range(0, len(images), 1024)])
+    probs = torch.cat([net(images[i : i + 1024].float()).softmax(1) for i in range(0, len(images), 1024)])
     hist = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double() / len(probs)
     entropy = float(-(hist[hist > 0] * hist[hist > 0].log()).sum() / np.log(probs.shape[1]))
     return {"confidence": float(probs.max(1).values.mean()), "class_entropy": entropy}

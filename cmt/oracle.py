@@ -17,8 +17,9 @@ def denoiser(x: Tensor, sigma: Tensor, mu: Tensor | float, s: Tensor | float) ->
     return mu + s**2 / (s**2 + sigma**2) * (x - mu)
 
 
-def trajectory_point(x_a: Tensor, sigma_a: Tensor | float, sigma_b: Tensor | float,
-                     mu: Tensor | float, s: Tensor | float) -> Tensor:
+def trajectory_point(
+    x_a: Tensor, sigma_a: Tensor | float, sigma_b: Tensor | float, mu: Tensor | float, s: Tensor | float
+) -> Tensor:
     """Exact PF-ODE solution x(sigma_b) from x(sigma_a): mu + (x_a - mu) sqrt((s^2 + b^2) / (s^2 + a^2))."""
     sigma_a, sigma_b = torch.as_tensor(sigma_a, dtype=x_a.dtype), torch.as_tensor(sigma_b, dtype=x_a.dtype)
     return mu + (x_a - mu) * ((s**2 + sigma_b**2) / (s**2 + sigma_a**2)).sqrt()
@@ -30,8 +31,14 @@ def consistency_function(x: Tensor, sigma: Tensor, mu: Tensor | float, s: Tensor
     return mu + (x - mu) * s / (s**2 + sigma**2).sqrt()
 
 
-def marginal_sample(shape: tuple[int, ...], sigma: float, mu: Tensor | float, s: Tensor | float,
-                    generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
+def marginal_sample(
+    shape: tuple[int, ...],
+    sigma: float,
+    mu: Tensor | float,
+    s: Tensor | float,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
     """Exact samples of the marginal x_sigma ~ N(mu, (s^2 + sigma^2) I)."""
     s = torch.as_tensor(s, dtype=dtype)
     return mu + (s**2 + sigma**2).sqrt() * torch.randn(shape, generator=generator, dtype=dtype)

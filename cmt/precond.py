@@ -112,4 +112,3 @@ def fm_velocity(denoiser: Callable[[Tensor, Tensor], Tensor], z: Tensor, t: Tens
 def fm_mean_velocity(z_t: Tensor, t: Tensor, z_r: Tensor, r: Tensor) -> Tensor:
     """Finite-difference mean velocity u = (z_t - z_r) / (t - r) in flow-matching time (MeanFlow eq. 3)."""
     return (z_t - z_r) / (t - r)
-

@@ -18,8 +18,9 @@ def sample_diffusion(denoiser: DenoiserFn, noise: Tensor, sigmas: Tensor, solver
 
 
 @torch.no_grad()
-def sample_consistency(model: Denoiser, noise: Tensor, sigma_max: float, t_mid: float | None = None,
-                       gen: torch.Generator | None = None) -> Tensor:
+def sample_consistency(
+    model: Denoiser, noise: Tensor, sigma_max: float, t_mid: float | None = None, gen: torch.Generator | None = None
+) -> Tensor:
     """CM sampling in boundary (eval) mode: x0 = f(sigma_max z, sigma_max); 2-step re-noises to t_mid (method.md 9)."""
     mode = model.mode
     model.set_mode("boundary").eval()

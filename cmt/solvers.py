@@ -210,4 +210,3 @@ def sample_trajectory(denoiser: Denoiser, x: Tensor, sigmas: Tensor, solver: str
     if not bool(torch.all(sigmas[1:] < sigmas[:-1])) or bool(sigmas[:-1].min() <= 0):
         raise ValueError("sigmas must be strictly decreasing and positive (only the last value may be 0)")
     return torch.stack(SOLVERS[solver](denoiser, x, sigmas))
-

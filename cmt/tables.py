@@ -34,37 +34,42 @@ def _metric(row: pd.Series | None, name: str) -> float:
     return float(row[f"metrics.{name}"])
 
 
+def _images(train: dict, lineage: list[str], label: str) -> int:
+    """Training images of stage ``label`` if the model's lineage includes it."""
+    return int(_metric(train.get(label), "images")) if label in lineage and label in train else 0
+
+
 def main_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per model: FD of its samplers, the images each stage trained on, teacher NFE, wall time."""
     by = {(r["tags.cmt_stage"], r["tags.label"]): r for _, r in runs.iterrows()}
     train = {label: r for (stage, label), r in by.items() if stage in TRAIN_STAGES}
-    multi = next((c[len("metrics."):] for c in runs.columns if c.startswith("metrics.fd_") and c.endswith("nfe")), "")
+    multi = next((c[len("metrics.") :] for c in runs.columns if c.startswith("metrics.fd_") and c.endswith("nfe")), "")
     rows = []
     for label, name, lineage in MAIN_ROWS:
         ev = by.get(("evaluate", label))
         if ev is None:
             continue
 
-        def images(stage_label: str) -> int:
-            return int(_metric(train.get(stage_label), "images")) if stage_label in lineage and stage_label in train else 0
-
-        rows.append({
-            "model": name,
-            "FD 1-step": _metric(ev, "fd_1step"),
-            "FD 2-step": _metric(ev, "fd_2step"),
-            f"FD {multi.removeprefix('fd_')}": _metric(ev, multi) if multi else math.nan,
-            "KID 2-step": _metric(ev, "kid_2step"),
-            "images teacher": images("teacher"),
-            "images mid": images("cmt"),
-            "images post": images(label) if label.startswith("ect-") else 0,
-            "teacher NFE (training)": int(_metric(train.get("cmt"), "teacher_nfe")) if "cmt" in lineage else 0,
-            "wall s (training)": sum(_metric(train.get(s), "wall_seconds") for s in lineage if s in train),
-        })
+        rows.append(
+            {
+                "model": name,
+                "FD 1-step": _metric(ev, "fd_1step"),
+                "FD 2-step": _metric(ev, "fd_2step"),
+                f"FD teacher {multi[3:-3]} NFE": _metric(ev, multi) if multi else math.nan,
+                "KID 2-step": _metric(ev, "kid_2step"),
+                "images teacher": _images(train, lineage, "teacher"),
+                "images mid": _images(train, lineage, "cmt"),
+                "images post": _images(train, lineage, label) if label.startswith("ect-") else 0,
+                "teacher NFE (training)": int(_metric(train.get("cmt"), "teacher_nfe")) if "cmt" in lineage else 0,
+                "wall s (training)": sum(_metric(train.get(s), "wall_seconds") for s in lineage if s in train),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def to_markdown(df: pd.DataFrame) -> str:
     """Plain GitHub Markdown without optional dependencies; NaN shows as an en dash."""
+
     def cell(v: object) -> str:
         if isinstance(v, float):
             return "–" if math.isnan(v) else (f"{v:.1f}" if abs(v) >= 100 else f"{v:.3g}")
@@ -84,8 +89,10 @@ def fd_curves(db: str | Path, runs: pd.DataFrame, labels: list[str]) -> dict[str
     client = MlflowClient(tracking_uri(db))
     curves = {}
     for _, r in runs[(runs["tags.cmt_stage"] == "posttrain") & runs["tags.label"].isin(labels)].iterrows():
-        curves[r["tags.label"]] = {m: sorted((h.step, h.value) for h in client.get_metric_history(r["run_id"], m))
-                                   for m in ("fd_1step", "fd_2step")}
+        curves[r["tags.label"]] = {
+            m: sorted((h.step, h.value) for h in client.get_metric_history(r["run_id"], m))
+            for m in ("fd_1step", "fd_2step")
+        }
     return curves
 
 
@@ -98,8 +105,10 @@ def iterations_to_match(curves: dict, slow: str, fast: str, metric: str = "fd_2s
         if value <= target:
             return f"{slow} reaches {fast}'s final {metric} ({target:.1f} at iteration {fast_step}) at iteration {step}"
     last = curves[slow][metric][-1] if curves[slow][metric] else (0, math.nan)
-    return (f"{slow} does not reach {fast}'s final {metric} ({target:.1f} at iteration {fast_step}) within "
-            f"{last[0]} iterations (its best: {min(v for _, v in curves[slow][metric]):.1f})")
+    return (
+        f"{slow} does not reach {fast}'s final {metric} ({target:.1f} at iteration {fast_step}) within "
+        f"{last[0]} iterations (its best: {min(v for _, v in curves[slow][metric]):.1f})"
+    )
 
 
 def plot_curves(curves: dict, path: str | Path) -> None:
@@ -114,8 +123,9 @@ def plot_curves(curves: dict, path: str | Path) -> None:
             if series[metric]:
                 steps, values = zip(*series[metric])
                 ax.plot(steps, values, marker="o", ms=3, label=label)
-        ax.set(title=metric.replace("fd_", "FD, ").replace("step", "-step"), xlabel="post-training iteration",
-               yscale="log")
+        ax.set(
+            title=metric.replace("fd_", "FD, ").replace("step", "-step"), xlabel="post-training iteration", yscale="log"
+        )
     axes[0].set_ylabel("FD (feature net)")
     axes[1].legend()
     fig.tight_layout()
@@ -133,9 +143,11 @@ def main_report(db: str | Path, experiment: str, out_dir: str | Path) -> pd.Data
     curves = fd_curves(db, runs, [label for label, _, _ in MAIN_ROWS if label.startswith("ect-")])
     atomic_write_bytes(out / "main.csv", table.to_csv(index=False).encode())
     note = iterations_to_match(curves, "ect-diffusion", "ect-cmt")
-    md = (f"# Main comparison ({experiment})\n\nBuilt from the MLflow store {Path(db).name} "
-          f"(experiment `{experiment}`). FD: Frechet distance in the feature space of the evaluation net, "
-          "against held-out data (lower is better).\n\n" + to_markdown(table) + f"\n{note}.\n")
+    md = (
+        f"# Main comparison ({experiment})\n\nBuilt from the MLflow store {Path(db).name} "
+        f"(experiment `{experiment}`). FD: Frechet distance in the feature space of the evaluation net, "
+        "against held-out data (lower is better).\n\n" + to_markdown(table) + f"\n{note}.\n"
+    )
     atomic_write_bytes(out / "main.md", md.encode())
     plot_curves(curves, out / "fd_vs_iterations.png")
     return table

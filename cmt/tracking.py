@@ -29,11 +29,27 @@ def read_history(out_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def write_record(out_dir: str | Path, *, stage: str, run_name: str, params: dict, tags: dict, metrics: dict,
-                 artifacts: list[str] | tuple[str, ...] = ()) -> dict:
+def write_record(
+    out_dir: str | Path,
+    *,
+    stage: str,
+    run_name: str,
+    params: dict,
+    tags: dict,
+    metrics: dict,
+    artifacts: list[str] | tuple[str, ...] = (),
+) -> dict:
     """Write ``run.json`` describing one job for ``ingest``."""
-    record = {"stage": stage, "run_name": run_name, "params": params, "tags": {**tags, "stage": stage},
-              "metrics": metrics, "artifacts": list(artifacts), "git_commit": git_commit(), "finished": time.time()}
+    record = {
+        "stage": stage,
+        "run_name": run_name,
+        "params": params,
+        "tags": {**tags, "stage": stage},
+        "metrics": metrics,
+        "artifacts": list(artifacts),
+        "git_commit": git_commit(),
+        "finished": time.time(),
+    }
     atomic_write_json(Path(out_dir) / RECORD, record)
     return record
 
@@ -50,8 +66,9 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def ingest(record_files: list[str | Path], db: str | Path, experiment: str, artifact_root: str | Path,
-           root: str | Path = ".") -> dict:
+def ingest(
+    record_files: list[str | Path], db: str | Path, experiment: str, artifact_root: str | Path, root: str | Path = "."
+) -> dict:
     """Log every record into the MLflow store at ``db``; returns counts of created/unchanged runs."""
     import mlflow
     from mlflow.entities import Metric, Param
@@ -60,8 +77,11 @@ def ingest(record_files: list[str | Path], db: str | Path, experiment: str, arti
     mlflow.set_tracking_uri(tracking_uri(db))
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        experiment, artifact_location=Path(artifact_root).resolve().as_uri())
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
+    )
     parent = _parent_run(client, exp_id, experiment)
     counts = {"created": 0, "unchanged": 0}
     for file in record_files:
@@ -75,21 +95,31 @@ def ingest(record_files: list[str | Path], db: str | Path, experiment: str, arti
         for r in old:
             client.delete_run(r.info.run_id)
         record = json.loads(Path(file).read_text())
-        tags = {**{k: str(v) for k, v in record["tags"].items()}, "cmt_record": key, "cmt_digest": digest,
-                "git_commit": record["git_commit"], "cmt_stage": record["stage"], "mlflow.parentRunId": parent}
+        tags = {
+            **{k: str(v) for k, v in record["tags"].items()},
+            "cmt_record": key,
+            "cmt_digest": digest,
+            "git_commit": record["git_commit"],
+            "cmt_stage": record["stage"],
+            "mlflow.parentRunId": parent,
+        }
         run = client.create_run(exp_id, run_name=record["run_name"], tags=tags)
         rid, now = run.info.run_id, int(time.time() * 1000)
         params = [Param(k, str(v)[:6000]) for k, v in record["params"].items()]
         history = read_history(folder)
-        metrics = [Metric(k, float(v), now, int(h["step"])) for h in history for k, v in h.items()
-                   if k != "step" and _is_number(v)]
+        metrics = [
+            Metric(k, float(v), now, int(h["step"]))
+            for h in history
+            for k, v in h.items()
+            if k != "step" and _is_number(v)
+        ]
         last = max((int(h["step"]) for h in history), default=0)
         # final values at the last step with a later timestamp, so MLflow reports them as the latest
         metrics += [Metric(k, float(v), now + 1, last) for k, v in record["metrics"].items() if _is_number(v)]
         for i in range(0, len(params), 100):  # MLflow's per-request limits
-            client.log_batch(rid, params=params[i:i + 100])
+            client.log_batch(rid, params=params[i : i + 100])
         for i in range(0, len(metrics), 1000):
-            client.log_batch(rid, metrics=metrics[i:i + 1000])
+            client.log_batch(rid, metrics=metrics[i : i + 1000])
         for name in record["artifacts"]:
             client.log_artifact(rid, str(folder / name))
         client.set_terminated(rid, "FINISHED")

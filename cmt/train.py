@@ -110,8 +110,15 @@ class FitResult:
     resumed_from: int
 
 
-def fit(model: nn.Module, loss_fn: LossFn, cfg: LoopConfig, work_dir: str | Path, desc: str, seed: int,
-        evaluate: EvalFn | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    cfg: LoopConfig,
+    work_dir: str | Path,
+    desc: str,
+    seed: int,
+    evaluate: EvalFn | None = None,
+) -> FitResult:
     """Train ``model`` in place; returns its EMA copy and the metric history (one dict per logged step)."""
     from cmt.checkpoints import atomic_write_bytes
 
@@ -132,7 +139,11 @@ def fit(model: nn.Module, loss_fn: LossFn, cfg: LoopConfig, work_dir: str | Path
         loss = loss_fn(model, step, generator)
         value = float(loss.detach())
         if not math.isfinite(value):
-            kept = f"last good checkpoint kept at {work / RESUME_FILE}" if (work / RESUME_FILE).exists() else "no checkpoint was written yet"
+            kept = (
+                f"last good checkpoint kept at {work / RESUME_FILE}"
+                if (work / RESUME_FILE).exists()
+                else "no checkpoint was written yet"
+            )
             raise NonFiniteLoss(f"{desc}: loss is {value} at step {step}; training stopped ({kept})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -141,8 +152,14 @@ def fit(model: nn.Module, loss_fn: LossFn, cfg: LoopConfig, work_dir: str | Path
         ema_update(ema, model, ema_decay(cfg, step))
         images += cfg.batch_size
         seconds = time.perf_counter() - t0
-        history.append({"step": step + 1, "loss": value, "lr": optimizer.param_groups[0]["lr"],
-                        "images": (step + 1) * cfg.batch_size})
+        history.append(
+            {
+                "step": step + 1,
+                "loss": value,
+                "lr": optimizer.param_groups[0]["lr"],
+                "images": (step + 1) * cfg.batch_size,
+            }
+        )
         bar.set_postfix(loss=f"{value:.4g}", img_s=f"{images / max(seconds, 1e-9):.0f}", refresh=False)
         done = step + 1
         if evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.iterations):
@@ -154,20 +171,37 @@ def fit(model: nn.Module, loss_fn: LossFn, cfg: LoopConfig, work_dir: str | Path
     return FitResult(ema=ema, history=history, wall_seconds=time.perf_counter() - t0, resumed_from=start)
 
 
-def _state_bytes(step: int, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
-                 generator: torch.Generator, history: list[dict]) -> bytes:
+def _state_bytes(
+    step: int,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    history: list[dict],
+) -> bytes:
     state = {
-        "step": step, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], "history": history,
+        "step": step,
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "history": history,
     }
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
 
 
-def _resume(path: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
-            generator: torch.Generator, history: list[dict]) -> int:
+def _resume(
+    path: Path,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    history: list[dict],
+) -> int:
     """Load a resume checkpoint if one exists; returns the step to continue from (0 if none)."""
     if not path.exists():
         return 0

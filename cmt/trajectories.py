@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -63,8 +63,9 @@ def start_points(spec: TrajectorySpec, n: int, gen: torch.Generator, data: Tenso
 
 
 @torch.no_grad()
-def generate(teacher: Denoiser, spec: TrajectorySpec, n: int, gen: torch.Generator, data: Tensor | None,
-             batch_size: int = 256) -> Tensor:
+def generate(
+    teacher: Denoiser, spec: TrajectorySpec, n: int, gen: torch.Generator, data: Tensor | None, batch_size: int = 256
+) -> Tensor:
     """``n`` trajectories (n, S + 1, C, H, W) in float32; the teacher runs in eval mode, NaN -> 0 (method.md 2)."""
     teacher.eval()
     x_T = start_points(spec, n, gen, data)
@@ -73,8 +74,10 @@ def generate(teacher: Denoiser, spec: TrajectorySpec, n: int, gen: torch.Generat
     def denoise(x: Tensor, sigma: Tensor) -> Tensor:
         return torch.nan_to_num(teacher(x, sigma), nan=0.0)
 
-    chunks = [sample_trajectory(denoise, x_T[i:i + batch_size], sigmas, spec.solver).transpose(0, 1)
-              for i in range(0, n, batch_size)]
+    chunks = [
+        sample_trajectory(denoise, x_T[i : i + batch_size], sigmas, spec.solver).transpose(0, 1)
+        for i in range(0, n, batch_size)
+    ]
     return torch.cat(chunks).to(torch.float32)
 
 
@@ -86,8 +89,16 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_set(folder: str | Path, teacher: Denoiser, spec: TrajectorySpec, count: int, shard_size: int, seed: int,
-              data: Tensor | None, provenance: dict) -> dict:
+def write_set(
+    folder: str | Path,
+    teacher: Denoiser,
+    spec: TrajectorySpec,
+    count: int,
+    shard_size: int,
+    seed: int,
+    data: Tensor | None,
+    provenance: dict,
+) -> dict:
     """Generate ``count`` trajectories in shards of ``shard_size`` and write them plus ``index.json``."""
     out = Path(folder)
     device = next(teacher.parameters()).device
@@ -100,9 +111,16 @@ def write_set(folder: str | Path, teacher: Denoiser, spec: TrajectorySpec, count
         atomic_save_tensors({"states": states.cpu().contiguous()}, path)
         shards.append({"file": path.name, "count": n, "seed": shard_seed(seed, k), "sha256": file_sha256(path)})
     index = {
-        "solver": spec.solver, "nfe": len(spec.sigmas) - 1, "start": spec.start, "shape": list(spec.shape),
-        "sigmas": [float(s) for s in spec.sigmas], "count": count, "shard_size": shard_size, "seed": seed,
-        "shards": shards, **provenance,
+        "solver": spec.solver,
+        "nfe": len(spec.sigmas) - 1,
+        "start": spec.start,
+        "shape": list(spec.shape),
+        "sigmas": [float(s) for s in spec.sigmas],
+        "count": count,
+        "shard_size": shard_size,
+        "seed": seed,
+        "shards": shards,
+        **provenance,
     }
     atomic_write_json(out / INDEX, index)
     return index
@@ -125,8 +143,10 @@ def load_shard(folder: str | Path, entry: dict, shape: tuple[int, ...], steps: i
         raise FileNotFoundError(f"trajectory shard missing: {path}")
     digest = file_sha256(path)
     if digest != entry["sha256"]:
-        raise ValueError(f"trajectory shard {path} is damaged or truncated: sha256 {digest[:12]}... "
-                         f"does not match {entry['sha256'][:12]}... in {INDEX}; regenerate it")
+        raise ValueError(
+            f"trajectory shard {path} is damaged or truncated: sha256 {digest[:12]}... "
+            f"does not match {entry['sha256'][:12]}... in {INDEX}; regenerate it"
+        )
     try:
         states = load_file(path)["states"]
     except (SafetensorError, KeyError) as err:
@@ -149,12 +169,12 @@ class TrajectorySource(Protocol):
 class StoredTrajectories:
     """A finite stored set; ``sample`` draws trajectories uniformly with replacement."""
 
-    def __init__(self, folder: str | Path, device: torch.device = torch.device("cpu")):
+    def __init__(self, folder: str | Path, device: torch.device | None = None):
         index = read_index(folder)
-        steps = index["nfe"]
         self.index = index
         self.sigmas = torch.tensor(index["sigmas"], dtype=torch.float64)
-        self.states = torch.cat([load_shard(folder, e, tuple(index["shape"]), steps) for e in index["shards"]]).to(device)
+        shards = [load_shard(folder, e, tuple(index["shape"]), index["nfe"]) for e in index["shards"]]
+        self.states = torch.cat(shards).to(device or "cpu")
         self._seen = torch.zeros(len(self.states), dtype=torch.bool, device=device)
 
     def __len__(self) -> int:

@@ -1,7 +1,13 @@
-"""Keep every tool's caches and telemetry inside a per-session temporary folder (environment.md 9)."""
+"""Shared test set-up: tool caches in a temporary folder (environment.md 9) and the Snakemake smoke project."""
 
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
+
+import pytest
 
 _HOME = tempfile.mkdtemp(prefix="cmt-tests-")
 for var, sub in {
@@ -14,3 +20,47 @@ for var, sub in {
     os.environ.setdefault(var, os.path.join(_HOME, sub))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(SNAKEMAKE), *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run."""
+    jobs, table = {}, False
+    for line in output.splitlines():
+        if line.startswith("job "):
+            table = True
+        elif table and line.strip() and not line.startswith("-"):
+            name, count = line.split()[:2]
+            if name == "total":
+                break
+            jobs[name] = int(count)
+    return jobs
+
+
+def copy_project(dest: Path) -> Path:
+    for folder in ("workflow", "config", "envs"):
+        shutil.copytree(ROOT / folder, dest / folder)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    work = copy_project(tmp_path_factory.mktemp("project"))
+    snakemake(work, "--cores", "2", "all", "--configfile", "config/smoke.yaml")
+    return work

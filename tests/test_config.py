@@ -44,13 +44,13 @@ def test_wrong_type_says_what_was_expected(tmp_path, default_cfg):
 
 
 def test_enum_lists_choices_and_missing_key(tmp_path, default_cfg):
-    default_cfg["sampling"]["solver"] = "dpmpp4m"
+    default_cfg["trajectories"]["solver"] = "dpmpp4m"
     del default_cfg["precond"]["sigma_max"]
     path = write(tmp_path, default_cfg)
     with pytest.raises(ConfigError) as err:
         load_config(path)
     msg = str(err.value)
-    assert "sampling.solver: expected one of" in msg and "'dpmpp3m_legacy'" in msg
+    assert "trajectories.solver: expected one of" in msg and "'dpmpp3m_legacy'" in msg
     assert "precond.sigma_max: required key is missing" in msg
 
 

@@ -38,10 +38,20 @@ def test_distances():
     torch.testing.assert_close(pseudo_huber(a, b, c=3.0), torch.full((2,), 2.0))
 
 
-@pytest.mark.parametrize("q,stage,t,ratio", [
-    (2, 0, 0.5, 0.0), (2, 0, 2.0, 0.02), (2, 0, 5.0, 0.47), (2, 0, 80.0, 0.50), (2, 1, 1.0, 0.21),
-    (2, 2, 0.01, 0.38), (4096, 0, 0.01, 0.99878), (4096, 0, 80.0, 0.99976), (512, 0, 1.0, 0.99384),
-])
+@pytest.mark.parametrize(
+    "q,stage,t,ratio",
+    [
+        (2, 0, 0.5, 0.0),
+        (2, 0, 2.0, 0.02),
+        (2, 0, 5.0, 0.47),
+        (2, 0, 80.0, 0.50),
+        (2, 1, 1.0, 0.21),
+        (2, 2, 0.01, 0.38),
+        (4096, 0, 0.01, 0.99878),
+        (4096, 0, 80.0, 0.99976),
+        (512, 0, 1.0, 0.99384),
+    ],
+)
 def test_ect_mapping_matches_reference_table(q, stage, t, ratio):
     r = ect_r(torch.tensor([t], dtype=torch.float64), q, stage)
     assert float(r / t) == pytest.approx(ratio, abs=6e-3 if ratio < 0.9 else 5e-5)

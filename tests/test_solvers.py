@@ -47,8 +47,25 @@ def endpoint_rms(x_T, sigmas, solver):
 
 def test_logsnr_grid_matches_reference_values():
     sigmas = logsnr_sigmas(16)
-    ref = [80, 41.25, 21.27, 10.97, 5.657, 2.917, 1.504, 0.7757, 0.4000, 0.2063, 0.1064,
-           0.0549, 0.0283, 0.0146, 0.0075, 0.0039, 0.002]
+    ref = [
+        80,
+        41.25,
+        21.27,
+        10.97,
+        5.657,
+        2.917,
+        1.504,
+        0.7757,
+        0.4000,
+        0.2063,
+        0.1064,
+        0.0549,
+        0.0283,
+        0.0146,
+        0.0075,
+        0.0039,
+        0.002,
+    ]
     np.testing.assert_allclose(sigmas.numpy(), ref, rtol=6e-3)  # reference rounded to 4 digits
     h = torch.log(sigmas[:-1] / sigmas[1:])
     np.testing.assert_allclose(h.numpy(), 0.66229, rtol=1e-5)
@@ -56,8 +73,27 @@ def test_logsnr_grid_matches_reference_values():
 
 def test_karras_grid_matches_edm_values():
     sigmas = karras_sigmas(17, append_zero=True)
-    ref = [80, 57.59, 40.79, 28.37, 19.35, 12.91, 8.40, 5.32, 3.26, 1.92, 1.09, 0.585, 0.296,
-           0.140, 0.060, 0.0229, 0.0075, 0.002, 0]
+    ref = [
+        80,
+        57.59,
+        40.79,
+        28.37,
+        19.35,
+        12.91,
+        8.40,
+        5.32,
+        3.26,
+        1.92,
+        1.09,
+        0.585,
+        0.296,
+        0.140,
+        0.060,
+        0.0229,
+        0.0075,
+        0.002,
+        0,
+    ]
     assert len(sigmas) == 19 and sigmas[-1] == 0 and sigmas[0] == 80 and sigmas[-2] == 0.002
     np.testing.assert_allclose(sigmas.numpy(), ref, rtol=6e-3, atol=1e-9)
 
@@ -81,11 +117,19 @@ def test_contract_shape_dtype_first_state(solver, dtype):
     assert torch.equal(traj[0], x)
 
 
-@pytest.mark.parametrize("solver,steps,append_zero,expected", [
-    ("euler", 16, False, 16), ("dpmpp2m", 16, False, 16), ("dpmpp3m", 16, False, 16),
-    ("dpmpp3m_legacy", 16, False, 16), ("heun", 16, False, 32), ("heun", 17, True, 35),
-    ("dpmpp3m_legacy", 16, True, 17), ("euler", 5, True, 6),
-])
+@pytest.mark.parametrize(
+    "solver,steps,append_zero,expected",
+    [
+        ("euler", 16, False, 16),
+        ("dpmpp2m", 16, False, 16),
+        ("dpmpp3m", 16, False, 16),
+        ("dpmpp3m_legacy", 16, False, 16),
+        ("heun", 16, False, 32),
+        ("heun", 17, True, 35),
+        ("dpmpp3m_legacy", 16, True, 17),
+        ("euler", 5, True, 6),
+    ],
+)
 def test_denoiser_call_counts(solver, steps, append_zero, expected):
     sigmas = logsnr_sigmas(steps, append_zero=append_zero)
     counter = CountingDenoiser()
@@ -116,8 +160,9 @@ def test_first_order_dpmpp_step_is_euler_step(x_T):
     sigmas = logsnr_sigmas(8)
     first = sample_trajectory(gaussian_denoiser, x_T, sigmas, "euler")[1]
     for name in ("dpmpp2m", "dpmpp3m", "dpmpp3m_legacy"):
-        torch.testing.assert_close(sample_trajectory(gaussian_denoiser, x_T, sigmas, name)[1], first,
-                                   rtol=1e-13, atol=1e-12)
+        torch.testing.assert_close(
+            sample_trajectory(gaussian_denoiser, x_T, sigmas, name)[1], first, rtol=1e-13, atol=1e-12
+        )
 
 
 def test_step_to_zero_returns_denoised_value(x_T):
@@ -163,15 +208,22 @@ def test_legacy_3m_matches_independent_constant_step_formula(x_T):
             x_new = x_new + phi2 * (d1_0 + 0.5 * (d1_0 - d1_1)) - phi3 * (d1_0 - d1_1) / 2
         x = x_new
         states.append(x)
-    torch.testing.assert_close(sample_trajectory(gaussian_denoiser, x_T, sigmas, "dpmpp3m_legacy"),
-                               torch.stack(states), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        sample_trajectory(gaussian_denoiser, x_T, sigmas, "dpmpp3m_legacy"), torch.stack(states), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("grid", ["logsnr", "karras"])
-@pytest.mark.parametrize("solver,lo,hi", [
-    ("euler", 0.7, 1.3), ("heun", 1.7, 2.3), ("dpmpp2m", 1.7, 2.3),
-    ("dpmpp3m", 2.7, 6.0), ("dpmpp3m_legacy", 1.55, 2.3),
-])
+@pytest.mark.parametrize(
+    "solver,lo,hi",
+    [
+        ("euler", 0.7, 1.3),
+        ("heun", 1.7, 2.3),
+        ("dpmpp2m", 1.7, 2.3),
+        ("dpmpp3m", 2.7, 6.0),
+        ("dpmpp3m_legacy", 1.55, 2.3),
+    ],
+)
 def test_convergence_order(x_T, grid, solver, lo, hi):
     """Fit log RMS error at sigma_min vs log(number of grid points) (numerics.md 7.3)."""
     points = np.array([65, 129, 257])

@@ -39,8 +39,14 @@ def test_training_lowers_the_edm_loss(cfg, tmp_path):
 def test_teacher_stage_writes_checkpoint_grid_curve_and_record(tmp_path, cfg):
     train = {**cfg["teacher"]["train"], "iterations": 15}
     teacher_cfg = {**cfg["teacher"], "train": train, "sample": {**cfg["teacher"]["sample"], "num_samples": 16}}
-    params = {"teacher": teacher_cfg, "network": cfg["network"], "precond": cfg["precond"], "data": cfg["data"],
-              "seed": 0, "device": "cpu"}
+    params = {
+        "teacher": teacher_cfg,
+        "network": cfg["network"],
+        "precond": cfg["precond"],
+        "data": cfg["data"],
+        "seed": 0,
+        "device": "cpu",
+    }
     out = tmp_path / "out"
     assert main(["teacher", "--params", json.dumps(params), "--out", str(out), "--work", str(tmp_path / "w")]) == 0
     meta = json.loads((out / "meta.json").read_text())

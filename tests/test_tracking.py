@@ -12,8 +12,15 @@ def records(tmp_path):
     paths = []
     for label, fd in (("ect-cmt", 10.0), ("ect-random", 90.0)):
         folder = tmp_path / "results" / label
-        write_record(folder, stage="posttrain", run_name=f"posttrain/{label}", params={"lr": 1e-4, "init": label},
-                     tags={"label": label}, metrics={"images": 1280, "fd_2step": fd}, artifacts=["grid.png"])
+        write_record(
+            folder,
+            stage="posttrain",
+            run_name=f"posttrain/{label}",
+            params={"lr": 1e-4, "init": label},
+            tags={"label": label},
+            metrics={"images": 1280, "fd_2step": fd},
+            artifacts=["grid.png"],
+        )
         (folder / "grid.png").write_bytes(b"\x89PNG fake")
         write_history(folder, [{"step": s, "loss": 1.0 / s} for s in range(1, 6)] + [{"step": 5, "fd_2step": fd}])
         paths.append(folder / RECORD)

@@ -21,10 +21,17 @@ def test_cifar10_ddpmpp_parameter_count_and_edm_names():
     net = build_unet(PRESETS["ddpmpp-cifar10"])
     assert count_parameters(net) == pytest.approx(55.7e6, rel=0.01)
     keys = set(Denoiser(net).state_dict())
-    for name in ["model.enc.32x32_conv.weight", "model.enc.16x16_down.conv0.weight",
-                 "model.enc.16x16_block2.qkv.weight", "model.enc.16x16_down.skip.resample_filter",
-                 "model.dec.8x8_in0.proj.weight", "model.dec.32x32_aux_norm.weight",
-                 "model.dec.32x32_aux_conv.weight", "model.map_layer0.weight", "model.map_layer1.bias"]:
+    for name in [
+        "model.enc.32x32_conv.weight",
+        "model.enc.16x16_down.conv0.weight",
+        "model.enc.16x16_block2.qkv.weight",
+        "model.enc.16x16_down.skip.resample_filter",
+        "model.dec.8x8_in0.proj.weight",
+        "model.dec.32x32_aux_norm.weight",
+        "model.dec.32x32_aux_conv.weight",
+        "model.map_layer0.weight",
+        "model.map_layer1.bias",
+    ]:
         assert name in keys, name
     assert not any(k.startswith("model.map_augment") for k in keys)
 

@@ -2,53 +2,11 @@
 
 import csv
 import hashlib
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 import yaml
+from conftest import copy_project, planned_jobs, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 LABELS = {"teacher", "cmt", "ect-random", "ect-diffusion", "ect-cmt"}
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(SNAKEMAKE), *args], cwd=workdir, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def planned_jobs(output: str) -> dict[str, int]:
-    """Parse the 'Job stats' table of a dry run."""
-    jobs, table = {}, False
-    for line in output.splitlines():
-        if line.startswith("job "):
-            table = True
-        elif table and line.strip() and not line.startswith("-"):
-            name, count = line.split()[:2]
-            if name == "total":
-                break
-            jobs[name] = int(count)
-    return jobs
-
-
-def copy_project(dest: Path) -> Path:
-    for folder in ("workflow", "config", "envs"):
-        shutil.copytree(ROOT / folder, dest / folder)
-    return dest
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    work = copy_project(tmp_path_factory.mktemp("project"))
-    snakemake(work, "--cores", "2", "all", "--configfile", "config/smoke.yaml")
-    return work
 
 
 def test_smoke_run_produces_tables_from_mlflow(smoke):
@@ -61,7 +19,9 @@ def test_smoke_run_produces_tables_from_mlflow(smoke):
 
     runs = search(results / "mlflow.db", "smoke", stage="evaluate")
     assert set(runs["tags.label"]) == LABELS
-    assert {"teacher.tsv", "midtrain.tsv", "posttrain-ect-cmt.tsv"} <= {p.name for p in (results / "benchmarks").iterdir()}
+    assert {"teacher.tsv", "midtrain.tsv", "posttrain-ect-cmt.tsv"} <= {
+        p.name for p in (results / "benchmarks").iterdir()
+    }
     assert not any((smoke / "work" / "smoke").rglob("resume.pt"))
 
 
@@ -93,8 +53,11 @@ def test_fetched_teacher_with_wrong_sha256_is_refused(smoke, tmp_path):
     weights = smoke / "results" / "smoke" / "teacher" / "model.safetensors"
     cfg = yaml.safe_load((project / "config" / "smoke.yaml").read_text())
     cfg["name"] = "fetched"
-    cfg["teacher"] = {"source": "fetch", "sample": cfg["teacher"]["sample"],
-                      "fetch": {"url": weights.as_uri(), "sha256": "0" * 64}}
+    cfg["teacher"] = {
+        "source": "fetch",
+        "sample": cfg["teacher"]["sample"],
+        "fetch": {"url": weights.as_uri(), "sha256": "0" * 64},
+    }
     (project / "config" / "fetched.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake(project, "--cores", "1", "teacher", "--configfile", "config/fetched.yaml", check=False)
     assert proc.returncode != 0

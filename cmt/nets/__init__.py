@@ -11,4 +11,13 @@ from cmt.nets.unet import (
     network_config,
 )
 
-__all__ = ["PRESETS", "SongUNet", "UNetBlock", "UNetConfig", "add_second_time", "build_unet", "count_parameters", "network_config"]
+__all__ = [
+    "PRESETS",
+    "SongUNet",
+    "UNetBlock",
+    "UNetConfig",
+    "add_second_time",
+    "build_unet",
+    "count_parameters",
+    "network_config",
+]

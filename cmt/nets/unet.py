@@ -54,8 +54,15 @@ PRESETS: dict[str, UNetConfig] = {
     "ddpmpp-cifar10": UNetConfig(img_resolution=32, dropout=0.13),
     "ddpmpp-64": UNetConfig(img_resolution=64, channel_mult=(1, 2, 2, 2), dropout=0.10),
     "digits-tiny": UNetConfig(
-        img_resolution=8, in_channels=1, out_channels=1, model_channels=32, channel_mult=(1, 2),
-        channel_mult_emb=2, num_blocks=1, attn_resolutions=(), dropout=0.0,
+        img_resolution=8,
+        in_channels=1,
+        out_channels=1,
+        model_channels=32,
+        channel_mult=(1, 2),
+        channel_mult_emb=2,
+        num_blocks=1,
+        attn_resolutions=(),
+        dropout=0.0,
     ),
 }
 
@@ -78,12 +85,24 @@ class Linear(nn.Module):
 class Conv2d(nn.Module):
     """Convolution with optional 2x up/down resampling by a fixed FIR filter (EDM's Conv2d)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, up: bool = False, down: bool = False,
-                 resample_filter: tuple[int, ...] = (1, 1), gain: float = 1.0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        up: bool = False,
+        down: bool = False,
+        resample_filter: tuple[int, ...] = (1, 1),
+        gain: float = 1.0,
+    ):
         super().__init__()
         self.in_channels, self.out_channels, self.up, self.down = in_channels, out_channels, up, down
         fan_in, fan_out = in_channels * kernel * kernel, out_channels * kernel * kernel
-        self.weight = nn.Parameter(_xavier((out_channels, in_channels, kernel, kernel), fan_in, fan_out, gain)) if kernel else None
+        self.weight = (
+            nn.Parameter(_xavier((out_channels, in_channels, kernel, kernel), fan_in, fan_out, gain))
+            if kernel
+            else None
+        )
         self.bias = nn.Parameter(torch.zeros(out_channels)) if kernel else None
         f = torch.as_tensor(resample_filter, dtype=torch.float32)
         f = f.outer(f)[None, None] / f.sum().square()
@@ -95,7 +114,9 @@ class Conv2d(nn.Module):
             f = f.to(x.dtype)
             pad = (f.shape[-1] - 1) // 2
             if self.up:
-                x = F.conv_transpose2d(x, (4 * f).tile(self.in_channels, 1, 1, 1), groups=self.in_channels, stride=2, padding=pad)
+                x = F.conv_transpose2d(
+                    x, (4 * f).tile(self.in_channels, 1, 1, 1), groups=self.in_channels, stride=2, padding=pad
+                )
             if self.down:
                 x = F.conv2d(x, f.tile(self.in_channels, 1, 1, 1), groups=self.in_channels, stride=2, padding=pad)
         if self.weight is not None:
@@ -140,9 +161,18 @@ def _swap_halves(emb: Tensor) -> Tensor:
 class UNetBlock(nn.Module):
     """Residual block with additive embedding, optional 2x resampling and optional self-attention."""
 
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False, down: bool = False,
-                 attention: bool = False, num_heads: int = 1, dropout: float = 0.0,
-                 resample_filter: tuple[int, ...] = (1, 1)):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        up: bool = False,
+        down: bool = False,
+        attention: bool = False,
+        num_heads: int = 1,
+        dropout: float = 0.0,
+        resample_filter: tuple[int, ...] = (1, 1),
+    ):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.num_heads = num_heads if attention else 0
@@ -187,8 +217,9 @@ class SongUNet(nn.Module):
         self.cfg = cfg
         emb_channels = cfg.model_channels * cfg.channel_mult_emb
         noise_channels = cfg.model_channels
-        block = dict(emb_channels=emb_channels, num_heads=cfg.num_heads, dropout=cfg.dropout,
-                     resample_filter=cfg.resample_filter)
+        block = dict(
+            emb_channels=emb_channels, num_heads=cfg.num_heads, dropout=cfg.dropout, resample_filter=cfg.resample_filter
+        )
 
         self.map_noise = PositionalEmbedding(noise_channels)
         if cfg.label_dim:
@@ -210,7 +241,9 @@ class SongUNet(nn.Module):
                 self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block)
             for idx in range(cfg.num_blocks):
                 cin, cout = cout, cfg.model_channels * mult
-                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in cfg.attn_resolutions, **block)
+                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(
+                    cin, cout, attention=res in cfg.attn_resolutions, **block
+                )
         skips = [m.out_channels for m in self.enc.values()]
 
         self.dec = nn.ModuleDict()
@@ -229,7 +262,9 @@ class SongUNet(nn.Module):
         self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout)
         self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, cfg.out_channels, 3, gain=1e-5)
 
-    def embed(self, noise_labels: Tensor, second_time: Tensor | None = None, class_labels: Tensor | None = None) -> Tensor:
+    def embed(
+        self, noise_labels: Tensor, second_time: Tensor | None = None, class_labels: Tensor | None = None
+    ) -> Tensor:
         emb = _swap_halves(self.map_noise(noise_labels))
         if self.cfg.second_time:
             if second_time is None:
@@ -242,8 +277,9 @@ class SongUNet(nn.Module):
         emb = F.silu(self.map_layer0(emb))
         return F.silu(self.map_layer1(emb))
 
-    def forward(self, x: Tensor, noise_labels: Tensor, second_time: Tensor | None = None,
-                class_labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, noise_labels: Tensor, second_time: Tensor | None = None, class_labels: Tensor | None = None
+    ) -> Tensor:
         emb = self.embed(noise_labels, second_time, class_labels).to(x.dtype)
         skips = []
         for block in self.enc.values():
@@ -279,7 +315,6 @@ def add_second_time(net: SongUNet) -> SongUNet:
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
-
 
 
 def network_config(section: dict) -> UNetConfig:

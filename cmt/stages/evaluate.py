@@ -51,8 +51,11 @@ class Scorer:
         images = images.clamp(-1, 1).cpu()
         feats = self._features(images)
         key = "fid" if self.features == "inception" else "fd"
-        return {key: frechet_distance(feats, self.ref_feats), "kid": kernel_distance(feats, self.ref_feats),
-                **classifier_scores(self.net, images)}
+        return {
+            key: frechet_distance(feats, self.ref_feats),
+            "kid": kernel_distance(feats, self.ref_feats),
+            **classifier_scores(self.net, images),
+        }
 
 
 def reference_split(data_cfg: dict, seed: int) -> tuple[ImageDataset, ImageDataset]:
@@ -74,24 +77,38 @@ def consistency_fd_callback(scorer: Scorer, n: int, sigma_max: float, t_mid: flo
     return evaluate
 
 
-def generate(model: Denoiser, meta: dict, cfg: dict, precond: dict, shape: tuple[int, ...],
-             device: torch.device) -> dict[str, Tensor]:
+def generate(
+    model: Denoiser, meta: dict, cfg: dict, precond: dict, shape: tuple[int, ...], device: torch.device
+) -> dict[str, Tensor]:
     """Samples per sampler name: the teacher's ODE sampler, or 1-step and 2-step consistency sampling."""
     gen = torch.Generator(device).manual_seed(cfg["seed"])
     noise = torch.randn((cfg["num_samples"], *shape), generator=gen, device=device)
     model = model.to(device).eval()
     if meta.get("model_kind") == "diffusion":
         sample = cfg["sample"]
-        sigmas = sigma_grid(sample["grid"], sample["steps"], sigma_min=precond["sigma_min"], sigma_max=precond["sigma_max"])
+        sigmas = sigma_grid(
+            sample["grid"], sample["steps"], sigma_min=precond["sigma_min"], sigma_max=precond["sigma_max"]
+        )
         nfe = denoiser_calls(sample["solver"], sigmas)
         return {f"{nfe}nfe": sample_diffusion(model, noise, sigmas, sample["solver"])}
     two_gen = torch.Generator(device).manual_seed(cfg["seed"] + 1)
-    return {"1step": sample_consistency(model, noise, precond["sigma_max"]),
-            "2step": sample_consistency(model, noise, precond["sigma_max"], cfg["t_mid"], two_gen)}
+    return {
+        "1step": sample_consistency(model, noise, precond["sigma_max"]),
+        "2step": sample_consistency(model, noise, precond["sigma_max"], cfg["t_mid"], two_gen),
+    }
 
 
-def run(model_dir: str | Path, featnet: str | Path, cfg: dict, data_cfg: dict, precond: dict, seed: int,
-        label: str, out_dir: str | Path, device: torch.device) -> dict:
+def run(
+    model_dir: str | Path,
+    featnet: str | Path,
+    cfg: dict,
+    data_cfg: dict,
+    precond: dict,
+    seed: int,
+    label: str,
+    out_dir: str | Path,
+    device: torch.device,
+) -> dict:
     """Evaluate one model: scores.json, one grid per sampler, and a record for MLflow."""
     out = Path(out_dir)
     model, meta = load_denoiser(model_dir)
@@ -101,11 +118,22 @@ def run(model_dir: str | Path, featnet: str | Path, cfg: dict, data_cfg: dict, p
     for sampler, images in generate(model, meta, cfg, precond, holdout.shape, device).items():
         scores.update({f"{k}_{sampler}": v for k, v in scorer.score(images).items()})
         save_grid(images[:100], out / f"grid-{sampler}.png", scale=4)
-    result = {"label": label, "model": str(model_dir), "model_kind": meta.get("model_kind"),
-              "num_samples": cfg["num_samples"], "reference_count": len(holdout), **scores}
+    result = {
+        "label": label,
+        "model": str(model_dir),
+        "model_kind": meta.get("model_kind"),
+        "num_samples": cfg["num_samples"],
+        "reference_count": len(holdout),
+        **scores,
+    }
     atomic_write_json(out / "scores.json", result)
-    write_record(out, stage="evaluate", run_name=f"eval/{label}", params={"label": label, "t_mid": cfg["t_mid"],
-                 "features": cfg["features"], "num_samples": cfg["num_samples"]},
-                 tags={**meta.get("tags", {}), "label": label}, metrics=scores,
-                 artifacts=sorted(p.name for p in out.glob("grid-*.png")))
+    write_record(
+        out,
+        stage="evaluate",
+        run_name=f"eval/{label}",
+        params={"label": label, "t_mid": cfg["t_mid"], "features": cfg["features"], "num_samples": cfg["num_samples"]},
+        tags={**meta.get("tags", {}), "label": label},
+        metrics=scores,
+        artifacts=sorted(p.name for p in out.glob("grid-*.png")),
+    )
     return result

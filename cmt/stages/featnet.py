@@ -14,6 +14,12 @@ def run(cfg: dict, data_cfg: dict, seed: int, out_file: str | Path) -> dict:
     net, accuracy = train_feature_net(train, holdout, cfg["epochs"], seed)
     meta = {"holdout_accuracy": accuracy, "train_count": len(train), "holdout_count": len(holdout)}
     save_feature_net(net, out_file, meta)
-    write_record(Path(out_file).parent, stage="featnet", run_name="featnet", params={**cfg, "seed": seed},
-                 tags={"label": "featnet"}, metrics={"holdout_accuracy": accuracy})
+    write_record(
+        Path(out_file).parent,
+        stage="featnet",
+        run_name="featnet",
+        params={**cfg, "seed": seed},
+        tags={"label": "featnet"},
+        metrics={"holdout_accuracy": accuracy},
+    )
     return meta

@@ -18,8 +18,8 @@ from cmt.losses import Distance, make_distance
 from cmt.precond import Denoiser
 from cmt.stages.evaluate import Scorer, consistency_fd_callback, reference_split
 from cmt.stages.student import finish, init_student
-from cmt.trajectories import OnlineTrajectories, StoredTrajectories, TrajectorySource, trajectory_spec
 from cmt.train import LoopConfig, fit, resolve_device
+from cmt.trajectories import OnlineTrajectories, StoredTrajectories, TrajectorySource, trajectory_spec
 
 LOOP_DEFAULTS = {"optimizer": "radam", "lr_schedule": "linear_decay", "ema_beta": 0.999, "betas": [0.9, 0.999]}
 
@@ -33,8 +33,14 @@ def cmt_loss(student: Denoiser, trajectories: Tensor, sigmas: Tensor, distance: 
     return distance(student(inputs, sigma), targets).mean()
 
 
-def trajectory_source(source: str, traj_cfg: dict, traj_dir: str | Path | None, teacher_dir: str | Path,
-                      train_images: Tensor, device: torch.device) -> TrajectorySource:
+def trajectory_source(
+    source: str,
+    traj_cfg: dict,
+    traj_dir: str | Path | None,
+    teacher_dir: str | Path,
+    train_images: Tensor,
+    device: torch.device,
+) -> TrajectorySource:
     """A stored set (``traj_dir``) or, with ``source: online``, the teacher and solver in the loop."""
     if source == "stored":
         if traj_dir is None:
@@ -45,21 +51,39 @@ def trajectory_source(source: str, traj_cfg: dict, traj_dir: str | Path | None, 
     return OnlineTrajectories(teacher.to(device).eval(), spec, train_images.to(device))
 
 
-def run(cfg: dict, traj_cfg: dict, data_cfg: dict, precond: dict, seed: int, teacher_dir: str | Path,
-        traj_dir: str | Path | None, featnet: str | Path, out_dir: str | Path, work_dir: str | Path,
-        device_name: str = "cpu") -> dict:
+def run(
+    cfg: dict,
+    traj_cfg: dict,
+    data_cfg: dict,
+    precond: dict,
+    seed: int,
+    teacher_dir: str | Path,
+    traj_dir: str | Path | None,
+    featnet: str | Path,
+    out_dir: str | Path,
+    work_dir: str | Path,
+    device_name: str = "cpu",
+) -> dict:
     device = resolve_device(device_name)
     train, holdout = reference_split(data_cfg, seed)
     source = trajectory_source(cfg["source"], traj_cfg, traj_dir, teacher_dir, train.images, device)
-    student, teacher_meta = init_student("diffusion", teacher_dir, teacher_dir, cfg["dropout"],
-                                         precond["boundary_sigma_min"])
+    student, teacher_meta = init_student(
+        "diffusion", teacher_dir, teacher_dir, cfg["dropout"], precond["boundary_sigma_min"]
+    )
     student = student.to(device)
-    distance = make_distance(cfg["loss"], pseudo_huber_c_value=cfg.get("pseudo_huber_c"),
-                             lpips_net=cfg.get("lpips_net", "vgg"), lpips_resize=cfg.get("lpips_resize"), device=device)
+    distance = make_distance(
+        cfg["loss"],
+        pseudo_huber_c_value=cfg.get("pseudo_huber_c"),
+        lpips_net=cfg.get("lpips_net", "vgg"),
+        lpips_resize=cfg.get("lpips_resize"),
+        device=device,
+    )
     steps = len(source.sigmas) - 1
     if cfg["batch_size"] % steps:
-        raise ValueError(f"midtrain.batch_size ({cfg['batch_size']}) must be a multiple of the {steps} trajectory "
-                         "states per trajectory")
+        raise ValueError(
+            f"midtrain.batch_size ({cfg['batch_size']}) must be a multiple of the {steps} trajectory "
+            "states per trajectory"
+        )
     per_step = cfg["batch_size"] // steps
     sigmas = source.sigmas.to(device)
 
@@ -68,20 +92,39 @@ def run(cfg: dict, traj_cfg: dict, data_cfg: dict, precond: dict, seed: int, tea
 
     loop = LoopConfig.from_dict({**LOOP_DEFAULTS, **cfg})
     scorer = Scorer(Path(featnet), holdout)
-    evaluate = consistency_fd_callback(scorer, cfg["eval_samples"], precond["sigma_max"], cfg["eval_t_mid"], seed,
-                                       holdout.shape)
+    evaluate = consistency_fd_callback(
+        scorer, cfg["eval_samples"], precond["sigma_max"], cfg["eval_t_mid"], seed, holdout.shape
+    )
     result = fit(student, loss_fn, loop, work_dir, desc=f"midtrain[{cfg['loss']}]", seed=seed, evaluate=evaluate)
     last_eval = [h for h in result.history if "fd_1step" in h][-1] if cfg["eval_every"] else {}
     trajectories_seen = loop.iterations * per_step
-    tags = {"label": "cmt", "loss": cfg["loss"], "source": cfg["source"], "solver": source_solver(source),
-            "nfe": str(steps)}
-    final = {"images": loop.iterations * loop.batch_size, "trajectories_seen": trajectories_seen,
-             "distinct_trajectories": source.distinct_seen,
-             "teacher_nfe": teacher_nfe(source, trajectories_seen, steps),
-             **{k: v for k, v in last_eval.items() if k.startswith("fd_")}}
+    tags = {
+        "label": "cmt",
+        "loss": cfg["loss"],
+        "source": cfg["source"],
+        "solver": source_solver(source),
+        "nfe": str(steps),
+    }
+    final = {
+        "images": loop.iterations * loop.batch_size,
+        "trajectories_seen": trajectories_seen,
+        "distinct_trajectories": source.distinct_seen,
+        "teacher_nfe": teacher_nfe(source, trajectories_seen, steps),
+        **{k: v for k, v in last_eval.items() if k.startswith("fd_")},
+    }
     meta = {"stage": "midtrain", "init": teacher_meta.get("stage", "teacher"), "config": cfg, **final}
-    finish(out_dir, work_dir, result, meta, precond["sigma_max"], cfg["eval_t_mid"], "midtrain/cmt",
-           params={**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "seed": seed}, tags=tags, final=final)
+    finish(
+        out_dir,
+        work_dir,
+        result,
+        meta,
+        precond["sigma_max"],
+        cfg["eval_t_mid"],
+        "midtrain/cmt",
+        params={**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "seed": seed},
+        tags=tags,
+        final=final,
+    )
     return final
 
 

@@ -24,8 +24,9 @@ def set_dropout(denoiser: Denoiser, p: float) -> Denoiser:
     return denoiser
 
 
-def init_student(init: str, init_dir: str | Path | None, architecture_from: str | Path, dropout: float,
-                 boundary_sigma_min: float) -> tuple[Denoiser, dict]:
+def init_student(
+    init: str, init_dir: str | Path | None, architecture_from: str | Path, dropout: float, boundary_sigma_min: float
+) -> tuple[Denoiser, dict]:
     """Student from ``random`` (fresh weights, the teacher's architecture) or from a checkpoint's EMA weights."""
     if init == "random":
         template, meta = load_denoiser(architecture_from)
@@ -38,8 +39,18 @@ def init_student(init: str, init_dir: str | Path | None, architecture_from: str 
     return set_dropout(student.set_mode("edm"), dropout), meta
 
 
-def finish(out_dir: str | Path, work_dir: str | Path, result: FitResult, meta: dict, sigma_max: float,
-           t_mid: float, run_name: str, params: dict, tags: dict, final: dict) -> None:
+def finish(
+    out_dir: str | Path,
+    work_dir: str | Path,
+    result: FitResult,
+    meta: dict,
+    sigma_max: float,
+    t_mid: float,
+    run_name: str,
+    params: dict,
+    tags: dict,
+    final: dict,
+) -> None:
     """Write EMA checkpoint, metric history, loss curve, 1-/2-step grids and the MLflow record."""
     out = Path(out_dir)
     ema = result.ema.cpu().set_mode("boundary")
@@ -49,9 +60,18 @@ def finish(out_dir: str | Path, work_dir: str | Path, result: FitResult, meta: d
     save_loss_curve(losses, out / "loss.png", title=f"{run_name} loss")
     noise = torch.randn((64, *ema.model.cfg.image_shape), generator=torch.Generator().manual_seed(0))
     save_grid(sample_consistency(ema, noise, sigma_max), out / "grid-1step.png", scale=4)
-    save_grid(sample_consistency(ema, noise, sigma_max, t_mid, torch.Generator().manual_seed(1)),
-              out / "grid-2step.png", scale=4)
-    write_record(out, stage=meta["stage"], run_name=run_name, params=params, tags=tags,
-                 metrics={**final, "wall_seconds": result.wall_seconds},
-                 artifacts=["loss.png", "grid-1step.png", "grid-2step.png"])
+    save_grid(
+        sample_consistency(ema, noise, sigma_max, t_mid, torch.Generator().manual_seed(1)),
+        out / "grid-2step.png",
+        scale=4,
+    )
+    write_record(
+        out,
+        stage=meta["stage"],
+        run_name=run_name,
+        params=params,
+        tags=tags,
+        metrics={**final, "wall_seconds": result.wall_seconds},
+        artifacts=["loss.png", "grid-1step.png", "grid-2step.png"],
+    )
     clear_resume(work_dir)

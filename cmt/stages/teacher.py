@@ -23,8 +23,9 @@ from cmt.train import FitResult, LoopConfig, clear_resume, fit, resolve_device
 DEFAULTS = {"warmup_iterations": 200, "ema_halflife_images": 50_000, "p_mean": -1.2, "p_std": 1.2}
 
 
-def edm_loss(denoiser: Denoiser, images: Tensor, p_mean: float, p_std: float,
-             generator: torch.Generator | None = None) -> Tensor:
+def edm_loss(
+    denoiser: Denoiser, images: Tensor, p_mean: float, p_std: float, generator: torch.Generator | None = None
+) -> Tensor:
     """EDM loss: lambda(sigma) ||D(y + sigma n, sigma) - y||^2, ln sigma ~ N(p_mean, p_std^2) (EDM eq. 2, 8).
 
     Per-sample sum over pixels, mean over the batch (numerics.md 2.2).
@@ -43,8 +44,9 @@ def build_denoiser(network: dict, precond: dict) -> Denoiser:
     return Denoiser(net, sigma_data=precond["sigma_data"], sigma_min=precond["boundary_sigma_min"], mode="edm")
 
 
-def train_teacher(denoiser: Denoiser, train_set: ImageDataset, cfg: dict, seed: int, device: torch.device,
-                  work_dir: str | Path) -> FitResult:
+def train_teacher(
+    denoiser: Denoiser, train_set: ImageDataset, cfg: dict, seed: int, device: torch.device, work_dir: str | Path
+) -> FitResult:
     """EDM training: Adam, linear LR warm-up, EDM's ramped half-life EMA; resumable from ``work_dir``."""
     cfg = {**DEFAULTS, **cfg}
     loop = LoopConfig.from_dict({**cfg, "optimizer": "adam"})
@@ -58,8 +60,9 @@ def train_teacher(denoiser: Denoiser, train_set: ImageDataset, cfg: dict, seed: 
     return fit(denoiser.to(device), loss_fn, loop, work_dir, desc="teacher", seed=seed)
 
 
-def sample_grid_images(denoiser: Denoiser, sample: dict, precond: dict, seed: int, shape: tuple[int, ...],
-                       device: torch.device) -> Tensor:
+def sample_grid_images(
+    denoiser: Denoiser, sample: dict, precond: dict, seed: int, shape: tuple[int, ...], device: torch.device
+) -> Tensor:
     """``sample.num_samples`` teacher samples with the configured solver and grid (no grad)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     noise = torch.randn((sample["num_samples"], *shape), generator=gen, device=device)
@@ -67,8 +70,16 @@ def sample_grid_images(denoiser: Denoiser, sample: dict, precond: dict, seed: in
     return sample_diffusion(denoiser.eval(), noise, sigmas, sample["solver"])
 
 
-def run(cfg: dict, network: dict, precond: dict, data_cfg: dict, seed: int, out_dir: str | Path,
-        work_dir: str | Path, device_name: str = "cpu") -> dict:
+def run(
+    cfg: dict,
+    network: dict,
+    precond: dict,
+    data_cfg: dict,
+    seed: int,
+    out_dir: str | Path,
+    work_dir: str | Path,
+    device_name: str = "cpu",
+) -> dict:
     """Teacher stage: train (``source: train``) or fetch a checkpoint; writes our format, a grid and a record."""
     out, device = Path(out_dir), resolve_device(device_name)
     train_set, _ = split(load_dataset(data_cfg), data_cfg["holdout_fraction"], seed)
@@ -77,24 +88,50 @@ def run(cfg: dict, network: dict, precond: dict, data_cfg: dict, seed: int, out_
     else:
         result = train_teacher(build_denoiser(network, precond), train_set, cfg["train"], seed, device, work_dir)
         ema, losses = result.ema, [h["loss"] for h in result.history]
-        meta = {"source": "train", "train": {"iterations": len(losses), "images": len(losses) * cfg["train"]["batch_size"],
-                                             "wall_seconds": result.wall_seconds, "resumed_from": result.resumed_from,
-                                             "final_loss": sum(losses[-50:]) / len(losses[-50:])}}
+        meta = {
+            "source": "train",
+            "train": {
+                "iterations": len(losses),
+                "images": len(losses) * cfg["train"]["batch_size"],
+                "wall_seconds": result.wall_seconds,
+                "resumed_from": result.resumed_from,
+                "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+            },
+        }
         save_loss_curve(losses, out / "loss.png", title="EDM teacher loss (per pixel)")
     samples = sample_grid_images(ema, cfg["sample"], precond, seed + 1, train_set.shape, device)
     save_grid(samples, out / "samples.png", scale=4)
     subtree = {"teacher": cfg, "network": network, "precond": precond, "data": data_cfg, "seed": seed}
-    meta = {**meta, "stage": "teacher", "model_kind": "diffusion", "tags": {"label": "teacher"},
-            "data": {"name": train_set.name, "shape": list(train_set.shape), "count": len(train_set)},
-            "config": subtree, "config_hash": config_hash(subtree), "git_commit": git_commit(),
-            "parameters": count_parameters(ema)}
+    meta = {
+        **meta,
+        "stage": "teacher",
+        "model_kind": "diffusion",
+        "tags": {"label": "teacher"},
+        "data": {"name": train_set.name, "shape": list(train_set.shape), "count": len(train_set)},
+        "config": subtree,
+        "config_hash": config_hash(subtree),
+        "git_commit": git_commit(),
+        "parameters": count_parameters(ema),
+    }
     save_denoiser(out, ema.cpu().set_mode("edm"), meta)
     write_history(out, [{"step": k + 1, "loss": v} for k, v in enumerate(losses)])
-    write_record(out, stage="teacher", run_name="teacher", params={"source": cfg["source"], "seed": seed,
-                 "parameters": meta["parameters"], **{f"train.{k}": v for k, v in cfg.get("train", {}).items()}},
-                 tags={"label": "teacher"}, metrics={"images": meta.get("train", {}).get("images", 0),
-                                                     "wall_seconds": meta.get("train", {}).get("wall_seconds", 0.0)},
-                 artifacts=[p.name for p in (out / "samples.png", out / "loss.png") if p.exists()])
+    write_record(
+        out,
+        stage="teacher",
+        run_name="teacher",
+        params={
+            "source": cfg["source"],
+            "seed": seed,
+            "parameters": meta["parameters"],
+            **{f"train.{k}": v for k, v in cfg.get("train", {}).items()},
+        },
+        tags={"label": "teacher"},
+        metrics={
+            "images": meta.get("train", {}).get("images", 0),
+            "wall_seconds": meta.get("train", {}).get("wall_seconds", 0.0),
+        },
+        artifacts=[p.name for p in (out / "samples.png", out / "loss.png") if p.exists()],
+    )
     clear_resume(work_dir)
     return meta
 

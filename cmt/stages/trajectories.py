@@ -6,17 +6,26 @@ from pathlib import Path
 
 from cmt.checkpoints import load_denoiser
 from cmt.data import load_dataset, split
-from cmt.trajectories import file_sha256, trajectory_spec, write_set
 from cmt.train import resolve_device
+from cmt.trajectories import file_sha256, trajectory_spec, write_set
 
 
-def run(cfg: dict, data_cfg: dict, seed: int, teacher_dir: str | Path, out_dir: str | Path,
-        device_name: str = "cpu") -> dict:
+def run(
+    cfg: dict, data_cfg: dict, seed: int, teacher_dir: str | Path, out_dir: str | Path, device_name: str = "cpu"
+) -> dict:
     """Write ``cfg['count']`` trajectories in shards; the teacher's weights sha256 is recorded."""
     device = resolve_device(device_name)
     teacher, _ = load_denoiser(teacher_dir)
     train, _ = split(load_dataset(data_cfg), data_cfg["holdout_fraction"], seed)
     spec = trajectory_spec(cfg, train.shape)
     provenance = {"teacher_sha256": file_sha256(Path(teacher_dir) / "model.safetensors")}
-    return write_set(out_dir, teacher.to(device), spec, cfg["count"], cfg["shard_size"], seed + cfg["seed_offset"],
-                     train.images.to(device), provenance)
+    return write_set(
+        out_dir,
+        teacher.to(device),
+        spec,
+        cfg["count"],
+        cfg["shard_size"],
+        seed + cfg["seed_offset"],
+        train.images.to(device),
+        provenance,
+    )

@@ -15,6 +15,7 @@ rule midtrain:
         teacher=subpath(input.teacher, parent=True),
         traj_arg=f"--traj {TRAJ}" if config["midtrain"]["source"] == "stored" else "",
     threads: 2
+    priority: 10  # on the critical path to ECT-from-CMT: schedule before independent runs
     resources:
         gpu=0,
         runtime=120,

@@ -11,6 +11,7 @@ rule trajectories:
         out=subpath(output.index, parent=True),
         teacher=subpath(input.teacher, parent=True),
     threads: 2
+    priority: 10  # on the critical path to ECT-from-CMT: schedule before independent runs
     resources:
         gpu=0,
         runtime=60,

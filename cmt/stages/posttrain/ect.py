@@ -54,9 +54,19 @@ def ect_loss(model: Denoiser, y: Tensor, gen: torch.Generator, cfg: dict, stage:
     return (distance(f_t, target) / (t - r)).mean()
 
 
-def run(cfg: dict, data_cfg: dict, precond: dict, seed: int, init: str, init_dir: str | Path | None,
-        teacher_dir: str | Path, featnet: str | Path, out_dir: str | Path, work_dir: str | Path,
-        device_name: str = "cpu") -> dict:
+def run(
+    cfg: dict,
+    data_cfg: dict,
+    precond: dict,
+    seed: int,
+    init: str,
+    init_dir: str | Path | None,
+    teacher_dir: str | Path,
+    featnet: str | Path,
+    out_dir: str | Path,
+    work_dir: str | Path,
+    device_name: str = "cpu",
+) -> dict:
     device = resolve_device(device_name)
     train, holdout = reference_split(data_cfg, seed)
     student, init_meta = init_student(init, init_dir, teacher_dir, cfg["dropout"], precond["boundary_sigma_min"])
@@ -70,15 +80,31 @@ def run(cfg: dict, data_cfg: dict, precond: dict, seed: int, init: str, init_dir
         return ect_loss(model, y, gen, cfg, ect_stage(step, cfg["iterations_per_tick"], cfg["double_ticks"]), distance)
 
     scorer = Scorer(Path(featnet), holdout)
-    evaluate = consistency_fd_callback(scorer, cfg["eval_samples"], precond["sigma_max"], cfg["t_mid"], seed,
-                                       holdout.shape)
+    evaluate = consistency_fd_callback(
+        scorer, cfg["eval_samples"], precond["sigma_max"], cfg["t_mid"], seed, holdout.shape
+    )
     result = fit(student, loss_fn, loop, work_dir, desc=f"ect[{init}]", seed=seed, evaluate=evaluate)
     last_eval = [h for h in result.history if "fd_1step" in h][-1] if cfg["eval_every"] else {}
     final = {"images": loop.iterations * loop.batch_size, **{k: v for k, v in last_eval.items() if k.startswith("fd_")}}
     tags = {"label": f"ect-{init}", "method": "ect", "init": init}
-    meta = {"stage": "posttrain", "method": "ect", "init": init, "init_stage": init_meta.get("stage"), "config": cfg,
-            **final}
-    finish(out_dir, work_dir, result, meta, precond["sigma_max"], cfg["t_mid"], f"posttrain/ect-{init}",
-           params={**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "init": init, "seed": seed},
-           tags=tags, final=final)
+    meta = {
+        "stage": "posttrain",
+        "method": "ect",
+        "init": init,
+        "init_stage": init_meta.get("stage"),
+        "config": cfg,
+        **final,
+    }
+    finish(
+        out_dir,
+        work_dir,
+        result,
+        meta,
+        precond["sigma_max"],
+        cfg["t_mid"],
+        f"posttrain/ect-{init}",
+        params={**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "init": init, "seed": seed},
+        tags=tags,
+        final=final,
+    )
     return final

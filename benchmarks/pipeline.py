@@ -1,0 +1,62 @@
+"""Wall time of the workflow: total and per rule (from Snakemake's `benchmark:` files).
+
+    .venv/bin/python benchmarks/pipeline.py --config config/config.yaml --run   # fresh run in a scratch copy
+    .venv/bin/python benchmarks/pipeline.py --results results/default          # summarise an existing run
+
+Target (issue 3): the embedded default `all` within 15 minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def summarise(results: Path) -> list[tuple[str, float, float]]:
+    """(job, wall seconds, max RSS MB) per benchmark file, slowest first."""
+    rows = []
+    for tsv in sorted((results / "benchmarks").glob("*.tsv")):
+        with tsv.open() as fh:
+            rec = next(csv.DictReader(fh, delimiter="\t"))
+        rss = float(rec["max_rss"]) if rec["max_rss"] not in ("-", "NA") else float("nan")
+        rows.append((tsv.stem, float(rec["s"]), rss))
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument("--results", type=Path, help="summarise this results folder instead of running")
+    parser.add_argument("--run", action="store_true", help="run `snakemake --cores 2 all` in a scratch copy")
+    args = parser.parse_args()
+    results = args.results
+    if args.run:
+        scratch = Path(tempfile.mkdtemp(prefix="cmt-bench-"))
+        for folder in ("workflow", "config", "envs"):
+            shutil.copytree(ROOT / folder, scratch / folder)
+        snakemake = Path(sys.executable).parent / "snakemake"
+        t0 = time.perf_counter()
+        subprocess.run([str(snakemake), "--cores", "2", "all", "--configfile", args.config], cwd=scratch, check=True)
+        print(f"total wall time: {time.perf_counter() - t0:.0f} s ({args.config}, 2 cores)")
+        results = scratch / "results" / yaml.safe_load((scratch / args.config).read_text())["name"]
+    if results is None:
+        parser.error("give --run or --results")
+    rows = summarise(results)
+    print("| job | wall s | max RSS MB |\n|---|---|---|")
+    for job, seconds, rss in rows:
+        print(f"| {job} | {seconds:.1f} | {rss:.0f} |")
+    print(f"| sum of jobs | {sum(r[1] for r in rows):.1f} | |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The LPIPS distance runs the real `lpips` package code on a trunk loaded from the torch hub cache.
+
+No pretrained weights can be downloaded here, so the test plants a seeded random SqueezeNet state
+dict under torchvision's file name (environment.md 5.1): the loading path is the production one,
+the numbers are not the published metric.
+"""
+
+import pytest
+import torch
+
+from cmt.losses import LPIPS_TRUNK_FILES, LPIPSDistance, make_distance, torch_hub_checkpoints
+
+
+@pytest.fixture
+def planted_squeeze(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    from torchvision.models import squeezenet1_1
+
+    torch.manual_seed(0)
+    path = torch_hub_checkpoints() / LPIPS_TRUNK_FILES["squeeze"]
+    path.parent.mkdir(parents=True)
+    torch.save(squeezenet1_1(weights=None).state_dict(), path)
+    return path
+
+
+def test_missing_trunk_fails_fast_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'empty'}.*{LPIPS_TRUNK_FILES['vgg']}"):
+        LPIPSDistance("vgg")
+
+
+def test_lpips_distance_properties(planted_squeeze):
+    dist = make_distance("lpips", lpips_net="squeeze", lpips_resize=32)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand((4, 1, 8, 8), generator=gen) * 2 - 1
+    y = torch.rand((4, 1, 8, 8), generator=gen) * 2 - 1
+    assert torch.allclose(dist(x, x), torch.zeros(4), atol=1e-6)
+    d = dist(x, y)
+    assert d.shape == (4,) and bool((d > 0).all())
+    torch.testing.assert_close(dist(y, x), d, rtol=1e-5, atol=1e-6)
+    x.requires_grad_(True)
+    dist(x, y).sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in dist.parameters())
+
+
+def test_lpips_refuses_images_below_the_trunk_minimum(planted_squeeze):
+    with pytest.raises(ValueError, match="at least 16 px"):
+        LPIPSDistance("squeeze")(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
