@@ -36,22 +36,25 @@ def _featnet(args: argparse.Namespace) -> None:
     featnet.run(p["featnet"], p["data"], p["seed"], args.out)
 
 
+def _trajectory_cfg(p: dict) -> dict:
+    """The trajectories section with the sigma range of the preconditioning section."""
+    return {**p["trajectories"], "sigma_min": p["precond"]["sigma_min"], "sigma_max": p["precond"]["sigma_max"]}
+
+
 def _trajectories(args: argparse.Namespace) -> None:
     from cmt.stages import trajectories
 
     p = _params(args)
-    cfg = {**p["trajectories"], "sigma_min": p["precond"]["sigma_min"], "sigma_max": p["precond"]["sigma_max"]}
-    trajectories.run(cfg, p["data"], p["seed"], args.teacher, args.out, p["device"])
+    trajectories.run(_trajectory_cfg(p), p["data"], p["seed"], args.teacher, args.out, p["device"])
 
 
 def _midtrain(args: argparse.Namespace) -> None:
     from cmt.stages import midtrain
 
     p = _params(args)
-    traj_cfg = {**p["trajectories"], "sigma_min": p["precond"]["sigma_min"], "sigma_max": p["precond"]["sigma_max"]}
     midtrain.run(
         p["midtrain"],
-        traj_cfg,
+        _trajectory_cfg(p),
         p["data"],
         p["precond"],
         p["seed"],

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from cmt.checkpoints import atomic_write_bytes, atomic_write_json, git_commit
+from cmt.config import config_hash
 
 RECORD = "run.json"
 HISTORY = "metrics.jsonl"
@@ -40,6 +41,7 @@ def write_record(
     artifacts: list[str] | tuple[str, ...] = (),
 ) -> dict:
     """Write ``run.json`` describing one job for ``ingest``."""
+    params = {**params, "config_hash": config_hash(params)}  # hash of the job's own config subtree
     record = {
         "stage": stage,
         "run_name": run_name,

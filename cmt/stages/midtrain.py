@@ -16,9 +16,9 @@ from torch import Tensor
 from cmt.checkpoints import load_denoiser
 from cmt.losses import Distance, make_distance
 from cmt.precond import Denoiser
-from cmt.stages.evaluate import Scorer, consistency_fd_callback, reference_split
-from cmt.stages.student import finish, init_student
-from cmt.train import LoopConfig, fit, resolve_device
+from cmt.stages.evaluate import reference_split
+from cmt.stages.student import finish, fit_student, init_student
+from cmt.train import LoopConfig, resolve_device
 from cmt.trajectories import OnlineTrajectories, StoredTrajectories, TrajectorySource, trajectory_spec
 
 LOOP_DEFAULTS = {"optimizer": "radam", "lr_schedule": "linear_decay", "ema_beta": 0.999, "betas": [0.9, 0.999]}
@@ -91,12 +91,19 @@ def run(
         return cmt_loss(model, source.sample(per_step, gen).to(device), sigmas, distance)
 
     loop = LoopConfig.from_dict({**LOOP_DEFAULTS, **cfg})
-    scorer = Scorer(Path(featnet), holdout)
-    evaluate = consistency_fd_callback(
-        scorer, cfg["eval_samples"], precond["sigma_max"], cfg["eval_t_mid"], seed, holdout.shape
+    result, last_fd = fit_student(
+        student,
+        loss_fn,
+        loop,
+        featnet,
+        holdout,
+        precond,
+        cfg["eval_t_mid"],
+        cfg["eval_samples"],
+        seed,
+        work_dir,
+        desc=f"midtrain[{cfg['loss']}]",
     )
-    result = fit(student, loss_fn, loop, work_dir, desc=f"midtrain[{cfg['loss']}]", seed=seed, evaluate=evaluate)
-    last_eval = [h for h in result.history if "fd_1step" in h][-1] if cfg["eval_every"] else {}
     trajectories_seen = loop.iterations * per_step
     tags = {
         "label": "cmt",
@@ -110,8 +117,9 @@ def run(
         "trajectories_seen": trajectories_seen,
         "distinct_trajectories": source.distinct_seen,
         "teacher_nfe": teacher_nfe(source, trajectories_seen, steps),
-        **{k: v for k, v in last_eval.items() if k.startswith("fd_")},
+        **last_fd,
     }
+    tags["teacher"] = teacher_meta.get("config_hash", "?")
     meta = {"stage": "midtrain", "init": teacher_meta.get("stage", "teacher"), "config": cfg, **final}
     finish(
         out_dir,

@@ -7,13 +7,15 @@ from pathlib import Path
 import torch
 
 from cmt.checkpoints import load_denoiser, save_denoiser
+from cmt.data import ImageDataset
 from cmt.images import save_grid
 from cmt.nets import UNetBlock, build_unet
 from cmt.plots import save_loss_curve
 from cmt.precond import Denoiser
 from cmt.sampling import sample_consistency
+from cmt.stages.evaluate import Scorer, consistency_fd_callback
 from cmt.tracking import write_history, write_record
-from cmt.train import FitResult, clear_resume
+from cmt.train import FitResult, LoopConfig, LossFn, clear_resume, fit
 
 
 def set_dropout(denoiser: Denoiser, p: float) -> Denoiser:
@@ -37,6 +39,27 @@ def init_student(
         student, meta = load_denoiser(init_dir)
     student.sigma_min = boundary_sigma_min
     return set_dropout(student.set_mode("edm"), dropout), meta
+
+
+def fit_student(
+    student: Denoiser,
+    loss_fn: LossFn,
+    loop: LoopConfig,
+    featnet: str | Path,
+    holdout: ImageDataset,
+    precond: dict,
+    t_mid: float,
+    eval_samples: int,
+    seed: int,
+    work_dir: str | Path,
+    desc: str,
+) -> tuple[FitResult, dict]:
+    """``fit`` with FD of 1- and 2-step samples along training; returns the result and the last FDs."""
+    scorer = Scorer(Path(featnet), holdout)
+    evaluate = consistency_fd_callback(scorer, eval_samples, precond["sigma_max"], t_mid, seed, holdout.shape)
+    result = fit(student, loss_fn, loop, work_dir, desc=desc, seed=seed, evaluate=evaluate)
+    evals = [h for h in result.history if "fd_1step" in h]
+    return result, {k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("fd_")}
 
 
 def finish(

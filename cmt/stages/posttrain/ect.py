@@ -13,9 +13,9 @@ from torch import Tensor
 
 from cmt.losses import Distance, make_distance
 from cmt.precond import Denoiser
-from cmt.stages.evaluate import Scorer, consistency_fd_callback, reference_split
-from cmt.stages.student import finish, init_student
-from cmt.train import LoopConfig, fit, resolve_device
+from cmt.stages.evaluate import reference_split
+from cmt.stages.student import finish, fit_student, init_student
+from cmt.train import LoopConfig, resolve_device
 
 LOOP_DEFAULTS = {"optimizer": "radam", "lr_schedule": "linear_decay", "betas": [0.9, 0.999]}
 
@@ -79,14 +79,21 @@ def run(
         y = images[torch.randint(len(images), (loop.batch_size,), generator=gen, device=device)]
         return ect_loss(model, y, gen, cfg, ect_stage(step, cfg["iterations_per_tick"], cfg["double_ticks"]), distance)
 
-    scorer = Scorer(Path(featnet), holdout)
-    evaluate = consistency_fd_callback(
-        scorer, cfg["eval_samples"], precond["sigma_max"], cfg["t_mid"], seed, holdout.shape
+    result, last_fd = fit_student(
+        student,
+        loss_fn,
+        loop,
+        featnet,
+        holdout,
+        precond,
+        cfg["t_mid"],
+        cfg["eval_samples"],
+        seed,
+        work_dir,
+        desc=f"ect[{init}]",
     )
-    result = fit(student, loss_fn, loop, work_dir, desc=f"ect[{init}]", seed=seed, evaluate=evaluate)
-    last_eval = [h for h in result.history if "fd_1step" in h][-1] if cfg["eval_every"] else {}
-    final = {"images": loop.iterations * loop.batch_size, **{k: v for k, v in last_eval.items() if k.startswith("fd_")}}
-    tags = {"label": f"ect-{init}", "method": "ect", "init": init}
+    final = {"images": loop.iterations * loop.batch_size, **last_fd}
+    tags = {"label": f"ect-{init}", "method": "ect", "init": init, "init_model": init_meta.get("config_hash", "?")}
     meta = {
         "stage": "posttrain",
         "method": "ect",

@@ -1,0 +1,65 @@
+"""Metrics: FD/KID closed forms, the feature net on real digits, Inception weights never downloaded."""
+
+import numpy as np
+import pytest
+import torch
+
+from cmt.data import load_digits, split
+from cmt.metrics import (
+    classifier_scores,
+    extract,
+    frechet_distance,
+    inception_features,
+    inception_path,
+    kernel_distance,
+    load_feature_net,
+    save_feature_net,
+    train_feature_net,
+)
+
+
+def test_frechet_distance_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((20000, 4))
+    shift = np.array([1.0, -2.0, 0.5, 0.0])
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # equal covariances: FD = ||mu1 - mu2||^2
+    assert frechet_distance(a, a + shift) == pytest.approx(float(shift @ shift), rel=1e-6)
+    # scaled copy: FD = sum (1 - s)^2 * var over dims (same mean)
+    assert frechet_distance(a, 2 * a) == pytest.approx(4 * 1.0, rel=0.05)
+
+
+def test_kid_near_zero_for_same_distribution_and_positive_otherwise():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((2000, 8)), rng.standard_normal((2000, 8))
+    assert abs(kernel_distance(a, b)) < 0.01 < kernel_distance(a, b + 1.0)
+
+
+@pytest.fixture(scope="module")
+def featnet():
+    train, holdout = split(load_digits(), 0.2, seed=0)
+    net, accuracy = train_feature_net(train, holdout, epochs=8, seed=0)
+    return net, accuracy, holdout
+
+
+def test_feature_net_learns_real_digits_and_round_trips(featnet, tmp_path):
+    net, accuracy, holdout = featnet
+    assert accuracy > 0.85
+    save_feature_net(net, tmp_path / "f.safetensors", {"holdout_accuracy": accuracy})
+    back = load_feature_net(tmp_path / "f.safetensors")
+    np.testing.assert_array_equal(extract(back, holdout.images), extract(net, holdout.images))
+
+
+def test_classifier_scores_detect_mode_collapse(featnet):
+    net, _, holdout = featnet
+    varied = classifier_scores(net, holdout.images)
+    collapsed = classifier_scores(net, holdout.images[:1].repeat(300, 1, 1, 1))
+    assert varied["class_entropy"] > 0.95 and collapsed["class_entropy"] == 0.0
+    assert 0.8 < varied["confidence"] <= 1.0
+
+
+@pytest.mark.skipif(inception_path().exists(), reason="real Inception weights present on this machine")
+def test_inception_is_never_downloaded():
+    with pytest.raises(FileNotFoundError, match=str(inception_path())):
+        inception_features(torch.zeros(2, 1, 8, 8), torch.device("cpu"))
+    assert not inception_path().exists()
