@@ -158,6 +158,11 @@ def split(dataset: ImageDataset, holdout_fraction: float, seed: int) -> tuple[Im
     )
 
 
+def train_holdout(data_cfg: dict, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """The (train, held-out) split of a config ``data`` section that every stage shares."""
+    return split(load_dataset(data_cfg), data_cfg["holdout_fraction"], seed)
+
+
 def _existing(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from cmt.checkpoints import atomic_write_json, load_denoiser
-from cmt.data import ImageDataset, load_dataset, split
+from cmt.data import ImageDataset, train_holdout
 from cmt.images import save_grid
 from cmt.metrics import (
     classifier_scores,
@@ -50,17 +50,11 @@ class Scorer:
     def score(self, images: Tensor) -> dict:
         images = images.clamp(-1, 1).cpu()
         feats = self._features(images)
-        key = "fid" if self.features == "inception" else "fd"
         return {
-            key: frechet_distance(feats, self.ref_feats),
+            "fd": frechet_distance(feats, self.ref_feats),  # FID when features == "inception"
             "kid": kernel_distance(feats, self.ref_feats),
             **classifier_scores(self.net, images),
         }
-
-
-def reference_split(data_cfg: dict, seed: int) -> tuple[ImageDataset, ImageDataset]:
-    """The (train, held-out) split every stage shares."""
-    return split(load_dataset(data_cfg), data_cfg["holdout_fraction"], seed)
 
 
 def consistency_fd_callback(scorer: Scorer, n: int, sigma_max: float, t_mid: float, seed: int, shape: tuple[int, ...]):
@@ -112,7 +106,7 @@ def run(
     """Evaluate one model: scores.json, one grid per sampler, and a record for MLflow."""
     out = Path(out_dir)
     model, meta = load_denoiser(model_dir)
-    _, holdout = reference_split(data_cfg, seed)
+    _, holdout = train_holdout(data_cfg, seed)
     scorer = Scorer(Path(featnet), holdout, cfg["features"], device)
     scores = {}
     for sampler, images in generate(model, meta, cfg, precond, holdout.shape, device).items():

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cmt.data import train_holdout
 from cmt.metrics import save_feature_net, train_feature_net
-from cmt.stages.evaluate import reference_split
 from cmt.tracking import write_record
 
 
 def run(cfg: dict, data_cfg: dict, seed: int, out_file: str | Path) -> dict:
-    train, holdout = reference_split(data_cfg, seed)
+    train, holdout = train_holdout(data_cfg, seed)
     net, accuracy = train_feature_net(train, holdout, cfg["epochs"], seed)
     meta = {"holdout_accuracy": accuracy, "train_count": len(train), "holdout_count": len(holdout)}
     save_feature_net(net, out_file, meta)

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from cmt.checkpoints import load_denoiser
+from cmt.data import train_holdout
 from cmt.losses import Distance, make_distance
 from cmt.precond import Denoiser
-from cmt.stages.evaluate import reference_split
 from cmt.stages.student import finish, fit_student, init_student
 from cmt.train import LoopConfig, resolve_device
 from cmt.trajectories import OnlineTrajectories, StoredTrajectories, TrajectorySource, trajectory_spec
@@ -65,7 +65,7 @@ def run(
     device_name: str = "cpu",
 ) -> dict:
     device = resolve_device(device_name)
-    train, holdout = reference_split(data_cfg, seed)
+    train, holdout = train_holdout(data_cfg, seed)
     source = trajectory_source(cfg["source"], traj_cfg, traj_dir, teacher_dir, train.images, device)
     student, teacher_meta = init_student(
         "diffusion", teacher_dir, teacher_dir, cfg["dropout"], precond["boundary_sigma_min"]

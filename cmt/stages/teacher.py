@@ -9,7 +9,7 @@ from torch import Tensor
 
 from cmt.checkpoints import git_commit, load_denoiser_file, save_denoiser
 from cmt.config import config_hash
-from cmt.data import ImageDataset, load_dataset, split
+from cmt.data import ImageDataset, train_holdout
 from cmt.fetch import fetch
 from cmt.images import save_grid
 from cmt.nets import build_unet, count_parameters, network_config
@@ -82,7 +82,7 @@ def run(
 ) -> dict:
     """Teacher stage: train (``source: train``) or fetch a checkpoint; writes our format, a grid and a record."""
     out, device = Path(out_dir), resolve_device(device_name)
-    train_set, _ = split(load_dataset(data_cfg), data_cfg["holdout_fraction"], seed)
+    train_set, _ = train_holdout(data_cfg, seed)
     if cfg["source"] == "fetch":
         ema, meta, losses = _fetched(cfg["fetch"], work_dir)
     else:

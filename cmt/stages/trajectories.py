@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmt.checkpoints import load_denoiser
-from cmt.data import load_dataset, split
+from cmt.data import train_holdout
 from cmt.train import resolve_device
 from cmt.trajectories import file_sha256, trajectory_spec, write_set
 
@@ -16,7 +16,7 @@ def run(
     """Write ``cfg['count']`` trajectories in shards; the teacher's weights sha256 is recorded."""
     device = resolve_device(device_name)
     teacher, _ = load_denoiser(teacher_dir)
-    train, _ = split(load_dataset(data_cfg), data_cfg["holdout_fraction"], seed)
+    train, _ = train_holdout(data_cfg, seed)
     spec = trajectory_spec(cfg, train.shape)
     provenance = {"teacher_sha256": file_sha256(Path(teacher_dir) / "model.safetensors")}
     return write_set(

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cmt.data import train_holdout
 from cmt.losses import Distance, make_distance
 from cmt.precond import Denoiser
-from cmt.stages.evaluate import reference_split
 from cmt.stages.student import finish, fit_student, init_student
 from cmt.train import LoopConfig, resolve_device
 
@@ -68,7 +68,7 @@ def run(
     device_name: str = "cpu",
 ) -> dict:
     device = resolve_device(device_name)
-    train, holdout = reference_split(data_cfg, seed)
+    train, holdout = train_holdout(data_cfg, seed)
     student, init_meta = init_student(init, init_dir, teacher_dir, cfg["dropout"], precond["boundary_sigma_min"])
     student = student.to(device)
     images = train.images.to(device)
