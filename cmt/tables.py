@@ -135,6 +135,19 @@ def plot_curves(curves: dict, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def log_tables(db: str | Path, experiment: str, files: list[Path]) -> None:
+    """Attach the tables to the experiment's parent run (``tables/`` in its artifacts)."""
+    from mlflow.tracking import MlflowClient
+
+    from cmt.tracking import parent_run, tracking_uri
+
+    client = MlflowClient(tracking_uri(db))
+    exp = client.get_experiment_by_name(experiment)
+    run_id = parent_run(client, exp.experiment_id, experiment)
+    for file in files:
+        client.log_artifact(run_id, str(file), artifact_path="tables")
+
+
 def main_report(db: str | Path, experiment: str, out_dir: str | Path) -> pd.DataFrame:
     """Write ``main.md``, ``main.csv`` and ``fd_vs_iterations.png`` into ``out_dir``."""
     out = Path(out_dir)
@@ -150,4 +163,5 @@ def main_report(db: str | Path, experiment: str, out_dir: str | Path) -> pd.Data
     )
     atomic_write_bytes(out / "main.md", md.encode())
     plot_curves(curves, out / "fd_vs_iterations.png")
+    log_tables(db, experiment, [out / "main.md", out / "main.csv", out / "fd_vs_iterations.png"])
     return table

@@ -84,7 +84,7 @@ def ingest(
         if exp
         else client.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
     )
-    parent = _parent_run(client, exp_id, experiment)
+    parent = parent_run(client, exp_id, experiment)
     counts = {"created": 0, "unchanged": 0}
     for file in record_files:
         folder = Path(file).parent
@@ -130,7 +130,7 @@ def ingest(
     return counts
 
 
-def _parent_run(client, exp_id: str, experiment: str) -> str:
+def parent_run(client, exp_id: str, experiment: str) -> str:
     found = client.search_runs([exp_id], filter_string="tags.cmt_parent = 'true'")
     if found:
         return found[0].info.run_id

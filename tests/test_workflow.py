@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+from pathlib import Path
 
 import yaml
 from conftest import copy_project, planned_jobs, snakemake
@@ -19,6 +20,9 @@ def test_smoke_run_produces_tables_from_mlflow(smoke):
 
     runs = search(results / "mlflow.db", "smoke", stage="evaluate")
     assert set(runs["tags.label"]) == LABELS
+    parent = search(results / "mlflow.db", "smoke").query("`tags.cmt_parent` == 'true'")
+    tables = Path(parent["artifact_uri"].item().removeprefix("file://")) / "tables"
+    assert {"main.md", "main.csv", "fd_vs_iterations.png"} <= {p.name for p in tables.iterdir()}
     assert {"teacher.tsv", "midtrain.tsv", "posttrain-ect-cmt.tsv"} <= {
         p.name for p in (results / "benchmarks").iterdir()
     }
