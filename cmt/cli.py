@@ -68,11 +68,12 @@ def _midtrain(args: argparse.Namespace) -> None:
 
 
 def _posttrain(args: argparse.Namespace) -> None:
-    from cmt.stages.posttrain import ect
+    from cmt.stages.posttrain import runner
 
     p = _params(args)
-    ect.run(
-        p["ect"],
+    runner.run(
+        args.method,
+        p[args.method],
         p["data"],
         p["precond"],
         p["seed"],
@@ -141,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     verb("featnet", _featnet, "train the offline metric's feature net", "out")
     verb("trajectories", _trajectories, "generate a stored trajectory set", "teacher", "out")
     verb("midtrain", _midtrain, "CMT mid-training", "teacher", "traj", "featnet", "out", "work")
-    post = verb("posttrain", _posttrain, "post-training (ECT)", "teacher", "init-dir", "featnet", "out", "work")
+    post = verb(
+        "posttrain", _posttrain, "post-training (ECT, ECD, MeanFlow)", "teacher", "init-dir", "featnet", "out", "work"
+    )
+    post.add_argument("--method", required=True, choices=["ect", "ecd", "meanflow"])
     post.add_argument("--init", required=True, choices=["random", "diffusion", "cmt"])
     ev = verb("evaluate", _evaluate, "1-/2-step (or teacher) sampling, FD/KID, grids", "model", "featnet", "out")
     ev.add_argument("--label", required=True)

@@ -80,14 +80,18 @@ class Denoiser(nn.Module):
         return edm_scalings(sigma, self.sigma_data)
 
     def forward(self, x: Tensor, sigma: Tensor, second_time: Tensor | None = None) -> Tensor:
-        """D(x, sigma); ``second_time`` (B,) is fed raw to the network's optional second time input."""
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+        """D(x, sigma); ``second_time`` (B,) is fed raw to the network's optional second time input.
+
+        Computes in fp32 at least (EDM casts to fp32; fp64 inputs stay fp64) and returns x's dtype.
+        """
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        sigma = torch.as_tensor(sigma, device=x.device).to(dtype).reshape(-1)
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
         c = self.scalings(sigma.reshape(-1, *([1] * (x.ndim - 1))))
-        x32 = x.to(torch.float32)
-        f = self.model(c.c_in * x32, c.c_noise.reshape(-1), second_time)
-        return (c.c_skip * x32 + c.c_out * f.to(torch.float32)).to(x.dtype)
+        xc = x.to(dtype)
+        f = self.model(c.c_in * xc, c.c_noise.reshape(-1), second_time)
+        return (c.c_skip * xc + c.c_out * f.to(dtype)).to(x.dtype)
 
 
 def edm_to_fm(x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:

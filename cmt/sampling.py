@@ -33,3 +33,24 @@ def sample_consistency(
     finally:
         model.set_mode(mode)
     return x0
+
+
+@torch.no_grad()
+def sample_few_step(
+    model: Denoiser,
+    kind: str,
+    noise: Tensor,
+    steps: int,
+    sigma_max: float,
+    t_mid: float,
+    gen: torch.Generator | None = None,
+) -> Tensor:
+    """1- or 2-step samples of a ``consistency`` model (method.md 9) or a ``meanflow`` model (numerics.md 9.5)."""
+    if kind == "meanflow":
+        from cmt.meanflow import sample_meanflow
+
+        model.eval()
+        return sample_meanflow(model, noise, steps)
+    if kind != "consistency" or steps not in (1, 2):
+        raise ValueError(f"no {steps}-step sampler for model kind {kind!r}")
+    return sample_consistency(model, noise, sigma_max, t_mid if steps == 2 else None, gen)

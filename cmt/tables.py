@@ -10,14 +10,10 @@ import pandas as pd
 
 from cmt.checkpoints import atomic_write_bytes
 
-# Lineage of each model row: the training stages (by label) whose images, teacher NFE and wall time it carries.
-MAIN_ROWS = [
-    ("teacher", "teacher (EDM, 16 NFE)", ["teacher"]),
-    ("cmt", "CMT only", ["teacher", "cmt"]),
-    ("ect-random", "ECT from random init", ["ect-random"]),
-    ("ect-diffusion", "ECT from diffusion init", ["teacher", "ect-diffusion"]),
-    ("ect-cmt", "ECT from CMT init", ["teacher", "cmt", "ect-cmt"]),
-]
+METHOD_NAMES = {"ect": "ECT", "ecd": "ECD", "meanflow": "MeanFlow"}
+INIT_NAMES = {"random": "random init", "diffusion": "diffusion init", "cmt": "CMT init"}
+# The training stages (by label) whose images, teacher NFE and wall time a model of each init carries.
+INIT_LINEAGE = {"random": [], "diffusion": ["teacher"], "cmt": ["teacher", "cmt"]}
 TRAIN_STAGES = ("teacher", "midtrain", "posttrain")
 
 
@@ -34,9 +30,26 @@ def _metric(row: pd.Series | None, name: str) -> float:
     return float(row[f"metrics.{name}"])
 
 
+def model_rows(labels: set[str]) -> list[tuple[str, str, list[str]]]:
+    """(label, row name, lineage) for the evaluated labels: teacher, CMT, then <method>-<init> in a fixed order."""
+    rows = [("teacher", "teacher (EDM)", ["teacher"]), ("cmt", "CMT only", ["teacher", "cmt"])]
+    rows += [
+        (f"{m}-{i}", f"{name} from {init_name}", INIT_LINEAGE[i] + [f"{m}-{i}"])
+        for m, name in METHOD_NAMES.items()
+        for i, init_name in INIT_NAMES.items()
+    ]
+    return [row for row in rows if row[0] in labels]
+
+
 def _images(train: dict, lineage: list[str], label: str) -> int:
     """Training images of stage ``label`` if the model's lineage includes it."""
     return int(_metric(train.get(label), "images")) if label in lineage and label in train else 0
+
+
+def _lineage_sum(train: dict, lineage: list[str], name: str) -> float:
+    """Sum of a training metric over the stages a model descends from (missing values count as 0)."""
+    values = [_metric(train.get(stage), name) for stage in lineage]
+    return sum(v for v in values if not math.isnan(v))
 
 
 def main_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -45,11 +58,8 @@ def main_table(runs: pd.DataFrame) -> pd.DataFrame:
     train = {label: r for (stage, label), r in by.items() if stage in TRAIN_STAGES}
     multi = next((c[len("metrics.") :] for c in runs.columns if c.startswith("metrics.fd_") and c.endswith("nfe")), "")
     rows = []
-    for label, name, lineage in MAIN_ROWS:
-        ev = by.get(("evaluate", label))
-        if ev is None:
-            continue
-
+    for label, name, lineage in model_rows({lbl for stage, lbl in by if stage == "evaluate"}):
+        ev = by[("evaluate", label)]
         rows.append(
             {
                 "model": name,
@@ -59,9 +69,9 @@ def main_table(runs: pd.DataFrame) -> pd.DataFrame:
                 "KID 2-step": _metric(ev, "kid_2step"),
                 "images teacher": _images(train, lineage, "teacher"),
                 "images mid": _images(train, lineage, "cmt"),
-                "images post": _images(train, lineage, label) if label.startswith("ect-") else 0,
-                "teacher NFE (training)": int(_metric(train.get("cmt"), "teacher_nfe")) if "cmt" in lineage else 0,
-                "wall s (training)": sum(_metric(train.get(s), "wall_seconds") for s in lineage if s in train),
+                "images post": _images(train, lineage, label) if label not in ("teacher", "cmt") else 0,
+                "teacher NFE (training)": int(_lineage_sum(train, lineage, "teacher_nfe")),
+                "wall s (training)": _lineage_sum(train, lineage, "wall_seconds"),
             }
         )
     return pd.DataFrame(rows)
@@ -153,13 +163,14 @@ def main_report(db: str | Path, experiment: str, out_dir: str | Path) -> pd.Data
     out = Path(out_dir)
     runs = _runs(db, experiment)
     table = main_table(runs)
-    curves = fd_curves(db, runs, [label for label, _, _ in MAIN_ROWS if label.startswith("ect-")])
+    post = sorted(runs.loc[runs["tags.cmt_stage"] == "posttrain", "tags.label"])
+    curves = fd_curves(db, runs, post)
     atomic_write_bytes(out / "main.csv", table.to_csv(index=False).encode())
-    note = iterations_to_match(curves, "ect-diffusion", "ect-cmt")
+    notes = [iterations_to_match(curves, f"{m}-diffusion", f"{m}-cmt") for m in METHOD_NAMES if f"{m}-cmt" in curves]
     md = (
         f"# Main comparison ({experiment})\n\nBuilt from the MLflow store {Path(db).name} "
         f"(experiment `{experiment}`). FD: Frechet distance in the feature space of the evaluation net, "
-        "against held-out data (lower is better).\n\n" + to_markdown(table) + f"\n{note}.\n"
+        "against held-out data (lower is better).\n\n" + to_markdown(table) + "".join(f"\n{n}.\n" for n in notes)
     )
     atomic_write_bytes(out / "main.md", md.encode())
     plot_curves(curves, out / "fd_vs_iterations.png")

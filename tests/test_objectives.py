@@ -6,7 +6,8 @@ from torch import nn
 
 from cmt import oracle
 from cmt.losses import l2_norm, pseudo_huber, pseudo_huber_c, squared_l2
-from cmt.stages.midtrain import cmt_loss
+from cmt.stages.midtrain import cmt_flowmap_loss, cmt_loss, state_pairs, state_points, trajectories_per_step
+from cmt.stages.posttrain.ecd import teacher_step
 from cmt.stages.posttrain.ect import ect_loss, ect_r, ect_stage
 
 MU, S = 0.3, 0.5
@@ -97,3 +98,78 @@ def test_ect_rows_with_r_zero_target_the_clean_image():
     cfg = {**CFG, "q": 2.0, "p_mean": float(torch.log(torch.tensor(0.5))), "p_std": 0.0}
     loss = ect_loss(lambda x, s: constant, y, torch.Generator().manual_seed(2), cfg, 0, l2_norm)
     assert float(loss) == pytest.approx(float(l2_norm(constant, y).mean() / 0.5), rel=1e-5)
+
+
+class ExactMeanVelocityDenoiser:
+    """EDM-style denoiser with second time input whose converted field is the exact Gaussian mean velocity."""
+
+    def __call__(self, x, sigma, h):
+        t = sigma / (1 + sigma)
+        z = x / (1 + sigma).reshape(-1, 1)
+        return z - t.reshape(-1, 1) * oracle.fm_mean_velocity(z, t - h, t, MU, S)
+
+
+def test_flowmap_cmt_targets_are_flow_matching_mean_velocities():
+    """On exact trajectories the exact FM mean velocity has zero CMT-MF loss; sigma-time targets would not."""
+    traj = exact_trajectories()
+    pairs = state_pairs(len(SIGMAS) - 1).expand(len(traj), -1, -1)
+    assert float(cmt_flowmap_loss(ExactMeanVelocityDenoiser(), traj, SIGMAS, pairs)) < 1e-20
+    # the sigma-time finite difference is a different field (numerics.md 6.1): u_FM = (1 + sigma_b) u_sigma - x_b
+    a, b = 1, 2
+    u_sigma = (traj[:, a] - traj[:, b]) / (SIGMAS[a] - SIGMAS[b])
+    z_a, t_a = traj[:, a] / (1 + SIGMAS[a]), SIGMAS[a] / (1 + SIGMAS[a])
+    u_fm = oracle.fm_mean_velocity(z_a, SIGMAS[b] / (1 + SIGMAS[b]), t_a, MU, S)
+    torch.testing.assert_close(u_fm, (1 + SIGMAS[b]) * u_sigma - traj[:, b])
+    assert float((u_fm - u_sigma).abs().max()) > 0.1
+
+
+def test_flowmap_cmt_with_endpoint_pairs_reduces_to_weighted_consistency_form():
+    """With t_b = t(sigma_min), u = (z_a - (1 - t_b) f) / (t_a - t_b) turns CMT-MF into CMT-CM with weights
+    (1 - t_b)^2 / (t_a - t_b)^2 on the l2 consistency error (method.md 4, reduction)."""
+    traj = exact_trajectories() + 0.01 * torch.randn(64, len(SIGMAS), 3, dtype=torch.float64)
+    t_all = SIGMAS / (1 + SIGMAS)
+    f = lambda x, sigma: 0.9 * x + 0.1 * torch.tanh(x) * sigma.reshape(-1, 1) / 80  # noqa: E731 - any consistency fn
+
+    class FromConsistency:
+        def __call__(self, x, sigma, h):
+            t = sigma / (1 + sigma)
+            z = x / (1 + sigma).reshape(-1, 1)
+            r = t - h
+            u = (z - (1 - r).reshape(-1, 1) * f(x, sigma)) / (t - r).reshape(-1, 1)
+            return z - t.reshape(-1, 1) * u
+
+    end = len(SIGMAS) - 1
+    pairs = torch.stack([torch.arange(end), torch.full((end,), end)], dim=1).expand(len(traj), -1, -1)
+    flowmap = cmt_flowmap_loss(FromConsistency(), traj, SIGMAS, pairs)
+    weights = (1 - t_all[end]) ** 2 / (t_all[:end] - t_all[end]) ** 2
+    per_state = f(traj[:, :end].reshape(-1, 3), SIGMAS[:end].repeat(len(traj))) - traj[:, end].repeat_interleave(end, 0)
+    expected = (per_state.square().sum(1) * weights.repeat(len(traj))).mean()
+    assert float(flowmap) == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_state_variants_and_pairs():
+    gen = torch.Generator().manual_seed(0)
+    assert state_points("all", 4, 16, gen) is None
+    assert state_points("noise", 4, 16, gen).tolist() == [[0]] * 4
+    one = state_points("one", 1000, 16, gen)
+    assert one.shape == (1000, 1) and set(one.flatten().tolist()) == set(range(16))
+    pairs = state_pairs(16)
+    assert pairs.shape == (136, 2) and bool((pairs[:, 0] < pairs[:, 1]).all()) and int(pairs.max()) == 16
+    assert trajectories_per_step(128, 16, "consistency", "all") == 8
+    assert trajectories_per_step(128, 16, "consistency", "one") == 128
+    with pytest.raises(ValueError, match="multiple of the 16"):
+        trajectories_per_step(100, 16, "flowmap", "all")
+
+
+@pytest.mark.parametrize("kind,order", [("euler", 2), ("heun", 3)])
+def test_ecd_teacher_step_local_error_order(kind, order):
+    """One teacher step from t to r on the exact Gaussian denoiser: local error O(dt^2) Euler, O(dt^3) Heun."""
+    x_t = oracle.marginal_sample((4000, 1), 2.0, MU, S, torch.Generator().manual_seed(5))
+    t = torch.full((4000,), 2.0, dtype=torch.float64)
+    errors = []
+    for dt in (0.2, 0.1, 0.05):
+        r = t - dt
+        step = teacher_step(lambda x, s: oracle.denoiser(x, s, MU, S), x_t, t, r, kind)
+        errors.append(float((step - oracle.trajectory_point(x_t, 2.0, 2.0 - dt, MU, S)).abs().max()))
+    assert errors[0] / errors[1] == pytest.approx(2**order, rel=0.15)
+    assert errors[1] / errors[2] == pytest.approx(2**order, rel=0.15)

@@ -39,7 +39,7 @@ def test_editing_midtrain_loss_reruns_only_midtrain_and_downstream(smoke, tmp_pa
     edited = tmp_path / "edited.yaml"
     edited.write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(snakemake(smoke, "-n", "all", "--configfile", str(edited)).stdout)
-    assert jobs == {"midtrain": 1, "posttrain_ect": 1, "evaluate": 2, "ingest": 1, "report": 1, "all": 1}
+    assert jobs == {"midtrain": 1, "posttrain": 1, "evaluate": 2, "ingest": 1, "report": 1, "all": 1}
 
 
 def test_config_typo_is_a_schema_error_naming_the_key(smoke, tmp_path):

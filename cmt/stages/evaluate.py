@@ -21,7 +21,7 @@ from cmt.metrics import (
     load_feature_net,
 )
 from cmt.precond import Denoiser
-from cmt.sampling import sample_consistency, sample_diffusion
+from cmt.sampling import sample_diffusion, sample_few_step
 from cmt.solvers import denoiser_calls, sigma_grid
 from cmt.tracking import write_record
 
@@ -57,16 +57,21 @@ class Scorer:
         }
 
 
-def consistency_fd_callback(scorer: Scorer, n: int, sigma_max: float, t_mid: float, seed: int, shape: tuple[int, ...]):
+def few_step_fd_callback(
+    scorer: Scorer, kind: str, n: int, sigma_max: float, t_mid: float, seed: int, shape: tuple[int, ...]
+):
     """Training-time evaluation: FD of 1-step and 2-step samples of the EMA model, fixed noise."""
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((n, *shape), generator=gen)
+    noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
 
     def evaluate(ema: Denoiser, step: int) -> dict:
         device = next(ema.parameters()).device
-        one = sample_consistency(ema, noise.to(device), sigma_max)
-        two = sample_consistency(ema, noise.to(device), sigma_max, t_mid, torch.Generator(device).manual_seed(seed + 1))
-        return {"fd_1step": scorer.fd(one), "fd_2step": scorer.fd(two)}
+        fds = {}
+        for steps in (1, 2):
+            gen = torch.Generator(device).manual_seed(seed + 1)
+            fds[f"fd_{steps}step"] = scorer.fd(
+                sample_few_step(ema, kind, noise.to(device), steps, sigma_max, t_mid, gen)
+            )
+        return fds
 
     return evaluate
 
@@ -85,10 +90,18 @@ def generate(
         )
         nfe = denoiser_calls(sample["solver"], sigmas)
         return {f"{nfe}nfe": sample_diffusion(model, noise, sigmas, sample["solver"])}
-    two_gen = torch.Generator(device).manual_seed(cfg["seed"] + 1)
+    kind = meta.get("model_kind", "consistency")
     return {
-        "1step": sample_consistency(model, noise, precond["sigma_max"]),
-        "2step": sample_consistency(model, noise, precond["sigma_max"], cfg["t_mid"], two_gen),
+        f"{steps}step": sample_few_step(
+            model,
+            kind,
+            noise,
+            steps,
+            precond["sigma_max"],
+            cfg["t_mid"],
+            torch.Generator(device).manual_seed(cfg["seed"] + 1),
+        )
+        for steps in (1, 2)
     }
 
 

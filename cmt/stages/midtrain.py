@@ -15,22 +15,66 @@ from torch import Tensor
 
 from cmt.checkpoints import load_denoiser
 from cmt.data import train_holdout
-from cmt.losses import Distance, make_distance
+from cmt.losses import Distance, make_distance, squared_l2
+from cmt.meanflow import mean_velocity
 from cmt.precond import Denoiser
 from cmt.stages.student import finish, fit_student, init_student
-from cmt.train import LoopConfig, resolve_device
+from cmt.train import LoopConfig, LossFn, resolve_device
 from cmt.trajectories import OnlineTrajectories, StoredTrajectories, TrajectorySource, trajectory_spec
 
 LOOP_DEFAULTS = {"optimizer": "radam", "lr_schedule": "linear_decay", "ema_beta": 0.999, "betas": [0.9, 0.999]}
 
 
-def cmt_loss(student: Denoiser, trajectories: Tensor, sigmas: Tensor, distance: Distance) -> Tensor:
-    """CMT-CM: mean over trajectories and their S states before the end of d(f(x_i, sigma_i), x_end) (method.md 4)."""
-    n, points = trajectories.shape[:2]
-    inputs = trajectories[:, :-1].reshape(n * (points - 1), *trajectories.shape[2:])
-    sigma = sigmas[:-1].to(inputs).repeat(n)  # row order: trajectory-major, matching the reshape
-    targets = trajectories[:, -1:].expand(-1, points - 1, *trajectories.shape[2:]).reshape(inputs.shape)
+def cmt_loss(
+    student: Denoiser, trajectories: Tensor, sigmas: Tensor, distance: Distance, points: Tensor | None = None
+) -> Tensor:
+    """CMT-CM: mean of d(f(x_i, sigma_i), x_end) over trajectories and states i (method.md 4).
+
+    ``points`` (n, k) selects k state indices per trajectory; default: all S states before the end.
+    """
+    n, count = trajectories.shape[:2]
+    if points is None:
+        points = torch.arange(count - 1, device=trajectories.device).expand(n, -1)
+    rows = torch.arange(n, device=trajectories.device)[:, None].expand_as(points)
+    inputs = trajectories[rows, points].flatten(0, 1)
+    sigma = sigmas.to(inputs)[points.flatten()]
+    targets = trajectories[:, -1:].expand(-1, points.shape[1], *trajectories.shape[2:]).flatten(0, 1)
     return distance(student(inputs, sigma), targets).mean()
+
+
+def state_points(variant: str, n: int, states: int, gen: torch.Generator) -> Tensor | None:
+    """Which states regress onto the endpoint: ``all`` (CMT), ``one`` random state per trajectory
+    (our reading of the paper's endpoint-only 'slow' CMT), or ``noise`` (x_T only: knowledge distillation)."""
+    if variant == "all":
+        return None
+    if variant == "one":
+        return torch.randint(states, (n, 1), generator=gen, device=gen.device)
+    if variant == "noise":
+        return torch.zeros((n, 1), dtype=torch.long, device=gen.device)
+    raise ValueError(f"unknown CMT variant {variant!r}; valid: all, one, noise")
+
+
+def state_pairs(states: int, device: torch.device | None = None) -> Tensor:
+    """Every pair (a, b), a < b <= states, of trajectory indices (sigma_a > sigma_b): (P, 2)."""
+    return torch.triu_indices(states + 1, states + 1, offset=1, device=device).T
+
+
+def cmt_flowmap_loss(student: Denoiser, trajectories: Tensor, sigmas: Tensor, pairs: Tensor) -> Tensor:
+    """CMT-MF in flow-matching time: u(z_a, t_b, t_a) regressed onto (z_a - z_b) / (t_a - t_b), l2 (method.md 4).
+
+    States and times are converted from EDM first (z = x / (1 + sigma), t = sigma / (1 + sigma)); ``pairs``
+    (n, k, 2) holds k index pairs (a, b) per trajectory.
+    """
+    n = trajectories.shape[0]
+    sig = sigmas.to(trajectories)
+    t_all = sig / (1 + sig)  # numerics.md 6.1
+    z_all = trajectories / (1 + sig).reshape(1, -1, *([1] * (trajectories.ndim - 2)))
+    rows = torch.arange(n, device=trajectories.device)[:, None].expand(n, pairs.shape[1])
+    a, b = pairs[..., 0], pairs[..., 1]
+    z_a, z_b = z_all[rows, a].flatten(0, 1), z_all[rows, b].flatten(0, 1)
+    t_a, t_b = t_all[a.flatten()], t_all[b.flatten()]
+    target = (z_a - z_b) / (t_a - t_b).reshape(-1, *([1] * (z_a.ndim - 1)))
+    return squared_l2(mean_velocity(student, z_a, t_b, t_a), target).mean()
 
 
 def trajectory_source(
@@ -67,29 +111,20 @@ def run(
     device = resolve_device(device_name)
     train, holdout = train_holdout(data_cfg, seed)
     source = trajectory_source(cfg["source"], traj_cfg, traj_dir, teacher_dir, train.images, device)
+    form, points = cfg.get("form", "consistency"), cfg.get("points", "all")
+    kind = "meanflow" if form == "flowmap" else "consistency"
     student, teacher_meta = init_student(
-        "diffusion", teacher_dir, teacher_dir, cfg["dropout"], precond["boundary_sigma_min"]
+        "diffusion",
+        teacher_dir,
+        teacher_dir,
+        cfg["dropout"],
+        precond["boundary_sigma_min"],
+        second_time=kind == "meanflow",
     )
     student = student.to(device)
-    distance = make_distance(
-        cfg["loss"],
-        pseudo_huber_c_value=cfg.get("pseudo_huber_c"),
-        lpips_net=cfg.get("lpips_net", "vgg"),
-        lpips_resize=cfg.get("lpips_resize"),
-        device=device,
-    )
     steps = len(source.sigmas) - 1
-    if cfg["batch_size"] % steps:
-        raise ValueError(
-            f"midtrain.batch_size ({cfg['batch_size']}) must be a multiple of the {steps} trajectory "
-            "states per trajectory"
-        )
-    per_step = cfg["batch_size"] // steps
-    sigmas = source.sigmas.to(device)
-
-    def loss_fn(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
-        return cmt_loss(model, source.sample(per_step, gen).to(device), sigmas, distance)
-
+    per_step = trajectories_per_step(cfg["batch_size"], steps, form, points)
+    loss_fn = make_loss(cfg, form, points, source, steps, per_step, device)
     loop = LoopConfig.from_dict({**LOOP_DEFAULTS, **cfg})
     result, last_fd = fit_student(
         student,
@@ -102,11 +137,14 @@ def run(
         cfg["eval_samples"],
         seed,
         work_dir,
-        desc=f"midtrain[{cfg['loss']}]",
+        desc=f"midtrain[{form}:{cfg['loss']}]",
+        kind=kind,
     )
     trajectories_seen = loop.iterations * per_step
     tags = {
-        "label": "cmt",
+        "label": cfg.get("label", "cmt"),
+        "form": form,
+        "points": points,
         "loss": cfg["loss"],
         "source": cfg["source"],
         "solver": source_solver(source),
@@ -128,12 +166,60 @@ def run(
         meta,
         precond["sigma_max"],
         cfg["eval_t_mid"],
-        "midtrain/cmt",
+        f"midtrain/{cfg.get('label', 'cmt')}",
         params={**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "seed": seed},
         tags=tags,
         final=final,
+        kind=kind,
     )
     return final
+
+
+def trajectories_per_step(batch_size: int, steps: int, form: str, points: str) -> int:
+    """Trajectories drawn per step: batch/S when every trajectory gives S student inputs, else one each."""
+    if form == "consistency" and points != "all":
+        return batch_size
+    if batch_size % steps:
+        raise ValueError(f"midtrain.batch_size ({batch_size}) must be a multiple of the {steps} states per trajectory")
+    return batch_size // steps
+
+
+def make_loss(
+    cfg: dict, form: str, points: str, source: TrajectorySource, steps: int, per_step: int, device: torch.device
+) -> LossFn:
+    """The minibatch loss of the consistency form (with its state variant) or the flow-map form."""
+    sigmas = source.sigmas.to(device)
+    if form == "flowmap":
+        if cfg["loss"] != "l2":
+            raise ValueError("midtrain.form 'flowmap' uses the l2 loss (method.md 4); set midtrain.loss: l2")
+        pairs = state_pairs(steps, device)
+
+        def flowmap(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
+            chosen = pairs[torch.randint(len(pairs), (per_step, steps), generator=gen, device=gen.device).to(device)]
+            return cmt_flowmap_loss(model, source.sample(per_step, gen).to(device), sigmas, chosen)
+
+        return flowmap
+    if form != "consistency":
+        raise ValueError(f"unknown midtrain.form {form!r}; valid: consistency, flowmap")
+    distance = make_distance(
+        cfg["loss"],
+        pseudo_huber_c_value=cfg.get("pseudo_huber_c"),
+        lpips_net=cfg.get("lpips_net", "vgg"),
+        lpips_resize=cfg.get("lpips_resize"),
+        device=device,
+    )
+
+    def consistency(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
+        chosen = state_points(points, per_step, steps, gen)
+        return cmt_loss(
+            model,
+            source.sample(per_step, gen).to(device),
+            sigmas,
+            distance,
+            None if chosen is None else chosen.to(device),
+        )
+
+    return consistency
 
 
 def source_solver(source: TrajectorySource) -> str:

@@ -9,11 +9,11 @@ import torch
 from cmt.checkpoints import load_denoiser, save_denoiser
 from cmt.data import ImageDataset
 from cmt.images import save_grid
-from cmt.nets import UNetBlock, build_unet
+from cmt.nets import UNetBlock, add_second_time, build_unet
 from cmt.plots import save_loss_curve
 from cmt.precond import Denoiser
-from cmt.sampling import sample_consistency
-from cmt.stages.evaluate import Scorer, consistency_fd_callback
+from cmt.sampling import sample_few_step
+from cmt.stages.evaluate import Scorer, few_step_fd_callback
 from cmt.tracking import write_history, write_record
 from cmt.train import FitResult, LoopConfig, LossFn, clear_resume, fit
 
@@ -27,9 +27,17 @@ def set_dropout(denoiser: Denoiser, p: float) -> Denoiser:
 
 
 def init_student(
-    init: str, init_dir: str | Path | None, architecture_from: str | Path, dropout: float, boundary_sigma_min: float
+    init: str,
+    init_dir: str | Path | None,
+    architecture_from: str | Path,
+    dropout: float,
+    boundary_sigma_min: float,
+    second_time: bool = False,
 ) -> tuple[Denoiser, dict]:
-    """Student from ``random`` (fresh weights, the teacher's architecture) or from a checkpoint's EMA weights."""
+    """Student from ``random`` (fresh weights, the teacher's architecture) or from a checkpoint's EMA weights.
+
+    ``second_time`` adds the zero-initialised second time branch (flow maps, MeanFlow) if the weights lack it.
+    """
     if init == "random":
         template, meta = load_denoiser(architecture_from)
         student = Denoiser(build_unet(template.model.cfg), sigma_data=template.sigma_data)
@@ -37,6 +45,8 @@ def init_student(
         if init_dir is None:
             raise ValueError(f"init {init!r} needs a checkpoint folder")
         student, meta = load_denoiser(init_dir)
+    if second_time and not student.model.cfg.second_time:
+        student.model = add_second_time(student.model)
     student.sigma_min = boundary_sigma_min
     return set_dropout(student.set_mode("edm"), dropout), meta
 
@@ -53,10 +63,11 @@ def fit_student(
     seed: int,
     work_dir: str | Path,
     desc: str,
+    kind: str = "consistency",
 ) -> tuple[FitResult, dict]:
     """``fit`` with FD of 1- and 2-step samples along training; returns the result and the last FDs."""
     scorer = Scorer(Path(featnet), holdout)
-    evaluate = consistency_fd_callback(scorer, eval_samples, precond["sigma_max"], t_mid, seed, holdout.shape)
+    evaluate = few_step_fd_callback(scorer, kind, eval_samples, precond["sigma_max"], t_mid, seed, holdout.shape)
     result = fit(student, loss_fn, loop, work_dir, desc=desc, seed=seed, evaluate=evaluate)
     evals = [h for h in result.history if "fd_1step" in h]
     return result, {k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("fd_")}
@@ -73,21 +84,19 @@ def finish(
     params: dict,
     tags: dict,
     final: dict,
+    kind: str = "consistency",
 ) -> None:
     """Write EMA checkpoint, metric history, loss curve, 1-/2-step grids and the MLflow record."""
     out = Path(out_dir)
-    ema = result.ema.cpu().set_mode("boundary")
-    save_denoiser(out, ema, {**meta, "model_kind": "consistency", "tags": tags})
+    ema = result.ema.cpu().set_mode("boundary" if kind == "consistency" else "edm")
+    save_denoiser(out, ema, {**meta, "model_kind": kind, "tags": tags})
     write_history(out, result.history)
     losses = [h["loss"] for h in result.history if "loss" in h]
     save_loss_curve(losses, out / "loss.png", title=f"{run_name} loss")
     noise = torch.randn((64, *ema.model.cfg.image_shape), generator=torch.Generator().manual_seed(0))
-    save_grid(sample_consistency(ema, noise, sigma_max), out / "grid-1step.png", scale=4)
-    save_grid(
-        sample_consistency(ema, noise, sigma_max, t_mid, torch.Generator().manual_seed(1)),
-        out / "grid-2step.png",
-        scale=4,
-    )
+    for steps in (1, 2):
+        images = sample_few_step(ema, kind, noise, steps, sigma_max, t_mid, torch.Generator().manual_seed(1))
+        save_grid(images, out / f"grid-{steps}step.png", scale=4)
     write_record(
         out,
         stage=meta["stage"],

@@ -15,7 +15,8 @@ WORK = f"work/{config['name']}"  # resume checkpoints: never a declared output, 
 # `python` is the interpreter running Snakemake (its folder goes first on PATH for the jobs).
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 TRAJ = f"{RESULTS}/traj/{config['trajectories']['solver']}-nfe{config['trajectories']['nfe']}"
-EVAL_MODELS = ["teacher", "cmt"] + [f"ect-{init}" for init in config["posttrain"]["inits"]]
+POST_MODELS = [f"{m}-{i}" for m in config["posttrain"]["methods"] for i in config["posttrain"]["inits"]]
+EVAL_MODELS = ["teacher", "cmt"] + POST_MODELS
 
 
 def subtree(*keys, **extra):
@@ -44,10 +45,12 @@ def init_arg(wildcards):
     return f"--init-dir {shlex.quote(os.path.dirname(model))}" if model else ""
 
 
-MODEL_DIRS = {"teacher": f"{RESULTS}/teacher", "cmt": f"{RESULTS}/mid/cmt"} | {
-    f"ect-{init}": f"{RESULTS}/post/ect-{init}" for init in ("random", "diffusion", "cmt")
-}
-
-
 def model_file(wildcards):
-    return f"{MODEL_DIRS[wildcards.model]}/model.safetensors"
+    """Checkpoint of an evaluated model: the teacher, the CMT student or a post-trained <method>-<init>."""
+    special = {"teacher": f"{RESULTS}/teacher", "cmt": f"{RESULTS}/mid/cmt"}
+    return f"{special.get(wildcards.model, f'{RESULTS}/post/{wildcards.model}')}/model.safetensors"
+
+
+def posttrain_params(wildcards):
+    """The chosen method's subtree only: editing ECD settings reruns no ECT job."""
+    return subtree("precond", "data", "seed", "device", **{wildcards.method: config["posttrain"][wildcards.method]})

@@ -8,7 +8,7 @@ rule ingest:
     localrule: True
     input:
         records=[rules.teacher.output.record, rules.featnet.output.record, rules.midtrain.output.record]
-        + expand(f"{RESULTS}/post/ect-{{init}}/run.json", init=config["posttrain"]["inits"])
+        + expand(f"{RESULTS}/post/{{model}}/run.json", model=POST_MODELS)
         + expand(f"{RESULTS}/eval/{{model}}/run.json", model=EVAL_MODELS),
     output:
         done=f"{RESULTS}/mlflow-ingested.json",

@@ -6,18 +6,15 @@ the same dropout mask (RNG replayed); rows with r = 0 use the clean image; weigh
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from cmt.data import train_holdout
-from cmt.losses import Distance, make_distance
-from cmt.precond import Denoiser
-from cmt.stages.student import finish, fit_student, init_student
-from cmt.train import LoopConfig, resolve_device
+from cmt.losses import Distance
+from cmt.precond import SIGMA_DATA, Denoiser
 
-LOOP_DEFAULTS = {"optimizer": "radam", "lr_schedule": "linear_decay", "betas": [0.9, 0.999]}
+PairFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (y, x_t, t, r) -> x_r
 
 
 def ect_r(t: Tensor, q: float, stage: int, k: float = 8.0, b: float = 1.0) -> Tensor:
@@ -31,17 +28,29 @@ def ect_stage(step: int, iterations_per_tick: int, double_ticks: int) -> int:
     return 0 if double_ticks <= 0 or ticks == 0 else (ticks - 1) // double_ticks
 
 
-def ect_loss(model: Denoiser, y: Tensor, gen: torch.Generator, cfg: dict, stage: int, distance: Distance) -> Tensor:
-    """One ECT minibatch loss (method.md 8.1 steps 1-5)."""
+def pair_weight(t: Tensor, r: Tensor, weighting: str, sigma_data: float = SIGMA_DATA) -> Tensor:
+    """ECT's 1/(t - r) (method.md 8.1) or EDM2-style 1/t^2 + 1/sigma_data^2 (ECT/ECD on EDM2, method.md 8.2)."""
+    if weighting == "inverse_dt":
+        return 1 / (t - r)
+    if weighting == "edm2":
+        return 1 / t**2 + 1 / sigma_data**2
+    raise ValueError(f"unknown weighting {weighting!r}; valid: inverse_dt, edm2")
+
+
+def consistency_pair_loss(
+    model: Denoiser, y: Tensor, gen: torch.Generator, cfg: dict, stage: int, distance: Distance, make_x_r: PairFn
+) -> Tensor:
+    """d(f(x_t, t), sg f(x_r, r)) * w(t, r), batch mean; rows with r = 0 target y (method.md 8.1 steps 1-5)."""
     b = y.shape[0]
     t = (cfg["p_mean"] + cfg["p_std"] * torch.randn(b, generator=gen, device=y.device)).exp()
     r = ect_r(t, cfg["q"], stage, cfg["k"], cfg["b"])
-    eps = torch.randn(y.shape, generator=gen, device=y.device)
     view = (-1,) + (1,) * (y.ndim - 1)
+    eps = torch.randn(y.shape, generator=gen, device=y.device)
     x_t = y + t.reshape(view) * eps
     has_r = r > 0
     r_eval = torch.where(has_r, r, t)  # rows with r = 0 never use the network output
-    x_r = y + r_eval.reshape(view) * eps
+    with torch.no_grad():
+        x_r = make_x_r(y, x_t, t, r_eval) if make_x_r is not None else y + r_eval.reshape(view) * eps
     cpu_state = torch.get_rng_state()
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     f_t = model(x_t, t)
@@ -51,67 +60,9 @@ def ect_loss(model: Denoiser, y: Tensor, gen: torch.Generator, cfg: dict, stage:
     with torch.no_grad():
         f_r = torch.nan_to_num(model(x_r, r_eval), nan=0.0)
     target = torch.where(has_r.reshape(view), f_r, y)
-    return (distance(f_t, target) / (t - r)).mean()
+    return (distance(f_t, target) * pair_weight(t, r, cfg.get("weighting", "inverse_dt"))).mean()
 
 
-def run(
-    cfg: dict,
-    data_cfg: dict,
-    precond: dict,
-    seed: int,
-    init: str,
-    init_dir: str | Path | None,
-    teacher_dir: str | Path,
-    featnet: str | Path,
-    out_dir: str | Path,
-    work_dir: str | Path,
-    device_name: str = "cpu",
-) -> dict:
-    device = resolve_device(device_name)
-    train, holdout = train_holdout(data_cfg, seed)
-    student, init_meta = init_student(init, init_dir, teacher_dir, cfg["dropout"], precond["boundary_sigma_min"])
-    student = student.to(device)
-    images = train.images.to(device)
-    distance = make_distance(cfg["loss"], pseudo_huber_c_value=cfg.get("pseudo_huber_c"))
-    loop = LoopConfig.from_dict({**LOOP_DEFAULTS, **cfg})
-
-    def loss_fn(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
-        y = images[torch.randint(len(images), (loop.batch_size,), generator=gen, device=device)]
-        return ect_loss(model, y, gen, cfg, ect_stage(step, cfg["iterations_per_tick"], cfg["double_ticks"]), distance)
-
-    result, last_fd = fit_student(
-        student,
-        loss_fn,
-        loop,
-        featnet,
-        holdout,
-        precond,
-        cfg["t_mid"],
-        cfg["eval_samples"],
-        seed,
-        work_dir,
-        desc=f"ect[{init}]",
-    )
-    final = {"images": loop.iterations * loop.batch_size, **last_fd}
-    tags = {"label": f"ect-{init}", "method": "ect", "init": init, "init_model": init_meta.get("config_hash", "?")}
-    meta = {
-        "stage": "posttrain",
-        "method": "ect",
-        "init": init,
-        "init_stage": init_meta.get("stage"),
-        "config": cfg,
-        **final,
-    }
-    finish(
-        out_dir,
-        work_dir,
-        result,
-        meta,
-        precond["sigma_max"],
-        cfg["t_mid"],
-        f"posttrain/ect-{init}",
-        params={**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "init": init, "seed": seed},
-        tags=tags,
-        final=final,
-    )
-    return final
+def ect_loss(model: Denoiser, y: Tensor, gen: torch.Generator, cfg: dict, stage: int, distance: Distance) -> Tensor:
+    """ECT: x_r = y + r eps with the same noise as x_t."""
+    return consistency_pair_loss(model, y, gen, cfg, stage, distance, None)

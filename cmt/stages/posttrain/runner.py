@@ -1,0 +1,116 @@
+"""The post-training stage: one runner for ECT, ECD and MeanFlow from random, diffusion or CMT weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from cmt.checkpoints import load_denoiser
+from cmt.data import train_holdout
+from cmt.losses import make_distance
+from cmt.meanflow import meanflow_loss
+from cmt.precond import Denoiser
+from cmt.stages.posttrain.ecd import ecd_loss
+from cmt.stages.posttrain.ect import ect_loss, ect_stage
+from cmt.stages.student import finish, fit_student, init_student
+from cmt.train import LoopConfig, LossFn, resolve_device
+
+METHODS = ("ect", "ecd", "meanflow")
+LOOP_DEFAULTS = {"optimizer": "radam", "lr_schedule": "linear_decay", "betas": [0.9, 0.999]}
+
+
+def make_loss(method: str, cfg: dict, images: Tensor, teacher_dir: str | Path, device: torch.device) -> LossFn:
+    """The minibatch loss of one method, drawing data from ``images``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown post-training method {method!r}; valid: {', '.join(METHODS)}")
+    batch = cfg["batch_size"]
+    if method == "meanflow":
+        return lambda model, step, gen: meanflow_loss(model, _batch(images, batch, gen), gen, cfg)
+    distance = make_distance(cfg["loss"], pseudo_huber_c_value=cfg.get("pseudo_huber_c"))
+
+    def stage(step: int) -> int:
+        return ect_stage(step, cfg["iterations_per_tick"], cfg["double_ticks"])
+
+    if method == "ect":
+        return lambda model, step, gen: ect_loss(model, _batch(images, batch, gen), gen, cfg, stage(step), distance)
+    teacher = load_denoiser(teacher_dir)[0].to(device).eval().requires_grad_(False)
+    return lambda model, step, gen: ecd_loss(
+        model, teacher, _batch(images, batch, gen), gen, cfg, stage(step), distance
+    )
+
+
+def _batch(images: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    return images[torch.randint(len(images), (n,), generator=gen, device=images.device)]
+
+
+def run(
+    method: str,
+    cfg: dict,
+    data_cfg: dict,
+    precond: dict,
+    seed: int,
+    init: str,
+    init_dir: str | Path | None,
+    teacher_dir: str | Path,
+    featnet: str | Path,
+    out_dir: str | Path,
+    work_dir: str | Path,
+    device_name: str = "cpu",
+) -> dict:
+    """Post-train one (method, init) pair; writes the EMA checkpoint, history, grids and record."""
+    device = resolve_device(device_name)
+    train, holdout = train_holdout(data_cfg, seed)
+    kind = "meanflow" if method == "meanflow" else "consistency"
+    student, init_meta = init_student(
+        init, init_dir, teacher_dir, cfg["dropout"], precond["boundary_sigma_min"], second_time=kind == "meanflow"
+    )
+    student: Denoiser = student.to(device)
+    loss_fn = make_loss(method, cfg, train.images.to(device), teacher_dir, device)
+    loop = LoopConfig.from_dict({**LOOP_DEFAULTS, **cfg})
+    result, last_fd = fit_student(
+        student,
+        loss_fn,
+        loop,
+        featnet,
+        holdout,
+        precond,
+        cfg["t_mid"],
+        cfg["eval_samples"],
+        seed,
+        work_dir,
+        desc=f"{method}[{init}]",
+        kind=kind,
+    )
+    label = f"{method}-{init}"
+    teacher_nfe = loop.iterations * loop.batch_size * (2 if cfg.get("teacher_step") == "heun" else 1)
+    final = {
+        "images": loop.iterations * loop.batch_size,
+        "teacher_nfe": teacher_nfe if method == "ecd" else 0,
+        **last_fd,
+    }
+    tags = {"label": label, "method": method, "init": init, "init_model": init_meta.get("config_hash", "?")}
+    meta = {
+        "stage": "posttrain",
+        "method": method,
+        "init": init,
+        "init_stage": init_meta.get("stage"),
+        "config": cfg,
+        **final,
+    }
+    params = {**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "init": init, "seed": seed}
+    finish(
+        out_dir,
+        work_dir,
+        result,
+        meta,
+        precond["sigma_max"],
+        cfg["t_mid"],
+        f"posttrain/{label}",
+        params=params,
+        tags=tags,
+        final=final,
+        kind=kind,
+    )
+    return final
