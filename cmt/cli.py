@@ -64,6 +64,7 @@ def _midtrain(args: argparse.Namespace) -> None:
         args.out,
         args.work,
         p["device"],
+        p.get("tags"),
     )
 
 
@@ -84,6 +85,7 @@ def _posttrain(args: argparse.Namespace) -> None:
         args.out,
         args.work,
         p["device"],
+        p.get("tags"),
     )
 
 

@@ -158,9 +158,13 @@ def split(dataset: ImageDataset, holdout_fraction: float, seed: int) -> tuple[Im
     )
 
 
-def train_holdout(data_cfg: dict, seed: int) -> tuple[ImageDataset, ImageDataset]:
-    """The (train, held-out) split of a config ``data`` section that every stage shares."""
-    return split(load_dataset(data_cfg), data_cfg["holdout_fraction"], seed)
+def train_holdout(data_cfg: dict) -> tuple[ImageDataset, ImageDataset]:
+    """The (train, held-out) split of a config ``data`` section that every stage shares.
+
+    Its seed (``data.split_seed``) is not the training seed: runs with different seeds are scored
+    against the same held-out images.
+    """
+    return split(load_dataset(data_cfg), data_cfg["holdout_fraction"], data_cfg["split_seed"])
 
 
 def _existing(path: str | Path) -> Path:

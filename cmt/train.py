@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,8 +119,13 @@ def fit(
     desc: str,
     seed: int,
     evaluate: EvalFn | None = None,
+    fingerprint: str = "",
 ) -> FitResult:
-    """Train ``model`` in place; returns its EMA copy and the metric history (one dict per logged step)."""
+    """Train ``model`` in place; returns its EMA copy and the metric history (one dict per logged step).
+
+    A resume checkpoint in ``work_dir`` is used only if it carries the same ``fingerprint`` (a hash of
+    the run's configuration): a run whose settings changed starts over instead of resuming.
+    """
     from cmt.checkpoints import atomic_write_bytes
 
     work = Path(work_dir)
@@ -130,7 +136,7 @@ def fit(
     generator = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
     history: list[dict] = []
-    start = _resume(work / RESUME_FILE, model, ema, optimizer, generator, history)
+    start = _resume(work / RESUME_FILE, model, ema, optimizer, generator, history, fingerprint)
     images, t0 = 0, time.perf_counter()
     bar = tqdm(range(start, cfg.iterations), desc=desc, initial=start, total=cfg.iterations, mininterval=1.0)
     for step in bar:
@@ -166,7 +172,8 @@ def fit(
             history.append({"step": done, "images": done * cfg.batch_size, **evaluate(ema, done)})
             model.train()
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
-            atomic_write_bytes(work / RESUME_FILE, _state_bytes(done, model, ema, optimizer, generator, history))
+            state = _state_bytes(done, model, ema, optimizer, generator, history, fingerprint)
+            atomic_write_bytes(work / RESUME_FILE, state)
     bar.close()
     return FitResult(ema=ema, history=history, wall_seconds=time.perf_counter() - t0, resumed_from=start)
 
@@ -178,9 +185,11 @@ def _state_bytes(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     history: list[dict],
+    fingerprint: str,
 ) -> bytes:
     state = {
         "step": step,
+        "fingerprint": fingerprint,
         "model": model.state_dict(),
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -201,17 +210,24 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     history: list[dict],
+    fingerprint: str,
 ) -> int:
-    """Load a resume checkpoint if one exists; returns the step to continue from (0 if none)."""
+    """Load a resume checkpoint if one exists for this configuration; returns the step to continue from."""
     if not path.exists():
         return 0
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
     except Exception as err:  # noqa: BLE001 - any damage to the file means the same thing to the user
         raise ValueError(f"{path}: cannot resume from this checkpoint ({err}); delete it to start over") from err
-    optimizer.load_state_dict(state["optimizer"])
+    if state.get("fingerprint", "") != fingerprint:
+        print(f"{path}: written for other settings; starting over", file=sys.stderr)
+        return 0
+    try:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise ValueError(f"{path}: cannot resume from this checkpoint ({err}); delete it to start over") from err
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():

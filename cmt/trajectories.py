@@ -167,14 +167,24 @@ class TrajectorySource(Protocol):
 
 
 class StoredTrajectories:
-    """A finite stored set; ``sample`` draws trajectories uniformly with replacement."""
+    """A finite stored set; ``sample`` draws trajectories uniformly with replacement.
 
-    def __init__(self, folder: str | Path, device: torch.device | None = None):
+    ``limit`` keeps only the first ``limit`` trajectories (reading only the shards they live in), so
+    smaller sets for the set-size ablation come from one generated set.
+    """
+
+    def __init__(self, folder: str | Path, device: torch.device | None = None, limit: int | None = None):
         index = read_index(folder)
+        if limit is not None and not 0 < limit <= index["count"]:
+            raise ValueError(f"{Path(folder) / INDEX}: cannot take {limit} of its {index['count']} trajectories")
         self.index = index
         self.sigmas = torch.tensor(index["sigmas"], dtype=torch.float64)
-        shards = [load_shard(folder, e, tuple(index["shape"]), index["nfe"]) for e in index["shards"]]
-        self.states = torch.cat(shards).to(device or "cpu")
+        needed, shards = limit or index["count"], []
+        for entry in index["shards"]:
+            if sum(len(s) for s in shards) >= needed:
+                break
+            shards.append(load_shard(folder, entry, tuple(index["shape"]), index["nfe"]))
+        self.states = torch.cat(shards)[:needed].to(device or "cpu")
         self._seen = torch.zeros(len(self.states), dtype=torch.bool, device=device)
 
     def __len__(self) -> int:

@@ -70,6 +70,25 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_resume_checkpoint_of_other_settings_is_not_used(tmp_path):
+    model, loss_fn = regression_problem()
+
+    def killed(net, step, gen):
+        if step == 15:
+            raise KeyboardInterrupt
+        return loss_fn(net, step, gen)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, killed, CFG, tmp_path, "run", seed=3, fingerprint="settings-a")
+    model2, _ = regression_problem()
+    assert fit(model2, loss_fn, CFG, tmp_path, "run", seed=3, fingerprint="settings-b").resumed_from == 0
+    model3, _ = regression_problem()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model3, killed, CFG, tmp_path / "c", "run", seed=3, fingerprint="settings-a")
+    model4, _ = regression_problem()
+    assert fit(model4, loss_fn, CFG, tmp_path / "c", "run", seed=3, fingerprint="settings-a").resumed_from == 10
+
+
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
     model, loss_fn = regression_problem()
 

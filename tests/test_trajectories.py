@@ -77,6 +77,16 @@ def test_stored_sampling_counts_distinct(stored):
     assert seen.shape == (150, 5, 1, 8, 8) and traj.distinct_seen == 10
 
 
+def test_limit_takes_the_first_trajectories_from_the_needed_shards(stored):
+    folder, index = stored
+    full = StoredTrajectories(folder)
+    (folder / index["shards"][2]["file"]).unlink()  # not needed for the first 6
+    part = StoredTrajectories(folder, limit=6)
+    assert len(part) == 6 and torch.equal(part.states, full.states[:6])
+    with pytest.raises(ValueError, match="cannot take 11"):
+        StoredTrajectories(folder, limit=11)
+
+
 def test_online_source_and_data_plus_noise_start(teacher):
     data = torch.full((5, 1, 8, 8), 0.5)
     spec = TrajectorySpec("euler", logsnr_sigmas(2), "data_plus_noise", (1, 8, 8))

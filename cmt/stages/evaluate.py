@@ -119,7 +119,7 @@ def run(
     """Evaluate one model: scores.json, one grid per sampler, and a record for MLflow."""
     out = Path(out_dir)
     model, meta = load_denoiser(model_dir)
-    _, holdout = train_holdout(data_cfg, seed)
+    _, holdout = train_holdout(data_cfg)
     scorer = Scorer(Path(featnet), holdout, cfg["features"], device)
     scores = {}
     for sampler, images in generate(model, meta, cfg, precond, holdout.shape, device).items():

@@ -10,7 +10,7 @@ from cmt.tracking import write_record
 
 
 def run(cfg: dict, data_cfg: dict, seed: int, out_file: str | Path) -> dict:
-    train, holdout = train_holdout(data_cfg, seed)
+    train, holdout = train_holdout(data_cfg)
     net, accuracy = train_feature_net(train, holdout, cfg["epochs"], seed)
     meta = {"holdout_accuracy": accuracy, "train_count": len(train), "holdout_count": len(holdout)}
     save_feature_net(net, out_file, meta)

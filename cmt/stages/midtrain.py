@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from cmt.checkpoints import load_denoiser
+from cmt.config import config_hash
 from cmt.data import train_holdout
 from cmt.losses import Distance, make_distance, squared_l2
 from cmt.meanflow import mean_velocity
@@ -84,12 +85,14 @@ def trajectory_source(
     teacher_dir: str | Path,
     train_images: Tensor,
     device: torch.device,
+    limit: int | None = None,
 ) -> TrajectorySource:
-    """A stored set (``traj_dir``) or, with ``source: online``, the teacher and solver in the loop."""
+    """A stored set (``traj_dir``, its first ``limit`` trajectories) or, with ``source: online``, the
+    teacher and solver in the loop."""
     if source == "stored":
         if traj_dir is None:
             raise ValueError("midtrain.source 'stored' needs a trajectory folder")
-        return StoredTrajectories(traj_dir, device)
+        return StoredTrajectories(traj_dir, device, limit=limit)
     teacher, _ = load_denoiser(teacher_dir)
     spec = trajectory_spec(traj_cfg, tuple(train_images.shape[1:]))
     return OnlineTrajectories(teacher.to(device).eval(), spec, train_images.to(device))
@@ -107,10 +110,13 @@ def run(
     out_dir: str | Path,
     work_dir: str | Path,
     device_name: str = "cpu",
+    extra_tags: dict | None = None,
 ) -> dict:
     device = resolve_device(device_name)
-    train, holdout = train_holdout(data_cfg, seed)
-    source = trajectory_source(cfg["source"], traj_cfg, traj_dir, teacher_dir, train.images, device)
+    train, holdout = train_holdout(data_cfg)
+    source = trajectory_source(
+        cfg["source"], traj_cfg, traj_dir, teacher_dir, train.images, device, cfg.get("max_trajectories")
+    )
     form, points = cfg.get("form", "consistency"), cfg.get("points", "all")
     kind = "meanflow" if form == "flowmap" else "consistency"
     student, teacher_meta = init_student(
@@ -139,6 +145,7 @@ def run(
         work_dir,
         desc=f"midtrain[{form}:{cfg['loss']}]",
         kind=kind,
+        fingerprint=config_hash({"midtrain": cfg, "trajectories": traj_cfg, "teacher": teacher_meta}),
     )
     trajectories_seen = loop.iterations * per_step
     tags = {
@@ -157,7 +164,7 @@ def run(
         "teacher_nfe": teacher_nfe(source, trajectories_seen, steps),
         **last_fd,
     }
-    tags["teacher"] = teacher_meta.get("config_hash", "?")
+    tags.update(teacher=teacher_meta.get("config_hash", "?"), **(extra_tags or {}))
     meta = {"stage": "midtrain", "init": teacher_meta.get("stage", "teacher"), "config": cfg, **final}
     finish(
         out_dir,

@@ -64,11 +64,15 @@ def fit_student(
     work_dir: str | Path,
     desc: str,
     kind: str = "consistency",
+    fingerprint: str = "",
 ) -> tuple[FitResult, dict]:
-    """``fit`` with FD of 1- and 2-step samples along training; returns the result and the last FDs."""
+    """``fit`` with FD of 1- and 2-step samples along training; returns the result and the last FDs.
+
+    ``fingerprint`` identifies the run's settings, so a resume checkpoint of other settings is not used.
+    """
     scorer = Scorer(Path(featnet), holdout)
     evaluate = few_step_fd_callback(scorer, kind, eval_samples, precond["sigma_max"], t_mid, seed, holdout.shape)
-    result = fit(student, loss_fn, loop, work_dir, desc=desc, seed=seed, evaluate=evaluate)
+    result = fit(student, loss_fn, loop, work_dir, desc=desc, seed=seed, evaluate=evaluate, fingerprint=fingerprint)
     evals = [h for h in result.history if "fd_1step" in h]
     return result, {k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("fd_")}
 

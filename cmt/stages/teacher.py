@@ -57,7 +57,8 @@ def train_teacher(
         idx = torch.randint(len(images), (loop.batch_size,), generator=gen, device=device)
         return edm_loss(model, images[idx], cfg["p_mean"], cfg["p_std"], gen) / pixels  # logged per pixel, as EDM
 
-    return fit(denoiser.to(device), loss_fn, loop, work_dir, desc="teacher", seed=seed)
+    fingerprint = config_hash({"train": cfg, "architecture": denoiser.model.cfg.to_dict(), "seed": seed})
+    return fit(denoiser.to(device), loss_fn, loop, work_dir, desc="teacher", seed=seed, fingerprint=fingerprint)
 
 
 def sample_grid_images(
@@ -82,7 +83,7 @@ def run(
 ) -> dict:
     """Teacher stage: train (``source: train``) or fetch a checkpoint; writes our format, a grid and a record."""
     out, device = Path(out_dir), resolve_device(device_name)
-    train_set, _ = train_holdout(data_cfg, seed)
+    train_set, _ = train_holdout(data_cfg)
     if cfg["source"] == "fetch":
         ema, meta, losses = _fetched(cfg["fetch"], work_dir)
     else:

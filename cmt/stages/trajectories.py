@@ -16,7 +16,7 @@ def run(
     """Write ``cfg['count']`` trajectories in shards; the teacher's weights sha256 is recorded."""
     device = resolve_device(device_name)
     teacher, _ = load_denoiser(teacher_dir)
-    train, _ = train_holdout(data_cfg, seed)
+    train, _ = train_holdout(data_cfg)
     spec = trajectory_spec(cfg, train.shape)
     provenance = {"teacher_sha256": file_sha256(Path(teacher_dir) / "model.safetensors")}
     return write_set(

@@ -54,3 +54,87 @@ def model_file(wildcards):
 def posttrain_params(wildcards):
     """The chosen method's subtree only: editing ECD settings reruns no ECT job."""
     return subtree("precond", "data", "seed", "device", **{wildcards.method: config["posttrain"][wildcards.method]})
+
+
+# ---- ablations (config/ablations.yaml): every job keyed by its axes in the path ----
+AB = config.get("ablations") or {}
+AB_ROOT = f"{RESULTS}/ab"
+DEFAULT_SET = f"{config['trajectories']['solver']}-nfe{config['trajectories']['nfe']}"
+
+
+def ab_mid_jobs():
+    """(CMT variant, trajectory set, seed): the base variant on every solver x NFE set, every variant on the default."""
+    sets = [f"{s}-nfe{n}" for s in AB["trajectory_sets"]["solvers"] for n in AB["trajectory_sets"]["nfes"]]
+    jobs = {("base", tset, seed) for tset in sets for seed in AB["seeds"]}
+    jobs |= {(variant, DEFAULT_SET, seed) for variant in AB["cmt"] for seed in AB["seeds"]}
+    return sorted(jobs)
+
+
+def ab_post_jobs():
+    """(method, init, CMT variant or 'none', post-training iterations, seed)."""
+    post, jobs = AB["post"], set()
+    for seed in AB["seeds"]:
+        for method in post["methods"]:
+            iters = config["posttrain"][method]["iterations"]
+            for init in post["inits"]:
+                jobs.add((method, init, post["cmt_variant"][method] if init == "cmt" else "none", iters, seed))
+        for variant, iters in AB["budget"].values():
+            jobs.add(("ect", "cmt", variant, iters, seed))
+        for variant in AB["variant_post"]:
+            jobs.add(("ect", "cmt", variant, config["posttrain"]["ect"]["iterations"], seed))
+    return sorted(jobs)
+
+
+def ab_model_paths():
+    """Every ablation model folder, relative to AB_ROOT."""
+    mids = [f"mid/{v}/{t}/s{s}" for v, t, s in ab_mid_jobs()]
+    posts = [f"post/{m}-{i}/{v}/it{n}/s{s}" for m, i, v, n, s in ab_post_jobs()]
+    return mids + posts
+
+
+def ab_records(wildcards):
+    """Training and evaluation records of every ablation job (the teacher's and feature net's too)."""
+    if not AB:
+        raise ValueError("this config has no `ablations` section: run all_ablations with --configfile config/ablations.yaml")
+    paths = ab_model_paths()
+    return (
+        [rules.teacher.output.record, rules.featnet.output.record]
+        + [f"{AB_ROOT}/{p}/run.json" for p in paths]
+        + [f"{AB_ROOT}/eval/{p}/run.json" for p in paths]
+    )
+
+
+def ab_midtrain_params(wildcards):
+    solver, nfe = wildcards.tset.split("-nfe")
+    variant = AB["cmt"][wildcards.variant]
+    mid = {**config["midtrain"], **variant, "label": f"cmt-{wildcards.variant}"}
+    traj = {**config["trajectories"], "solver": solver, "nfe": int(nfe)}
+    tags = {"ablation_variant": wildcards.variant, "trajectory_set": wildcards.tset, "seed": wildcards.seed}
+    return subtree("precond", "data", "device", midtrain=mid, trajectories=traj, seed=int(wildcards.seed), tags=tags)
+
+
+def ab_traj_arg(wildcards):
+    if AB["cmt"][wildcards.variant].get("source", config["midtrain"]["source"]) == "online":
+        return ""
+    return f"--traj {RESULTS}/traj/{wildcards.tset}"
+
+
+def ab_traj_input(wildcards):
+    return [] if not ab_traj_arg(wildcards) else f"{RESULTS}/traj/{wildcards.tset}/index.json"
+
+
+def ab_init_checkpoint(wildcards):
+    if wildcards.init == "cmt":
+        return f"{AB_ROOT}/mid/{wildcards.variant}/{DEFAULT_SET}/s{wildcards.seed}/model.safetensors"
+    return {"random": [], "diffusion": rules.teacher.output.model}[wildcards.init]
+
+
+def ab_init_arg(wildcards):
+    model = ab_init_checkpoint(wildcards)
+    return f"--init-dir {shlex.quote(os.path.dirname(model))}" if model else ""
+
+
+def ab_posttrain_params(wildcards):
+    method_cfg = {**config["posttrain"][wildcards.method], "iterations": int(wildcards.iters)}
+    tags = {"ablation_variant": wildcards.variant, "iterations": wildcards.iters, "seed": wildcards.seed}
+    return subtree("precond", "data", "device", seed=int(wildcards.seed), tags=tags, **{wildcards.method: method_cfg})

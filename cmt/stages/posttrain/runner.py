@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from cmt.checkpoints import load_denoiser
+from cmt.config import config_hash
 from cmt.data import train_holdout
 from cmt.losses import make_distance
 from cmt.meanflow import meanflow_loss
@@ -58,10 +59,11 @@ def run(
     out_dir: str | Path,
     work_dir: str | Path,
     device_name: str = "cpu",
+    extra_tags: dict | None = None,
 ) -> dict:
     """Post-train one (method, init) pair; writes the EMA checkpoint, history, grids and record."""
     device = resolve_device(device_name)
-    train, holdout = train_holdout(data_cfg, seed)
+    train, holdout = train_holdout(data_cfg)
     kind = "meanflow" if method == "meanflow" else "consistency"
     student, init_meta = init_student(
         init, init_dir, teacher_dir, cfg["dropout"], precond["boundary_sigma_min"], second_time=kind == "meanflow"
@@ -82,6 +84,7 @@ def run(
         work_dir,
         desc=f"{method}[{init}]",
         kind=kind,
+        fingerprint=config_hash({method: cfg, "init": init, "init_model": init_meta}),
     )
     label = f"{method}-{init}"
     teacher_nfe = loop.iterations * loop.batch_size * (2 if cfg.get("teacher_step") == "heun" else 1)
@@ -90,7 +93,13 @@ def run(
         "teacher_nfe": teacher_nfe if method == "ecd" else 0,
         **last_fd,
     }
-    tags = {"label": label, "method": method, "init": init, "init_model": init_meta.get("config_hash", "?")}
+    tags = {
+        "label": label,
+        "method": method,
+        "init": init,
+        "init_model": init_meta.get("config_hash", "?"),
+        **(extra_tags or {}),
+    }
     meta = {
         "stage": "posttrain",
         "method": method,
