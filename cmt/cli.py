@@ -122,6 +122,12 @@ def _report(args: argparse.Namespace) -> None:
     tables.main_report(args.db, args.experiment, args.out)
 
 
+def _report_ablations(args: argparse.Namespace) -> None:
+    from cmt.ablation_tables import ablation_report
+
+    ablation_report(args.db, args.experiment, args.out)
+
+
 def _check_config(args: argparse.Namespace) -> None:
     for path in args.configs:
         load_config(path)
@@ -161,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("db", "experiment", "out"):
         rep.add_argument(f"--{name}", required=True)
     rep.set_defaults(func=_report)
+    rab = sub.add_parser("report-ablations", help="ablation tables and curves from the MLflow store")
+    for name in ("db", "experiment", "out"):
+        rab.add_argument(f"--{name}", required=True)
+    rab.set_defaults(func=_report_ablations)
     check = sub.add_parser("check-config", help="validate config files against the schema")
     check.add_argument("configs", nargs="+")
     check.set_defaults(func=_check_config)

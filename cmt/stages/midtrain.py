@@ -19,6 +19,7 @@ from cmt.data import train_holdout
 from cmt.losses import Distance, make_distance, squared_l2
 from cmt.meanflow import mean_velocity
 from cmt.precond import Denoiser
+from cmt.solvers import denoiser_calls
 from cmt.stages.student import finish, fit_student, init_student
 from cmt.train import LoopConfig, LossFn, resolve_device
 from cmt.trajectories import OnlineTrajectories, StoredTrajectories, TrajectorySource, trajectory_spec
@@ -161,7 +162,7 @@ def run(
         "images": loop.iterations * loop.batch_size,
         "trajectories_seen": trajectories_seen,
         "distinct_trajectories": source.distinct_seen,
-        "teacher_nfe": teacher_nfe(source, trajectories_seen, steps),
+        "teacher_nfe": teacher_nfe(source, trajectories_seen),
         **last_fd,
     }
     tags.update(teacher=teacher_meta.get("config_hash", "?"), **(extra_tags or {}))
@@ -233,8 +234,9 @@ def source_solver(source: TrajectorySource) -> str:
     return source.index["solver"] if isinstance(source, StoredTrajectories) else source.spec.solver
 
 
-def teacher_nfe(source: TrajectorySource, trajectories_seen: int, steps: int) -> int:
+def teacher_nfe(source: TrajectorySource, trajectories_seen: int) -> int:
     """Teacher evaluations spent on trajectories: the stored set once, or every online trajectory."""
+    calls = denoiser_calls(source_solver(source), source.sigmas)
     if isinstance(source, StoredTrajectories):
-        return len(source) * steps
-    return trajectories_seen * steps
+        return len(source) * calls
+    return trajectories_seen * calls

@@ -108,3 +108,23 @@ rule ab_ingest:
     shell:
         "MLFLOW_DISABLE_TELEMETRY=true ${{CMT_LAUNCH:-python}} -m cmt ingest {input.records} --db {params.db}"
         " --experiment {params.experiment} --artifacts {params.artifacts} --done {output.done} > {log} 2>&1"
+
+
+rule ab_report:
+    localrule: True
+    conda:
+        "../../envs/cmt.yaml"
+    input:
+        rules.ab_ingest.output.done,
+    output:
+        tables=expand(f"{AB_ROOT}/tables/{{name}}.{{ext}}", name=AB_TABLES, ext=("md", "csv")),
+        plot=f"{AB_ROOT}/tables/fd_vs_images.png",
+    params:
+        db=MLFLOW_DB,
+        experiment=config["name"],
+        out=subpath(output.plot, parent=True),
+    log:
+        f"{AB_ROOT}/logs/report.log",
+    shell:
+        "MLFLOW_DISABLE_TELEMETRY=true ${{CMT_LAUNCH:-python}} -m cmt report-ablations --db {params.db}"
+        " --experiment {params.experiment} --out {params.out} > {log} 2>&1"

@@ -59,6 +59,8 @@ def posttrain_params(wildcards):
 # ---- ablations (config/ablations.yaml): every job keyed by its axes in the path ----
 AB = config.get("ablations") or {}
 AB_ROOT = f"{RESULTS}/ab"
+# the table names of cmt/ablation_tables.py (TABLES), kept equal by tests/test_workflow.py
+AB_TABLES = ("method_init", "nfe_solver", "cmt_variants", "budget_split")
 DEFAULT_SET = f"{config['trajectories']['solver']}-nfe{config['trajectories']['nfe']}"
 
 
@@ -70,19 +72,25 @@ def ab_mid_jobs():
     return sorted(jobs)
 
 
-def ab_post_jobs():
-    """(method, init, CMT variant or 'none', post-training iterations, seed)."""
-    post, jobs = AB["post"], set()
+def ab_post_groups():
+    """{(method, init, CMT variant or 'none', post-training iterations, seed): the tables the job feeds}."""
+    post, groups = AB["post"], {}
     for seed in AB["seeds"]:
         for method in post["methods"]:
             iters = config["posttrain"][method]["iterations"]
             for init in post["inits"]:
-                jobs.add((method, init, post["cmt_variant"][method] if init == "cmt" else "none", iters, seed))
+                variant = post["cmt_variant"][method] if init == "cmt" else "none"
+                groups.setdefault((method, init, variant, iters, seed), set()).add("method_init")
         for variant, iters in AB["budget"].values():
-            jobs.add(("ect", "cmt", variant, iters, seed))
-        for variant in AB["variant_post"]:
-            jobs.add(("ect", "cmt", variant, config["posttrain"]["ect"]["iterations"], seed))
-    return sorted(jobs)
+            groups.setdefault(("ect", "cmt", variant, iters, seed), set()).add("budget_split")
+        for variant in (["base"] if AB["variant_post"] else []) + AB["variant_post"]:
+            job = ("ect", "cmt", variant, config["posttrain"]["ect"]["iterations"], seed)
+            groups.setdefault(job, set()).add("cmt_variants")
+    return groups
+
+
+def ab_post_jobs():
+    return sorted(ab_post_groups())
 
 
 def ab_model_paths():
@@ -136,5 +144,7 @@ def ab_init_arg(wildcards):
 
 def ab_posttrain_params(wildcards):
     method_cfg = {**config["posttrain"][wildcards.method], "iterations": int(wildcards.iters)}
-    tags = {"ablation_variant": wildcards.variant, "iterations": wildcards.iters, "seed": wildcards.seed}
+    job = (wildcards.method, wildcards.init, wildcards.variant, int(wildcards.iters), int(wildcards.seed))
+    tables = ",".join(sorted(ab_post_groups().get(job, ())))
+    tags = {"ablation_variant": wildcards.variant, "iterations": wildcards.iters, "seed": wildcards.seed, "tables": tables}
     return subtree("precond", "data", "device", seed=int(wildcards.seed), tags=tags, **{wildcards.method: method_cfg})
