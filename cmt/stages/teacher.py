@@ -86,6 +86,7 @@ def run(
     train_set, _ = train_holdout(data_cfg)
     if cfg["source"] == "fetch":
         ema, meta, losses = _fetched(cfg["fetch"], work_dir)
+        ema = ema.to(device)
     else:
         result = train_teacher(build_denoiser(network, precond), train_set, cfg["train"], seed, device, work_dir)
         ema, losses = result.ema, [h["loss"] for h in result.history]
