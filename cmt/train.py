@@ -136,7 +136,8 @@ def fit(
     generator = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
     history: list[dict] = []
-    start = _resume(work / RESUME_FILE, model, ema, optimizer, generator, history, fingerprint)
+    train_state = _TrainState(model, ema, optimizer, generator, history, fingerprint)
+    start = train_state.resume(work / RESUME_FILE)
     images, t0 = 0, time.perf_counter()
     bar = tqdm(range(start, cfg.iterations), desc=desc, initial=start, total=cfg.iterations, mininterval=1.0)
     for step in bar:
@@ -172,68 +173,61 @@ def fit(
             history.append({"step": done, "images": done * cfg.batch_size, **evaluate(ema, done)})
             model.train()
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
-            state = _state_bytes(done, model, ema, optimizer, generator, history, fingerprint)
-            atomic_write_bytes(work / RESUME_FILE, state)
+            atomic_write_bytes(work / RESUME_FILE, train_state.to_bytes(done))
     bar.close()
     return FitResult(ema=ema, history=history, wall_seconds=time.perf_counter() - t0, resumed_from=start)
 
 
-def _state_bytes(
-    step: int,
-    model: nn.Module,
-    ema: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    history: list[dict],
-    fingerprint: str,
-) -> bytes:
-    state = {
-        "step": step,
-        "fingerprint": fingerprint,
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "history": history,
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getvalue()
+@dataclass
+class _TrainState:
+    """Everything a resume checkpoint holds, besides the step."""
 
+    model: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    history: list[dict]
+    fingerprint: str
 
-def _resume(
-    path: Path,
-    model: nn.Module,
-    ema: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    history: list[dict],
-    fingerprint: str,
-) -> int:
-    """Load a resume checkpoint if one exists for this configuration; returns the step to continue from."""
-    if not path.exists():
-        return 0
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any damage to the file means the same thing to the user
-        raise ValueError(f"{path}: cannot resume from this checkpoint ({err}); delete it to start over") from err
-    if state.get("fingerprint", "") != fingerprint:
-        print(f"{path}: written for other settings; starting over", file=sys.stderr)
-        return 0
-    try:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise ValueError(f"{path}: cannot resume from this checkpoint ({err}); delete it to start over") from err
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    history.extend(state["history"])
-    return int(state["step"])
+    def to_bytes(self, step: int) -> bytes:
+        state = {
+            "step": step,
+            "fingerprint": self.fingerprint,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "history": self.history,
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return buf.getvalue()
+
+    def resume(self, path: Path) -> int:
+        """Load ``path`` if it exists and was written for these settings; returns the step to continue from."""
+        if not path.exists():
+            return 0
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any damage to the file means the same thing to the user
+            raise ValueError(f"{path}: cannot resume from this checkpoint ({err}); delete it to start over") from err
+        if state.get("fingerprint", "") != self.fingerprint:
+            print(f"{path}: written for other settings; starting over", file=sys.stderr)
+            return 0
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise ValueError(f"{path}: cannot resume from this checkpoint ({err}); delete it to start over") from err
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.history.extend(state["history"])
+        return int(state["step"])
 
 
 def clear_resume(work_dir: str | Path) -> None:
