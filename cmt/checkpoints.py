@@ -78,14 +78,19 @@ def save_denoiser(folder: str | Path, denoiser: Denoiser, meta: dict) -> None:
     atomic_write_json(folder / META, full)
 
 
-def read_meta(folder: str | Path) -> dict:
-    file = Path(folder) / META
+def read_json(path: str | Path, what: str) -> dict:
+    """A JSON file; a missing file or bad JSON gives an error naming the file (``what`` says what it is)."""
+    file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"checkpoint meta not found: {file}")
+        raise FileNotFoundError(f"{what} not found: {file}")
     try:
         return json.loads(file.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{file}: not valid JSON: {err}") from err
+
+
+def read_meta(folder: str | Path) -> dict:
+    return read_json(Path(folder) / META, "checkpoint meta")
 
 
 def load_denoiser(folder: str | Path) -> tuple[Denoiser, dict]:

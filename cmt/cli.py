@@ -11,8 +11,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cmt.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from cmt.stages.student import StudentJob
 
 
 def _params(args: argparse.Namespace) -> dict:
@@ -48,45 +52,35 @@ def _trajectories(args: argparse.Namespace) -> None:
     trajectories.run(_trajectory_cfg(p), p["data"], p["seed"], args.teacher, args.out, p["device"])
 
 
+def _student_job(p: dict, args: argparse.Namespace) -> StudentJob:
+    """The part of a training verb's arguments that CMT and every post-training method share."""
+    from cmt.stages.student import StudentJob
+
+    return StudentJob(
+        p["data"],
+        p["precond"],
+        p["seed"],
+        Path(args.teacher),
+        Path(args.featnet),
+        Path(args.out),
+        Path(args.work),
+        p["device"],
+        p.get("tags"),
+    )
+
+
 def _midtrain(args: argparse.Namespace) -> None:
     from cmt.stages import midtrain
 
     p = _params(args)
-    midtrain.run(
-        p["midtrain"],
-        _trajectory_cfg(p),
-        p["data"],
-        p["precond"],
-        p["seed"],
-        args.teacher,
-        args.traj or None,
-        args.featnet,
-        args.out,
-        args.work,
-        p["device"],
-        p.get("tags"),
-    )
+    midtrain.run(p["midtrain"], _trajectory_cfg(p), args.traj or None, _student_job(p, args))
 
 
 def _posttrain(args: argparse.Namespace) -> None:
     from cmt.stages.posttrain import runner
 
     p = _params(args)
-    runner.run(
-        args.method,
-        p[args.method],
-        p["data"],
-        p["precond"],
-        p["seed"],
-        args.init,
-        args.init_dir or None,
-        args.teacher,
-        args.featnet,
-        args.out,
-        args.work,
-        p["device"],
-        p.get("tags"),
-    )
+    runner.run(args.method, p[args.method], args.init, args.init_dir or None, _student_job(p, args))
 
 
 def _evaluate(args: argparse.Namespace) -> None:

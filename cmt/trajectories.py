@@ -12,7 +12,6 @@ and a damaged one is named on reading.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,7 +22,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from cmt.checkpoints import atomic_save_tensors, atomic_write_json
+from cmt.checkpoints import atomic_save_tensors, atomic_write_json, read_json
 from cmt.precond import Denoiser
 from cmt.solvers import sample_trajectory, sigma_grid
 
@@ -127,13 +126,7 @@ def write_set(
 
 
 def read_index(folder: str | Path) -> dict:
-    path = Path(folder) / INDEX
-    if not path.is_file():
-        raise FileNotFoundError(f"trajectory index not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    return read_json(Path(folder) / INDEX, "trajectory index")
 
 
 def load_shard(folder: str | Path, entry: dict, shape: tuple[int, ...], steps: int) -> Tensor:

@@ -6,6 +6,7 @@ import yaml
 from conftest import ROOT
 
 from cmt.stages import midtrain
+from cmt.stages.student import StudentJob
 
 
 def test_online_midtrain_records_fresh_trajectories(smoke, tmp_path):
@@ -23,14 +24,16 @@ def test_online_midtrain_records_fresh_trajectories(smoke, tmp_path):
     final = midtrain.run(
         mid,
         traj,
-        cfg["data"],
-        cfg["precond"],
-        0,
-        results / "teacher",
         None,
-        results / "featnet" / "featnet.safetensors",
-        tmp_path / "out",
-        tmp_path / "work",
+        StudentJob(
+            cfg["data"],
+            cfg["precond"],
+            0,
+            results / "teacher",
+            results / "featnet" / "featnet.safetensors",
+            tmp_path / "out",
+            tmp_path / "work",
+        ),
     )
     per_step = mid["batch_size"] // 4
     assert final["trajectories_seen"] == final["distinct_trajectories"] == 4 * per_step

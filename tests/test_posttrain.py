@@ -11,6 +11,7 @@ from conftest import ROOT
 from cmt.checkpoints import load_denoiser
 from cmt.stages import midtrain
 from cmt.stages.posttrain import runner
+from cmt.stages.student import StudentJob
 
 CFG = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
 TINY = {"iterations": 4, "eval_every": 2, "eval_samples": 50, "checkpoint_every": 0}
@@ -19,19 +20,16 @@ TINY = {"iterations": 4, "eval_every": 2, "eval_samples": 50, "checkpoint_every"
 def run_post(smoke, tmp_path, method, init, init_dir):
     results = smoke / "results" / "smoke"
     cfg = {**CFG["posttrain"][method], **TINY}
-    final = runner.run(
-        method,
-        cfg,
+    job = StudentJob(
         CFG["data"],
         CFG["precond"],
         0,
-        init,
-        init_dir,
         results / "teacher",
         results / "featnet" / "featnet.safetensors",
         tmp_path / "out",
         tmp_path / "work",
     )
+    final = runner.run(method, cfg, init, init_dir, job)
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     return final, record
 
@@ -57,18 +55,16 @@ def test_flowmap_cmt_then_meanflow(smoke, tmp_path):
     results = smoke / "results" / "smoke"
     mid_cfg = {**CFG["midtrain"], **TINY, "form": "flowmap", "loss": "l2", "label": "cmt-flowmap"}
     traj_cfg = {**CFG["trajectories"], "sigma_min": 0.002, "sigma_max": 80.0}
-    final = midtrain.run(
-        mid_cfg,
-        traj_cfg,
+    job = StudentJob(
         CFG["data"],
         CFG["precond"],
         0,
         results / "teacher",
-        results / "traj" / "dpmpp3m_legacy-nfe16",
         results / "featnet" / "featnet.safetensors",
         tmp_path / "mid",
         tmp_path / "mid-work",
     )
+    final = midtrain.run(mid_cfg, traj_cfg, results / "traj" / "dpmpp3m_legacy-nfe16", job)
     model, meta = load_denoiser(tmp_path / "mid")
     assert meta["model_kind"] == "meanflow" and model.model.cfg.second_time and final["fd_2step"] > 0
     assert torch.isfinite(torch.tensor(final["fd_1step"]))

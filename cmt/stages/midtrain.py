@@ -20,7 +20,7 @@ from cmt.losses import Distance, make_distance, squared_l2
 from cmt.meanflow import mean_velocity
 from cmt.precond import Denoiser
 from cmt.solvers import denoiser_calls
-from cmt.stages.student import finish, fit_student, init_student
+from cmt.stages.student import StudentJob, finish, fit_student, init_student
 from cmt.train import LoopConfig, LossFn, resolve_device
 from cmt.trajectories import OnlineTrajectories, StoredTrajectories, TrajectorySource, trajectory_spec
 
@@ -99,33 +99,21 @@ def trajectory_source(
     return OnlineTrajectories(teacher.to(device).eval(), spec, train_images.to(device))
 
 
-def run(
-    cfg: dict,
-    traj_cfg: dict,
-    data_cfg: dict,
-    precond: dict,
-    seed: int,
-    teacher_dir: str | Path,
-    traj_dir: str | Path | None,
-    featnet: str | Path,
-    out_dir: str | Path,
-    work_dir: str | Path,
-    device_name: str = "cpu",
-    extra_tags: dict | None = None,
-) -> dict:
-    device = resolve_device(device_name)
-    train, holdout = train_holdout(data_cfg)
+def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob) -> dict:
+    """CMT mid-training from the teacher in ``job``: a stored set in ``traj_dir`` or online trajectories."""
+    device = resolve_device(job.device)
+    train, holdout = train_holdout(job.data)
     source = trajectory_source(
-        cfg["source"], traj_cfg, traj_dir, teacher_dir, train.images, device, cfg.get("max_trajectories")
+        cfg["source"], traj_cfg, traj_dir, job.teacher_dir, train.images, device, cfg.get("max_trajectories")
     )
     form, points = cfg.get("form", "consistency"), cfg.get("points", "all")
     kind = "meanflow" if form == "flowmap" else "consistency"
     student, teacher_meta = init_student(
         "diffusion",
-        teacher_dir,
-        teacher_dir,
+        job.teacher_dir,
+        job.teacher_dir,
         cfg["dropout"],
-        precond["boundary_sigma_min"],
+        job.precond["boundary_sigma_min"],
         second_time=kind == "meanflow",
     )
     student = student.to(device)
@@ -137,13 +125,13 @@ def run(
         student,
         loss_fn,
         loop,
-        featnet,
+        job.featnet,
         holdout,
-        precond,
+        job.precond,
         cfg["eval_t_mid"],
         cfg["eval_samples"],
-        seed,
-        work_dir,
+        job.seed,
+        job.work_dir,
         desc=f"midtrain[{form}:{cfg['loss']}]",
         kind=kind,
         fingerprint=config_hash({"midtrain": cfg, "trajectories": traj_cfg, "teacher": teacher_meta}),
@@ -165,17 +153,17 @@ def run(
         "teacher_nfe": teacher_nfe(source, trajectories_seen),
         **last_fd,
     }
-    tags.update(teacher=teacher_meta.get("config_hash", "?"), **(extra_tags or {}))
+    tags.update(teacher=teacher_meta.get("config_hash", "?"), **(job.tags or {}))
     meta = {"stage": "midtrain", "init": teacher_meta.get("stage", "teacher"), "config": cfg, **final}
     finish(
-        out_dir,
-        work_dir,
+        job.out_dir,
+        job.work_dir,
         result,
         meta,
-        precond["sigma_max"],
+        job.precond["sigma_max"],
         cfg["eval_t_mid"],
         f"midtrain/{cfg.get('label', 'cmt')}",
-        params={**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "seed": seed},
+        params={**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "seed": job.seed},
         tags=tags,
         final=final,
         kind=kind,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +17,21 @@ from cmt.sampling import sample_few_step
 from cmt.stages.evaluate import Scorer, few_step_fd_callback
 from cmt.tracking import write_history, write_record
 from cmt.train import FitResult, LoopConfig, LossFn, clear_resume, fit
+
+
+@dataclass(frozen=True)
+class StudentJob:
+    """What every student-training job shares: data, preconditioning, seed, files, device, extra MLflow tags."""
+
+    data: dict
+    precond: dict
+    seed: int
+    teacher_dir: Path
+    featnet: Path
+    out_dir: Path
+    work_dir: Path
+    device: str = "cpu"
+    tags: dict | None = None
 
 
 def set_dropout(denoiser: Denoiser, p: float) -> Denoiser:

@@ -15,7 +15,7 @@ from cmt.meanflow import meanflow_loss
 from cmt.precond import Denoiser
 from cmt.stages.posttrain.ecd import ecd_loss
 from cmt.stages.posttrain.ect import ect_loss, ect_stage
-from cmt.stages.student import finish, fit_student, init_student
+from cmt.stages.student import StudentJob, finish, fit_student, init_student
 from cmt.train import LoopConfig, LossFn, resolve_device
 
 METHODS = ("ect", "ecd", "meanflow")
@@ -46,42 +46,33 @@ def _batch(images: Tensor, n: int, gen: torch.Generator) -> Tensor:
     return images[torch.randint(len(images), (n,), generator=gen, device=images.device)]
 
 
-def run(
-    method: str,
-    cfg: dict,
-    data_cfg: dict,
-    precond: dict,
-    seed: int,
-    init: str,
-    init_dir: str | Path | None,
-    teacher_dir: str | Path,
-    featnet: str | Path,
-    out_dir: str | Path,
-    work_dir: str | Path,
-    device_name: str = "cpu",
-    extra_tags: dict | None = None,
-) -> dict:
+def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: StudentJob) -> dict:
     """Post-train one (method, init) pair; writes the EMA checkpoint, history, grids and record."""
-    device = resolve_device(device_name)
-    train, holdout = train_holdout(data_cfg)
+    device = resolve_device(job.device)
+    train, holdout = train_holdout(job.data)
     kind = "meanflow" if method == "meanflow" else "consistency"
     student, init_meta = init_student(
-        init, init_dir, teacher_dir, cfg["dropout"], precond["boundary_sigma_min"], second_time=kind == "meanflow"
+        init,
+        init_dir,
+        job.teacher_dir,
+        cfg["dropout"],
+        job.precond["boundary_sigma_min"],
+        second_time=kind == "meanflow",
     )
     student: Denoiser = student.to(device)
-    loss_fn = make_loss(method, cfg, train.images.to(device), teacher_dir, device)
+    loss_fn = make_loss(method, cfg, train.images.to(device), job.teacher_dir, device)
     loop = LoopConfig.from_dict({**LOOP_DEFAULTS, **cfg})
     result, last_fd = fit_student(
         student,
         loss_fn,
         loop,
-        featnet,
+        job.featnet,
         holdout,
-        precond,
+        job.precond,
         cfg["t_mid"],
         cfg["eval_samples"],
-        seed,
-        work_dir,
+        job.seed,
+        job.work_dir,
         desc=f"{method}[{init}]",
         kind=kind,
         fingerprint=config_hash({method: cfg, "init": init, "init_model": init_meta}),
@@ -98,7 +89,7 @@ def run(
         "method": method,
         "init": init,
         "init_model": init_meta.get("config_hash", "?"),
-        **(extra_tags or {}),
+        **(job.tags or {}),
     }
     meta = {
         "stage": "posttrain",
@@ -108,13 +99,13 @@ def run(
         "config": cfg,
         **final,
     }
-    params = {**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "init": init, "seed": seed}
+    params = {**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "init": init, "seed": job.seed}
     finish(
-        out_dir,
-        work_dir,
+        job.out_dir,
+        job.work_dir,
         result,
         meta,
-        precond["sigma_max"],
+        job.precond["sigma_max"],
         cfg["t_mid"],
         f"posttrain/{label}",
         params=params,
