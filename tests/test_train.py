@@ -27,6 +27,17 @@ def regression_problem():
     return model, loss_fn
 
 
+def killed_at(kill_step, loss_fn):
+    """The loss function of a run that is killed when it reaches ``kill_step``."""
+
+    def loss(net, step, gen):
+        if step == kill_step:
+            raise KeyboardInterrupt
+        return loss_fn(net, step, gen)
+
+    return loss
+
+
 CFG = LoopConfig(iterations=30, batch_size=32, lr=1e-2, ema_beta=0.9, checkpoint_every=10)
 
 
@@ -53,14 +64,8 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
     ref = fit(ref_model, loss_fn, CFG, tmp_path / "ref", "ref", seed=3)
 
     model, loss_fn = regression_problem()
-
-    def killed(net, step, gen):
-        if step == 25:
-            raise KeyboardInterrupt
-        return loss_fn(net, step, gen)
-
     with pytest.raises(KeyboardInterrupt):
-        fit(model, killed, CFG, tmp_path / "run", "run", seed=3)
+        fit(model, killed_at(25, loss_fn), CFG, tmp_path / "run", "run", seed=3)
     assert (tmp_path / "run" / RESUME_FILE).exists()
     model2, loss_fn2 = regression_problem()
     resumed = fit(model2, loss_fn2, CFG, tmp_path / "run", "run", seed=3)
@@ -72,12 +77,7 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
 
 def test_resume_checkpoint_of_other_settings_is_not_used(tmp_path):
     model, loss_fn = regression_problem()
-
-    def killed(net, step, gen):
-        if step == 15:
-            raise KeyboardInterrupt
-        return loss_fn(net, step, gen)
-
+    killed = killed_at(15, loss_fn)
     with pytest.raises(KeyboardInterrupt):
         fit(model, killed, CFG, tmp_path, "run", seed=3, fingerprint="settings-a")
     model2, _ = regression_problem()

@@ -71,13 +71,10 @@ def fit_student(
     student: Denoiser,
     loss_fn: LossFn,
     loop: LoopConfig,
-    featnet: str | Path,
+    job: StudentJob,
     holdout: ImageDataset,
-    precond: dict,
     t_mid: float,
     eval_samples: int,
-    seed: int,
-    work_dir: str | Path,
     desc: str,
     kind: str = "consistency",
     fingerprint: str = "",
@@ -86,9 +83,13 @@ def fit_student(
 
     ``fingerprint`` identifies the run's settings, so a resume checkpoint of other settings is not used.
     """
-    scorer = Scorer(Path(featnet), holdout)
-    evaluate = few_step_fd_callback(scorer, kind, eval_samples, precond["sigma_max"], t_mid, seed, holdout.shape)
-    result = fit(student, loss_fn, loop, work_dir, desc=desc, seed=seed, evaluate=evaluate, fingerprint=fingerprint)
+    scorer = Scorer(Path(job.featnet), holdout)
+    evaluate = few_step_fd_callback(
+        scorer, kind, eval_samples, job.precond["sigma_max"], t_mid, job.seed, holdout.shape
+    )
+    result = fit(
+        student, loss_fn, loop, job.work_dir, desc=desc, seed=job.seed, evaluate=evaluate, fingerprint=fingerprint
+    )
     evals = [h for h in result.history if "fd_1step" in h]
     return result, {k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("fd_")}
 
