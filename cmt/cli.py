@@ -105,7 +105,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _ingest(args: argparse.Namespace) -> None:
     from cmt.tracking import ingest
 
-    counts = ingest(args.records, args.db, args.experiment, args.artifacts)
+    groups = json.loads(args.groups) if args.groups else None
+    counts = ingest(args.records, args.db, args.experiment, args.artifacts, groups=groups)
     Path(args.done).write_text(json.dumps(counts) + "\n")
     print(f"MLflow: {counts['created']} runs logged, {counts['unchanged']} unchanged -> {args.db}")
 
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("records", nargs="+")
     for name in ("db", "experiment", "artifacts", "done"):
         ing.add_argument(f"--{name}", required=True)
+    ing.add_argument("--groups", help="JSON: record folder -> the tables its job feeds (cmt/ablations.py)")
     ing.set_defaults(func=_ingest)
     rep = sub.add_parser("report", help="paper tables and plots from the MLflow store")
     for name in ("db", "experiment", "out"):

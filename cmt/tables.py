@@ -21,7 +21,7 @@ def _runs(db: str | Path, experiment: str) -> pd.DataFrame:
     from cmt.tracking import search
 
     runs = search(db, experiment)
-    return runs[runs.get("tags.cmt_parent", pd.Series(index=runs.index, dtype=object)).ne("true")]
+    return runs[runs.get("tags.cmt_parent", pd.Series(index=runs.index, dtype=object)).isna()]
 
 
 def _metric(row: pd.Series | None, name: str) -> float:
@@ -145,15 +145,17 @@ def plot_curves(curves: dict, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def log_tables(db: str | Path, experiment: str, files: list[Path]) -> None:
-    """Attach the tables to the experiment's parent run (``tables/`` in its artifacts)."""
+def log_tables(db: str | Path, experiment: str, files: list[Path], table: str | None = None) -> None:
+    """Attach files to the experiment's parent run, or to one ablation table's parent (``tables/``)."""
     from mlflow.tracking import MlflowClient
 
-    from cmt.tracking import parent_run, tracking_uri
+    from cmt.tracking import parent_run, table_run, tracking_uri
 
     client = MlflowClient(tracking_uri(db))
     exp = client.get_experiment_by_name(experiment)
     run_id = parent_run(client, exp.experiment_id, experiment)
+    if table is not None:
+        run_id = table_run(client, exp.experiment_id, run_id, table)
     for file in files:
         client.log_artifact(run_id, str(file), artifact_path="tables")
 

@@ -3,8 +3,10 @@
 Each job writes ``run.json`` (stage, run name, params, tags, final metrics, artifact names) and, for
 trainers, ``metrics.jsonl`` (one JSON object per logged step) into its output folder.  ``ingest``
 logs every record as an MLflow run in a SQLite store, as children of one parent run per experiment
-(tag ``mlflow.parentRunId``, which the UI uses for grouping).  Re-ingesting an unchanged record is a
-no-op; a changed record replaces its run.
+(tag ``mlflow.parentRunId``, which the UI uses for grouping).  Records given ``groups`` (the tables a
+job feeds, cmt/ablations.py) get a ``tables`` tag and hang below a parent run for their first table,
+itself a child of the experiment's parent.  Re-ingesting an unchanged record is a no-op; a changed
+record (or a changed grouping) replaces its run.
 """
 
 from __future__ import annotations
@@ -61,17 +63,27 @@ def tracking_uri(db: str | Path) -> str:
     return f"sqlite:///{Path(db).resolve()}"
 
 
-def _digest(folder: Path) -> str:
+def _digest(folder: Path, tables: list[str]) -> str:
     h = hashlib.sha256((folder / RECORD).read_bytes())
     if (folder / HISTORY).exists():
         h.update((folder / HISTORY).read_bytes())
+    h.update(",".join(tables).encode())
     return h.hexdigest()
 
 
 def ingest(
-    record_files: list[str | Path], db: str | Path, experiment: str, artifact_root: str | Path, root: str | Path = "."
+    record_files: list[str | Path],
+    db: str | Path,
+    experiment: str,
+    artifact_root: str | Path,
+    root: str | Path = ".",
+    groups: dict[str, list[str]] | None = None,
 ) -> dict:
-    """Log every record into the MLflow store at ``db``; returns counts of created/unchanged runs."""
+    """Log every record into the MLflow store at ``db``; returns counts of created/unchanged runs.
+
+    ``groups`` maps a record folder (relative to ``root``) to the tables its job feeds, first the
+    one whose parent run groups it.
+    """
     import mlflow
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
@@ -89,7 +101,8 @@ def ingest(
     for file in record_files:
         folder = Path(file).parent
         key = str(folder.resolve().relative_to(Path(root).resolve()))
-        digest = _digest(folder)
+        tables = (groups or {}).get(key, [])
+        digest = _digest(folder, tables)
         old = client.search_runs([exp_id], filter_string=f"tags.cmt_record = '{key}'")
         if any(r.data.tags.get("cmt_digest") == digest for r in old):
             counts["unchanged"] += 1
@@ -103,7 +116,8 @@ def ingest(
             "cmt_digest": digest,
             "git_commit": record["git_commit"],
             "cmt_stage": record["stage"],
-            "mlflow.parentRunId": parent,
+            "mlflow.parentRunId": table_run(client, exp_id, parent, tables[0]) if tables else parent,
+            **({"tables": ",".join(tables)} if tables else {}),
         }
         run = client.create_run(exp_id, run_name=record["run_name"], tags=tags)
         rid, now = run.info.run_id, int(time.time() * 1000)
@@ -131,10 +145,22 @@ def ingest(
 
 
 def parent_run(client, exp_id: str, experiment: str) -> str:
+    """The experiment's parent run (created on first use)."""
     found = client.search_runs([exp_id], filter_string="tags.cmt_parent = 'true'")
     if found:
         return found[0].info.run_id
     return client.create_run(exp_id, run_name=f"pipeline/{experiment}", tags={"cmt_parent": "true"}).info.run_id
+
+
+def table_run(client, exp_id: str, parent: str, table: str) -> str:
+    """The parent run of one ablation table's jobs, a child of the experiment's parent (created on first use)."""
+    found = client.search_runs([exp_id], filter_string=f"tags.cmt_table = '{table}'")
+    if found:
+        return found[0].info.run_id
+    tags = {"cmt_parent": "table", "cmt_table": table, "mlflow.parentRunId": parent}
+    run_id = client.create_run(exp_id, run_name=f"ablation/{table}", tags=tags).info.run_id
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 def _is_number(v: object) -> bool:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from conftest import ROOT, snakemake
 
 DVC = Path(sys.executable).parent / "dvc"
@@ -29,14 +30,15 @@ def test_repro_push_pull_into_fresh_clone(smoke, tmp_path):
     shutil.copytree(ROOT / "cmt", repo / "cmt", ignore=shutil.ignore_patterns("__pycache__"))
     for name in (".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
-    (repo / "dvc.yaml").write_text(
-        (ROOT / "dvc.yaml")
-        .read_text()
-        .replace("default:", "smoke:")
-        .replace("all\n", "all --configfile config/smoke.yaml\n")
-        .replace("config/config.yaml", "config/smoke.yaml")
-        .replace("results/default", "results/smoke")
-    )
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert stages["ablations"]["outs"] == [{"results/ablations": {"persist": True}}]
+    stage = stages["default"]  # the main job's stage, pointed at the smoke config
+    stage |= {
+        "cmd": stage["cmd"] + " --configfile config/smoke.yaml",
+        "params": [{"config/smoke.yaml": None}],
+        "outs": [{"results/smoke": {"persist": True}}],
+    }
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"smoke": stage}}))
     run(repo, *GIT, "init", "-q")
     run(repo, str(DVC), "init", "-q")
     run(repo, str(DVC), "remote", "add", "-d", "local", str(remote))

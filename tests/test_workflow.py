@@ -1,12 +1,11 @@
 """The real Snakemake workflow on config/smoke.yaml: full run, up-to-date check, targeted reruns, bad input."""
 
-import ast
 import csv
 import hashlib
 from pathlib import Path
 
 import yaml
-from conftest import ROOT, copy_project, planned_jobs, snakemake
+from conftest import copy_project, planned_jobs, snakemake
 
 LABELS = {"teacher", "cmt", "ect-random", "ect-diffusion", "ect-cmt"}
 
@@ -76,15 +75,6 @@ def test_fetched_teacher_with_wrong_sha256_is_refused(smoke, tmp_path):
     assert (project / "results" / "fetched" / "teacher" / "samples.png").exists()
 
 
-def test_ablation_table_names_agree_between_workflow_and_package():
-    from cmt.ablation_tables import TABLES
-
-    line = next(
-        ln for ln in (ROOT / "workflow" / "rules" / "common.smk").read_text().splitlines() if ln.startswith("AB_TABLES")
-    )
-    assert ast.literal_eval(line.split("=", 1)[1].strip()) == TABLES
-
-
 def test_all_ablations_dry_run_lists_the_sweep(smoke):
     proc = snakemake(smoke, "-n", "all_ablations", "--configfile", "config/ablations.yaml")
     jobs = planned_jobs(proc.stdout)
@@ -125,13 +115,29 @@ def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, tmp_path):
 
     runs = search(smoke / "results" / "smoke" / "mlflow.db", "smoke", stage="evaluate")
     assert {"post/ecd-cmt/base/it40/s0", "post/ect-cmt/traj128/it20/s0"} <= set(runs["tags.label"])
-    tables = ab / "tables"
+    tables = smoke / "results" / "smoke" / "tables"
     method_init = list(csv.DictReader((tables / "method_init.csv").open()))
     assert {(r["method"], r["init"]) for r in method_init} == {("ecd", "cmt"), ("meanflow", "cmt")}
-    nfe = {r["tset"]: r for r in csv.DictReader((tables / "nfe_solver.csv").open())}
-    assert set(nfe) == {"dpmpp3m_legacy-nfe4", "heun-nfe4", "dpmpp3m_legacy-nfe16"}
-    assert float(nfe["heun-nfe4"]["teacher_nfe"]) > float(nfe["dpmpp3m_legacy-nfe4"]["teacher_nfe"]) > 0
-    variants = {r["variant"]: r for r in csv.DictReader((tables / "cmt_variants.csv").open())}
-    assert float(variants["traj128"]["distinct_trajectories"]) <= 128 < float(variants["base"]["distinct_trajectories"])
+    nfe = {(r["solver"], r["nfe"]): r for r in csv.DictReader((tables / "nfe_solver.csv").open())}
+    assert set(nfe) == {("dpmpp3m_legacy", "4"), ("heun", "4"), ("dpmpp3m_legacy", "16")}
+    assert float(nfe["heun", "4"]["teacher_nfe"]) > float(nfe["dpmpp3m_legacy", "4"]["teacher_nfe"]) > 0
+    counts = {(r["variant"], r["model"]): r for r in csv.DictReader((tables / "trajectory_count.csv").open())}
+    assert set(counts) == {("base", "CMT only"), ("traj128", "CMT only")}
+    assert float(counts["traj128", "CMT only"]["distinct_trajectories"]) <= 128
+    assert float(counts["base", "CMT only"]["distinct_trajectories"]) > 128
+    budget = {(r["variant"], r["model"]): r for r in csv.DictReader((tables / "budget_split.csv").open())}
+    assert set(budget) == {("base", "CMT only"), ("traj128", "ECT, CMT init")}
+    variants = {(r["variant"], r["model"]): r for r in csv.DictReader((tables / "cmt_variants.csv").open())}
+    mid_images = float(variants["traj128", "CMT only"]["images"])
+    assert float(budget["traj128", "ECT, CMT init"]["images"]) > mid_images > 0  # the lineage: mid + post
     assert (tables / "fd_vs_images.png").stat().st_size > 5000
+    runs = search(smoke / "results" / "smoke" / "mlflow.db", "smoke")
+    parents = runs[runs["tags.cmt_parent"] == "table"].set_index("run_id")["tags.cmt_table"]
+    grouped = runs[runs["tags.cmt_record"].fillna("").str.contains("/ab/")]
+    assert set(grouped["tags.mlflow.parentRunId"].map(parents)) == {
+        "method_init",
+        "nfe_solver",
+        "cmt_variants",
+        "budget_split",
+    }
     assert "Nothing to be done" in snakemake(smoke, "-n", "all_ablations", "--configfile", str(path)).stdout

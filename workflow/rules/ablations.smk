@@ -103,11 +103,13 @@ rule ab_ingest:
         db=MLFLOW_DB,
         experiment=config["name"],
         artifacts=f"{RESULTS}/mlartifacts",
+        groups=lambda wildcards: json.dumps(record_tables(config, AB_ROOT), sort_keys=True),
     log:
         f"{AB_ROOT}/logs/ingest.log",
     shell:
         "MLFLOW_DISABLE_TELEMETRY=true ${{CMT_LAUNCH:-python}} -m cmt ingest {input.records} --db {params.db}"
-        " --experiment {params.experiment} --artifacts {params.artifacts} --done {output.done} > {log} 2>&1"
+        " --experiment {params.experiment} --artifacts {params.artifacts} --groups {params.groups:q}"
+        " --done {output.done} > {log} 2>&1"
 
 
 rule ab_report:
@@ -117,8 +119,8 @@ rule ab_report:
     input:
         rules.ab_ingest.output.done,
     output:
-        tables=expand(f"{AB_ROOT}/tables/{{name}}.{{ext}}", name=AB_TABLES, ext=("md", "csv")),
-        plot=f"{AB_ROOT}/tables/fd_vs_images.png",
+        tables=expand(f"{RESULTS}/tables/{{name}}.{{ext}}", name=AB_TABLES, ext=("md", "csv")),
+        plot=f"{RESULTS}/tables/fd_vs_images.png",
     params:
         db=MLFLOW_DB,
         experiment=config["name"],

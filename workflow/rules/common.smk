@@ -4,6 +4,7 @@ import os
 import shlex
 import sys
 
+from cmt.ablations import TABLES as AB_TABLES, default_set, mid_jobs, post_jobs, record_tables
 from cmt.config import validate
 
 validate(config, ", ".join(map(str, workflow.configfiles)) or "config")
@@ -56,55 +57,17 @@ def posttrain_params(wildcards):
     return subtree("precond", "data", "seed", "device", **{wildcards.method: config["posttrain"][wildcards.method]})
 
 
-# ---- ablations (config/ablations.yaml): every job keyed by its axes in the path ----
+# ---- ablations (config/ablations.yaml): every job keyed by its axes in the path (cmt/ablations.py) ----
 AB = config.get("ablations") or {}
 AB_ROOT = f"{RESULTS}/ab"
-# the table names of cmt/ablation_tables.py (TABLES), kept equal by tests/test_workflow.py
-AB_TABLES = ("method_init", "nfe_solver", "cmt_variants", "budget_split")
-DEFAULT_SET = f"{config['trajectories']['solver']}-nfe{config['trajectories']['nfe']}"
-
-
-def ab_mid_jobs():
-    """(CMT variant, trajectory set, seed): the base variant on every solver x NFE set, every variant on the default."""
-    sets = [f"{s}-nfe{n}" for s in AB["trajectory_sets"]["solvers"] for n in AB["trajectory_sets"]["nfes"]]
-    jobs = {("base", tset, seed) for tset in sets for seed in AB["seeds"]}
-    jobs |= {(variant, DEFAULT_SET, seed) for variant in AB["cmt"] for seed in AB["seeds"]}
-    return sorted(jobs)
-
-
-def ab_post_groups():
-    """{(method, init, CMT variant or 'none', post-training iterations, seed): the tables the job feeds}."""
-    post, groups = AB["post"], {}
-    for seed in AB["seeds"]:
-        for method in post["methods"]:
-            iters = config["posttrain"][method]["iterations"]
-            for init in post["inits"]:
-                variant = post["cmt_variant"][method] if init == "cmt" else "none"
-                groups.setdefault((method, init, variant, iters, seed), set()).add("method_init")
-        for variant, iters in AB["budget"].values():
-            groups.setdefault(("ect", "cmt", variant, iters, seed), set()).add("budget_split")
-        for variant in (["base"] if AB["variant_post"] else []) + AB["variant_post"]:
-            job = ("ect", "cmt", variant, config["posttrain"]["ect"]["iterations"], seed)
-            groups.setdefault(job, set()).add("cmt_variants")
-    return groups
-
-
-def ab_post_jobs():
-    return sorted(ab_post_groups())
-
-
-def ab_model_paths():
-    """Every ablation model folder, relative to AB_ROOT."""
-    mids = [f"mid/{v}/{t}/s{s}" for v, t, s in ab_mid_jobs()]
-    posts = [f"post/{m}-{i}/{v}/it{n}/s{s}" for m, i, v, n, s in ab_post_jobs()]
-    return mids + posts
+DEFAULT_SET = default_set(config)
 
 
 def ab_records(wildcards):
     """Training and evaluation records of every ablation job (the teacher's and feature net's too)."""
     if not AB:
         raise ValueError("this config has no `ablations` section: run all_ablations with --configfile config/ablations.yaml")
-    paths = ab_model_paths()
+    paths = [*mid_jobs(config), *post_jobs(config)]
     return (
         [rules.teacher.output.record, rules.featnet.output.record]
         + [f"{AB_ROOT}/{p}/run.json" for p in paths]
@@ -144,7 +107,5 @@ def ab_init_arg(wildcards):
 
 def ab_posttrain_params(wildcards):
     method_cfg = {**config["posttrain"][wildcards.method], "iterations": int(wildcards.iters)}
-    job = (wildcards.method, wildcards.init, wildcards.variant, int(wildcards.iters), int(wildcards.seed))
-    tables = ",".join(sorted(ab_post_groups().get(job, ())))
-    tags = {"ablation_variant": wildcards.variant, "iterations": wildcards.iters, "seed": wildcards.seed, "tables": tables}
+    tags = {"ablation_variant": wildcards.variant, "iterations": wildcards.iters, "seed": wildcards.seed}
     return subtree("precond", "data", "device", seed=int(wildcards.seed), tags=tags, **{wildcards.method: method_cfg})

@@ -85,7 +85,7 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
         "label": label,
         "method": method,
         "init": init,
-        "init_model": init_meta.get("config_hash", "?"),
+        "init_model": str(init_dir) if init_dir else "none",  # the init's record folder: the report's lineage link
         **(job.tags or {}),
     }
     meta = {
