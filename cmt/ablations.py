@@ -42,14 +42,13 @@ def _ordered(tables: set[str]) -> list[str]:
 def mid_jobs(config: Mapping) -> dict[str, list[str]]:
     """``mid/<variant>/<set>/s<seed>`` -> tables: base on every solver x NFE set and the default set (all
     in ``nfe_solver``), every variant on the default set."""
-    ab, jobs = config["ablations"], {}
-    sets = [f"{s}-nfe{n}" for s in ab["trajectory_sets"]["solvers"] for n in ab["trajectory_sets"]["nfes"]]
+    ab, jobs, default = config["ablations"], {}, default_set(config)
+    sets = {f"{s}-nfe{n}" for s in ab["trajectory_sets"]["solvers"] for n in ab["trajectory_sets"]["nfes"]} | {default}
     for seed in ab["seeds"]:
         for tset in sets:
             jobs.setdefault(f"mid/base/{tset}/s{seed}", set()).add("nfe_solver")
         for variant, overrides in ab["cmt"].items():
-            tables = variant_tables(overrides) | ({"nfe_solver"} if variant == "base" else set())
-            jobs.setdefault(f"mid/{variant}/{default_set(config)}/s{seed}", set()).update(tables)
+            jobs.setdefault(f"mid/{variant}/{default}/s{seed}", set()).update(variant_tables(overrides))
     return {path: _ordered(tables) for path, tables in sorted(jobs.items())}
 
 

@@ -97,6 +97,8 @@ def ingest(
         else client.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
     )
     parent = parent_run(client, exp_id, experiment)
+    firsts = {tables[0] for tables in (groups or {}).values() if tables}
+    table_parents = {table: table_run(client, exp_id, parent, table) for table in sorted(firsts)}
     counts = {"created": 0, "unchanged": 0}
     for file in record_files:
         folder = Path(file).parent
@@ -116,7 +118,7 @@ def ingest(
             "cmt_digest": digest,
             "git_commit": record["git_commit"],
             "cmt_stage": record["stage"],
-            "mlflow.parentRunId": table_run(client, exp_id, parent, tables[0]) if tables else parent,
+            "mlflow.parentRunId": table_parents[tables[0]] if tables else parent,
             **({"tables": ",".join(tables)} if tables else {}),
         }
         run = client.create_run(exp_id, run_name=record["run_name"], tags=tags)
