@@ -1,7 +1,7 @@
 """Wall time of the workflow: total and per rule (from Snakemake's `benchmark:` files).
 
-    .venv/bin/python benchmarks/pipeline.py --config config/config.yaml --run   # fresh run in a scratch copy
-    .venv/bin/python benchmarks/pipeline.py --config config/ablations.yaml --target all_ablations --run
+    .venv/bin/python benchmarks/pipeline.py --run                          # `all`, fresh, in a scratch copy
+    .venv/bin/python benchmarks/pipeline.py --overlay config/ablations.yaml --target all_ablations --run
     .venv/bin/python benchmarks/pipeline.py --results results/default          # summarise an existing run
 
 Targets: the embedded default `all` within 15 minutes (issue 3) and `all_ablations` within 90 minutes
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from cmt.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,17 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def summarise(results: Path) -> list[tuple[str, float, float]]:
     """(job, wall seconds, max RSS MB) per benchmark file, slowest first."""
     rows = []
-    for tsv in sorted(results.glob("**/benchmarks/*.tsv")):
+    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
         with tsv.open() as fh:
             rec = next(csv.DictReader(fh, delimiter="\t"))
         rss = float(rec["max_rss"]) if rec["max_rss"] not in ("-", "NA") else float("nan")
-        rows.append((tsv.stem, float(rec["s"]), rss))
+        rows.append((str(tsv.relative_to(results / "benchmarks").with_suffix("")), float(rec["s"]), rss))
     return sorted(rows, key=lambda r: -r[1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument("--overlay", help="a config overlay on config/config.yaml (e.g. config/smoke.yaml)")
     parser.add_argument("--results", type=Path, help="summarise this results folder instead of running")
     parser.add_argument("--target", default="all", help="the Snakemake target to run")
     parser.add_argument("--run", action="store_true", help="run `snakemake --cores 2 TARGET` in a scratch copy")
@@ -50,10 +50,11 @@ def main() -> None:
             shutil.copytree(ROOT / folder, scratch / folder)
         snakemake = Path(sys.executable).parent / "snakemake"
         t0 = time.perf_counter()
-        command = [str(snakemake), "--cores", "2", args.target, "--configfile", args.config]
+        layers = ["config/config.yaml", *([args.overlay] if args.overlay else [])]
+        command = [str(snakemake), "--cores", "2", args.target, "--configfile", *layers]
         subprocess.run(command, cwd=scratch, check=True)
-        print(f"total wall time: {time.perf_counter() - t0:.0f} s ({args.target}, {args.config}, 2 cores)")
-        results = scratch / "results" / yaml.safe_load((scratch / args.config).read_text())["name"]
+        print(f"total wall time: {time.perf_counter() - t0:.0f} s ({args.target}, {' + '.join(layers)}, 2 cores)")
+        results = scratch / "results" / load_config(*(scratch / layer for layer in layers))["name"]
     if results is None:
         parser.error("give --run or --results")
     rows = summarise(results)

@@ -1,24 +1,24 @@
 """The ablation tables (mean +- std over seeds) and FD-versus-images curves, from the MLflow store.
 
-Every ablation evaluation run carries its axes (variant, trajectory set, method, init, seed) and the
-tables its job feeds (``tags.tables``, from cmt/ablations.py at ingest) as tags.  Its training run is
-found by record path (``.../ab/eval/<path>`` evaluates ``.../ab/<path>``), and a post-training run's
-init by ``tags.init_model``, so every row carries what its whole student lineage spent (mid + post).
+Every evaluation run carries its job's axes (``kind``, ``variant``, ``solver``, ``nfe``, ``method``, ``init``,
+``iterations``, ``seed``) and the tables the job feeds (``tables``, from cmt/jobs.py at ingest) as tags.
+Its training run is the one with the same ``job`` tag, and ``init_job`` links a post-training run to its
+CMT init, so every row carries what its whole student lineage spent (mid + post).
 """
 
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from cmt.ablations import TABLES
 from cmt.checkpoints import atomic_write_bytes
-from cmt.tables import INIT_NAMES, METHOD_NAMES, _runs, log_tables, to_markdown
+from cmt.jobs import ABLATION_TABLES
+from cmt.tables import INIT_NAMES, METHOD_NAMES, _runs, lineage, lineage_sum, log_tables, split_runs, tag, to_markdown
 
 COSTS = ("images", "teacher_nfe")
+STUDENT = ("mid", "post")  # the stages whose costs a row carries (the teacher is shared by every init but random)
 AXES = ["kind", "variant", "solver", "nfe", "method", "init", "iterations", "seed"]
 FRAME_COLUMNS = [
     *AXES,
@@ -48,45 +48,34 @@ TITLES = {
 }
 
 
-def _cost(train: pd.DataFrame, record: str, name: str) -> float:
-    """A training run's cost metric plus its init's (mid + post; the shared teacher is not counted)."""
-    run = train.loc[record]
-    own = float(run.get(f"metrics.{name}", float("nan")))
-    init = os.path.normpath(str(run.get("tags.init_model") or "none"))
-    if init in train.index and train.loc[init].get("tags.cmt_stage") == "midtrain":
-        own += float(train.loc[init].get(f"metrics.{name}", 0.0))
-    return own
-
-
 def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per evaluated ablation model: its axes, tables, FDs and its lineage's cost."""
-    key = runs["tags.cmt_record"].fillna("")
-    evals = runs[key.str.contains("/ab/eval/")]
-    train = runs[~key.str.contains("/ab/eval/")].set_index("tags.cmt_record")
+    """One row per evaluated student of the sweep: its axes, tables, FDs and its lineage's cost."""
+    train, evals = split_runs(runs)
     rows = []
-    for _, ev in evals.iterrows():
-        record = ev["tags.cmt_record"].replace("/ab/eval/", "/ab/")
-        source, kind = train.loc[record], ev["tags.label"].split("/")[0]
-        method, init = source.get("tags.method"), source.get("tags.init")
-        solver, _, nfe = str(source.get("tags.trajectory_set")).partition("-nfe") if kind == "mid" else ("", "", "")
+    for _, ev in evals[evals["tags.kind"].isin(STUDENT)].iterrows():
+        tables = tag(ev, "tables").split(",")
+        if not set(tables) & set(ABLATION_TABLES):
+            continue
+        chain = lineage(train, tag(ev, "job"))
+        source, kind, method, init = chain[-1], tag(ev, "kind"), tag(ev, "method"), tag(ev, "init")
         rows.append(
             {
                 "kind": kind,
-                "variant": source.get("tags.ablation_variant"),
-                "solver": solver,
-                "nfe": int(nfe) if nfe else 0,
+                "variant": tag(ev, "variant"),
+                "solver": tag(ev, "solver"),
+                "nfe": int(tag(ev, "nfe") or 0),
                 "method": method,
                 "init": init,
                 "model": "CMT only" if kind == "mid" else f"{METHOD_NAMES[method]}, {INIT_NAMES[init]}",
-                "iterations": int(source.get("params.iterations")),
-                "seed": int(source.get("tags.seed")),
-                "tables": (ev.get("tags.tables") or "").split(","),
+                "iterations": int(source["params.iterations"]),
+                "seed": int(tag(ev, "seed")),
+                "tables": tables,
                 "fd_1step": ev["metrics.fd_1step"],
                 "fd_2step": ev["metrics.fd_2step"],
                 "distinct_trajectories": source.get("metrics.distinct_trajectories"),
                 "train_run": source["run_id"],
                 "stage_images": float(source["metrics.images"]),
-                **{name: _cost(train, record, name) for name in COSTS},
+                **{name: lineage_sum(chain, name, STUDENT) for name in COSTS},
             }
         )
     return pd.DataFrame(rows, columns=FRAME_COLUMNS).sort_values(AXES, kind="stable")
@@ -109,9 +98,9 @@ def summarise(df: pd.DataFrame, by: list[str], extra: tuple[str, ...] = ()) -> p
 
 
 def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Every table of cmt/ablations.py from the rows that feed it (a table without runs has no rows)."""
+    """Every ablation table of cmt/jobs.py from the rows that feed it (a table without runs has no rows)."""
     result = {}
-    for name in TABLES:
+    for name in ABLATION_TABLES:
         by, extra = LAYOUT.get(name, VARIANT_LAYOUT)
         result[name] = summarise(df[df["tables"].apply(lambda feeds, name=name: name in feeds)], by, extra)
     return result

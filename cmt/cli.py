@@ -1,8 +1,10 @@
 """Command-line entry point: ``python -m cmt <verb> --params JSON ...``, one verb per workflow stage.
 
-Each verb parses the config subtree its rule passes (``--params``, a JSON object) and the file
-paths, then calls the stage function; nothing here knows about Snakemake.  Training verbs are
-plain ``python -m`` programs, so ``accelerate launch -m cmt ...`` can wrap them.
+Each verb takes the config sections its rule passes (``--params``, a JSON object shaped like the config,
+plus the job's axes under ``job``), fills the schema defaults of everything absent and validates it
+exactly as the workflow validates a config file, then calls the stage function with plain paths;
+nothing here knows about Snakemake.  Training verbs are plain ``python -m`` programs, so
+``accelerate launch -m cmt ...`` can wrap them.
 """
 
 from __future__ import annotations
@@ -13,24 +15,25 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cmt.config import ConfigError, load_config
+import yaml
+
+from cmt.config import JOB_KEY, ConfigError, load_config, resolve_params
 
 if TYPE_CHECKING:
     from cmt.stages.student import StudentJob
 
 
 def _params(args: argparse.Namespace) -> dict:
-    try:
-        return json.loads(args.params)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"--params is not valid JSON: {err}") from err
+    return resolve_params(args.params)
 
 
 def _teacher(args: argparse.Namespace) -> None:
     from cmt.stages import teacher
 
     p = _params(args)
-    teacher.run(p["teacher"], p["network"], p["precond"], p["data"], p["seed"], args.out, args.work, p["device"])
+    teacher.run(
+        p["teacher"], p["network"], p["precond"], p["data"], p["seed"], args.out, args.work, p["device"], p.get(JOB_KEY)
+    )
 
 
 def _featnet(args: argparse.Namespace) -> None:
@@ -65,7 +68,7 @@ def _student_job(p: dict, args: argparse.Namespace) -> StudentJob:
         Path(args.out),
         Path(args.work),
         p["device"],
-        p.get("tags"),
+        p.get(JOB_KEY),
     )
 
 
@@ -80,7 +83,7 @@ def _posttrain(args: argparse.Namespace) -> None:
     from cmt.stages.posttrain import runner
 
     p = _params(args)
-    runner.run(args.method, p[args.method], args.init, args.init_dir or None, _student_job(p, args))
+    runner.run(args.method, p["posttrain"][args.method], args.init, args.init_dir or None, _student_job(p, args))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -88,7 +91,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from cmt.train import resolve_device
 
     p = _params(args)
-    cfg = {**p["evaluate"], "sample": p["sample"]}
+    cfg = {**p["evaluate"], "sample": p["teacher"]["sample"]}
     evaluate.run(
         args.model,
         args.featnet,
@@ -106,7 +109,7 @@ def _ingest(args: argparse.Namespace) -> None:
     from cmt.tracking import ingest
 
     groups = json.loads(args.groups) if args.groups else None
-    counts = ingest(args.records, args.db, args.experiment, args.artifacts, groups=groups)
+    counts = ingest(args.records, args.db, args.experiment, args.artifacts, root=args.root, groups=groups)
     Path(args.done).write_text(json.dumps(counts) + "\n")
     print(f"MLflow: {counts['created']} runs logged, {counts['unchanged']} unchanged -> {args.db}")
 
@@ -124,9 +127,11 @@ def _report_ablations(args: argparse.Namespace) -> None:
 
 
 def _check_config(args: argparse.Namespace) -> None:
-    for path in args.configs:
-        load_config(path)
-        print(f"{path}: ok")
+    cfg = load_config(*args.configs)
+    if args.quiet:
+        print(f"{' + '.join(args.configs)}: ok")
+    else:
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("records", nargs="+")
     for name in ("db", "experiment", "artifacts", "done"):
         ing.add_argument(f"--{name}", required=True)
-    ing.add_argument("--groups", help="JSON: record folder -> the tables its job feeds (cmt/ablations.py)")
+    ing.add_argument("--root", default=".", help="the results folder: record keys are relative to it")
+    ing.add_argument("--groups", help="JSON: record folder -> the tables its job feeds (cmt/jobs.py)")
     ing.set_defaults(func=_ingest)
     rep = sub.add_parser("report", help="paper tables and plots from the MLflow store")
     for name in ("db", "experiment", "out"):
@@ -167,8 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("db", "experiment", "out"):
         rab.add_argument(f"--{name}", required=True)
     rab.set_defaults(func=_report_ablations)
-    check = sub.add_parser("check-config", help="validate config files against the schema")
+    check = sub.add_parser(
+        "check-config", help="merge config files (later ones override), fill defaults, validate; print the result"
+    )
     check.add_argument("configs", nargs="+")
+    check.add_argument("-q", "--quiet", action="store_true", help="print only 'ok'")
     check.set_defaults(func=_check_config)
     return parser
 

@@ -1,13 +1,20 @@
-"""YAML configuration, validated against ``cmt/schemas/config.schema.json``.
+"""Configuration: YAML layers, schema defaults and validation (``cmt/schemas/config.schema.json``).
 
-Every error names the file, the dotted key and what was expected, e.g.
+Every key but ``name`` has its default in the schema, the one place defaults live; config files hold only
+what differs, and later files override earlier ones key by key (Snakemake's ``--configfile`` merge).
+``resolve`` fills the defaults and validates; the workflow calls it on the merged config and every
+``python -m cmt`` verb on its ``--params``, so both give the same messages, each naming the file (or
+``--params``), the dotted key and what was expected, e.g.
 ``config/x.yaml: teacher.train.lr: expected number, got 'fast' (str)``.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import re
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,10 +23,11 @@ import jsonschema
 import yaml
 
 SCHEMA_NAME = "config.schema.json"
+JOB_KEY = "job"  # in --params only: the job's axes (cmt/jobs.py), written as MLflow tags
 
 
 class ConfigError(ValueError):
-    """A configuration file that cannot be read or does not match the schema."""
+    """A configuration that cannot be read or does not match the schema."""
 
 
 def load_schema() -> dict:
@@ -36,41 +44,165 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{file}: not valid YAML: {err}") from err
 
 
-def validate(cfg: Any, source: str | Path, schema: dict | None = None) -> None:
-    """Raise ``ConfigError`` listing every schema violation, each as ``<source>: <key>: <problem>``."""
-    validator = jsonschema.Draft202012Validator(schema or load_schema())
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        raise ConfigError("\n".join(f"{source}: {describe(e)}" for e in errors))
+def merge(base: Mapping, overlay: Mapping) -> dict:
+    """``overlay`` on ``base``: mappings merge key by key, anything else is replaced (as Snakemake's configfiles)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
 
 
-def load_config(path: str | Path) -> dict:
-    """Read and validate a config file; returns the plain dict."""
-    cfg = read_yaml(path)
-    validate(cfg, path)
-    return cfg
+def _resolve_ref(schema: dict, root: dict) -> dict:
+    ref = schema.get("$ref")
+    return root["$defs"][ref.rsplit("/", 1)[-1]] if ref else {}
 
 
-def describe(err: jsonschema.ValidationError) -> str:
-    """One line naming the dotted key and the expectation of a schema error."""
-    key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
-    if err.validator == "additionalProperties":
-        allowed = sorted(err.schema.get("properties", {}))
+def properties(schema: dict, root: dict) -> dict[str, dict]:
+    """The properties an object schema allows, through ``$ref`` and ``allOf``; the outermost default wins."""
+    found: dict[str, dict] = {}
+    for part in [_resolve_ref(schema, root), *schema.get("allOf", [])]:
+        if part:
+            for key, sub in properties(part, root).items():
+                found[key] = {**found.get(key, {}), **sub}
+    for key, sub in schema.get("properties", {}).items():
+        found[key] = {**found.get(key, {}), **sub}
+    return found
+
+
+def _default(schema: dict, root: dict) -> Any:
+    for part in (schema, _resolve_ref(schema, root)):
+        if "default" in part:
+            return copy.deepcopy(part["default"])
+    return None
+
+
+def fill_defaults(instance: dict, schema: dict, root: dict) -> dict:
+    """Set every missing key that has a schema default, recursively, in place (maps of named entries, such as
+    the CMT variants, hold overrides and get none)."""
+    default = _default(schema, root)
+    if isinstance(default, dict):
+        for key, value in default.items():
+            instance.setdefault(key, value)
+    for key, sub in properties(schema, root).items():
+        if key not in instance:
+            value = _default(sub, root)
+            if value is None and "default" not in sub:
+                continue
+            instance[key] = value
+        if isinstance(instance[key], dict):
+            fill_defaults(instance[key], sub, root)
+    return instance
+
+
+def describe(err: jsonschema.ValidationError, root: dict) -> tuple[str, list[str]]:
+    """One line naming the dotted key and the expectation of a schema error, and the key's path."""
+    path = [str(p) for p in err.absolute_path]
+    key = ".".join(path) or "<top level>"
+    if err.validator in ("additionalProperties", "unevaluatedProperties"):
+        allowed = sorted(properties(err.schema, root)) if err.validator == "unevaluatedProperties" else None
+        allowed = allowed or sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(allowed))
-        keys = ", ".join(f"{key}.{k}" if err.absolute_path else k for k in extra)
-        return f"{keys}: unknown key (allowed here: {', '.join(allowed)})"
+        keys = ", ".join(".".join([*path, k]) for k in extra)
+        return f"{keys}: unknown key (allowed here: {', '.join(allowed)})", [*path, extra[0]] if extra else path
     if err.validator == "required":
         missing = err.message.split("'")[1]
-        return f"{key + '.' if err.absolute_path else ''}{missing}: required key is missing"
+        return f"{'.'.join([*path, missing])}: required key is missing", path
     if err.validator == "type":
-        return f"{key}: expected {_or(err.validator_value)}, got {err.instance!r} ({type(err.instance).__name__})"
+        return f"{key}: expected {_or(err.validator_value)}, got {err.instance!r} ({type(err.instance).__name__})", path
     if err.validator == "enum":
-        return f"{key}: expected one of {', '.join(map(repr, err.validator_value))}, got {err.instance!r}"
-    return f"{key}: {err.message}"
+        return f"{key}: expected one of {', '.join(map(repr, err.validator_value))}, got {err.instance!r}", path
+    if err.validator == "pattern":
+        return f"{key}: {err.instance!r} does not match {err.validator_value!r}", path
+    return f"{key}: {err.message}", path
 
 
 def _or(types: str | list[str]) -> str:
     return types if isinstance(types, str) else " or ".join(types)
+
+
+def _errors(cfg: Any, schema: dict) -> Iterator[jsonschema.ValidationError]:
+    validator = jsonschema.Draft202012Validator(schema)
+    yield from sorted(validator.iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
+
+
+def _where(path: list[str], layers: list[tuple[str, Any]], fallback: str) -> str:
+    """The last layer that sets ``path`` (or its deepest set parent): where the user must look."""
+    for depth in range(len(path), 0, -1):
+        for source, data in reversed(layers):
+            node = data
+            for part in path[:depth]:
+                node = node.get(part) if isinstance(node, Mapping) else None
+            if node is not None:
+                return source
+    return fallback
+
+
+def resolve(cfg: Any, source: str, layers: list[tuple[str, Any]] | None = None, schema: dict | None = None) -> dict:
+    """Fill the schema defaults into ``cfg`` (in place) and validate it.
+
+    Raises ``ConfigError`` listing every violation as ``<file>: <key>: <problem>``; ``layers`` (file, raw
+    YAML) are the files merged into ``cfg``, so each error names the file that set the key.
+    """
+    schema = schema or load_schema()
+    if isinstance(cfg, dict):
+        fill_defaults(cfg, schema, schema)
+    problems = []
+    for err in _errors(cfg, schema):
+        line, path = describe(err, schema)
+        problems.append(f"{_where(path, layers or [], source)}: {line}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return cfg
+
+
+def load_config(*paths: str | Path) -> dict:
+    """Read config files as layers (later ones override), fill defaults and validate; returns the plain dict."""
+    layers = [(str(p), read_yaml(p) or {}) for p in paths]
+    for source, data in layers:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    cfg: dict = {}
+    for _, data in layers:
+        cfg = merge(cfg, data)
+    return resolve(cfg, ", ".join(str(p) for p in paths), layers)
+
+
+def params_schema() -> dict:
+    """The schema of a job's ``--params``: config sections (defaults filled for absent ones), no ``name``, and
+    the job's axes."""
+    schema = load_schema()
+    schema["required"] = []
+    schema["properties"][JOB_KEY] = {
+        "type": "object",
+        "additionalProperties": {"type": ["string", "integer"]},
+        "propertyNames": {"pattern": "^[a-z_]+$"},
+    }
+    return schema
+
+
+def resolve_params(text: str) -> dict:
+    """Parse and resolve a verb's ``--params`` JSON (errors name ``--params`` and the dotted key)."""
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--params: not valid JSON: {err}") from err
+    if not isinstance(params, dict):
+        raise ConfigError(f"--params: expected a JSON object of config sections, got {type(params).__name__}")
+    return resolve(params, "--params", schema=params_schema())
+
+
+def runtime_minutes(runtime: str) -> float:
+    """``"90m"``, ``"2h"``, ``"1.5d"``, ``"30s"`` -> minutes (the schema's runtime format)."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d)", runtime)
+    if not match:
+        raise ConfigError(f"runtime {runtime!r}: expected a number with a unit s, m, h or d (e.g. '90m')")
+    return float(match[1]) * {"s": 1 / 60, "m": 1, "h": 60, "d": 1440}[match[2]]
+
+
+def scaled_resources(entry: Mapping, attempt: int) -> dict:
+    """A rule's resources for one attempt: memory and runtime grow with the attempt, so retries get more."""
+    minutes = max(1, round(runtime_minutes(entry["runtime"]) * attempt))
+    return {"gpu": entry["gpu"], "mem_mb": entry["mem_mb"] * attempt, "runtime": f"{minutes}m"}
 
 
 def config_hash(subtree: Any) -> str:

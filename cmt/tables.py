@@ -1,4 +1,9 @@
-"""The paper's tables and plots, built from the MLflow store (``search_runs``), never from hand-kept lists."""
+"""The paper's tables and plots, built from the MLflow store (``search_runs``), never from hand-kept lists.
+
+Rows are found by the runs' tags: ``tables`` (which tables a job feeds), the job's axes (``kind``,
+``method``, ``init``, ``variant``, ...) and ``init_job``, the job a student's weights start from, whose
+chain is the row's lineage (teacher -> CMT -> post-training) and what its costs sum over.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,7 @@ from cmt.checkpoints import atomic_write_bytes
 
 METHOD_NAMES = {"ect": "ECT", "ecd": "ECD", "meanflow": "MeanFlow"}
 INIT_NAMES = {"random": "random init", "diffusion": "diffusion init", "cmt": "CMT init"}
-# The training stages (by label) whose images, teacher NFE and wall time a model of each init carries.
-INIT_LINEAGE = {"random": [], "diffusion": ["teacher"], "cmt": ["teacher", "cmt"]}
-TRAIN_STAGES = ("teacher", "midtrain", "posttrain")
+KINDS = ("teacher", "mid", "post")
 
 
 def _runs(db: str | Path, experiment: str) -> pd.DataFrame:
@@ -30,48 +33,78 @@ def _metric(row: pd.Series | None, name: str) -> float:
     return float(row[f"metrics.{name}"])
 
 
-def model_rows(labels: set[str]) -> list[tuple[str, str, list[str]]]:
-    """(label, row name, lineage) for the evaluated labels: teacher, CMT, then <method>-<init> in a fixed order."""
-    rows = [("teacher", "teacher (EDM)", ["teacher"]), ("cmt", "CMT only", ["teacher", "cmt"])]
-    rows += [
-        (f"{m}-{i}", f"{name} from {init_name}", INIT_LINEAGE[i] + [f"{m}-{i}"])
-        for m, name in METHOD_NAMES.items()
-        for i, init_name in INIT_NAMES.items()
-    ]
-    return [row for row in rows if row[0] in labels]
+def tag(row: pd.Series, name: str) -> str:
+    value = row.get(f"tags.{name}")
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
-def _images(train: dict, lineage: list[str], label: str) -> int:
-    """Training images of stage ``label`` if the model's lineage includes it."""
-    return int(_metric(train.get(label), "images")) if label in lineage and label in train else 0
+def split_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training runs indexed by their job, evaluation runs) of the jobs that carry their axes as tags."""
+    has_job = runs["tags.job"].notna() if "tags.job" in runs else pd.Series(False, index=runs.index)
+    jobs = runs[has_job]
+    evals = jobs[jobs["tags.cmt_stage"] == "evaluate"]
+    train = jobs[jobs["tags.cmt_stage"] != "evaluate"].set_index("tags.job")
+    return train, evals
 
 
-def _lineage_sum(train: dict, lineage: list[str], name: str) -> float:
-    """Sum of a training metric over the stages a model descends from (missing values count as 0)."""
-    values = [_metric(train.get(stage), name) for stage in lineage]
+def in_table(evals: pd.DataFrame, table: str) -> pd.DataFrame:
+    """The evaluation runs whose job feeds ``table`` (tag ``tables``, set at ingest from cmt/jobs.py)."""
+    return evals[evals["tags.tables"].fillna("").str.split(",").apply(lambda feeds: table in feeds)]
+
+
+def lineage(train: pd.DataFrame, job: str) -> list[pd.Series]:
+    """The training runs a job's weights descend from, the job's own last: teacher, CMT, post-training."""
+    chain: list[pd.Series] = []
+    while job in train.index and len(chain) < len(KINDS):
+        chain.insert(0, train.loc[job])
+        job = tag(chain[0], "init_job")
+    return chain
+
+
+def lineage_sum(chain: list[pd.Series], name: str, kinds: tuple[str, ...] = KINDS) -> float:
+    """Sum of a training metric over the lineage's stages of ``kinds`` (missing values count as 0)."""
+    values = [_metric(run, name) for run in chain if tag(run, "kind") in kinds]
     return sum(v for v in values if not math.isnan(v))
 
 
+def model_name(ev: pd.Series) -> str:
+    kind, variant = tag(ev, "kind"), tag(ev, "variant")
+    if kind == "teacher":
+        return "teacher (EDM)"
+    if kind == "mid":
+        return "CMT only" if variant == "base" else f"CMT ({variant})"
+    return f"{METHOD_NAMES[tag(ev, 'method')]} from {INIT_NAMES[tag(ev, 'init')]}"
+
+
+def _order(ev: pd.Series) -> tuple:
+    method, init = tag(ev, "method"), tag(ev, "init")
+    return (
+        KINDS.index(tag(ev, "kind")),
+        list(METHOD_NAMES).index(method) if method else -1,
+        list(INIT_NAMES).index(init) if init else -1,
+        tag(ev, "job"),
+    )
+
+
 def main_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: FD of its samplers, the images each stage trained on, teacher NFE, wall time."""
-    by = {(r["tags.cmt_stage"], r["tags.label"]): r for _, r in runs.iterrows()}
-    train = {label: r for (stage, label), r in by.items() if stage in TRAIN_STAGES}
+    """One row per job of the main run: FD of its samplers, the images each stage of its lineage trained on,
+    teacher NFE and wall time of the lineage."""
+    train, evals = split_runs(runs)
+    evals = in_table(evals, "main")
     multi = next((c[len("metrics.") :] for c in runs.columns if c.startswith("metrics.fd_") and c.endswith("nfe")), "")
     rows = []
-    for label, name, lineage in model_rows({lbl for stage, lbl in by if stage == "evaluate"}):
-        ev = by[("evaluate", label)]
+    for _, ev in sorted(evals.iterrows(), key=lambda item: _order(item[1])):
+        chain = lineage(train, tag(ev, "job"))
         rows.append(
             {
-                "model": name,
+                "model": model_name(ev),
                 "FD 1-step": _metric(ev, "fd_1step"),
                 "FD 2-step": _metric(ev, "fd_2step"),
                 f"FD teacher {multi[3:-3]} NFE": _metric(ev, multi) if multi else math.nan,
                 "KID 2-step": _metric(ev, "kid_2step"),
-                "images teacher": _images(train, lineage, "teacher"),
-                "images mid": _images(train, lineage, "cmt"),
-                "images post": _images(train, lineage, label) if label not in ("teacher", "cmt") else 0,
-                "teacher NFE (training)": int(_lineage_sum(train, lineage, "teacher_nfe")),
-                "wall s (training)": _lineage_sum(train, lineage, "wall_seconds"),
+                **{f"images {kind}": int(lineage_sum(chain, "images", (kind,))) for kind in KINDS},
+                "teacher NFE (training)": int(lineage_sum(chain, "teacher_nfe")),
+                "wall s (training)": lineage_sum(chain, "wall_seconds"),
             }
         )
     return pd.DataFrame(rows)
@@ -90,19 +123,22 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fd_curves(db: str | Path, runs: pd.DataFrame, labels: list[str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """FD histories (step, value) of the post-training runs, per label and metric, from MLflow."""
+def fd_curves(db: str | Path, runs: pd.DataFrame) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """FD histories (step, value) of the main run's post-training jobs, per ``<method>-<init>`` and metric."""
     from mlflow.tracking import MlflowClient
 
     from cmt.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri(db))
+    train, evals = split_runs(runs)
     curves = {}
-    for _, r in runs[(runs["tags.cmt_stage"] == "posttrain") & runs["tags.label"].isin(labels)].iterrows():
-        curves[r["tags.label"]] = {
-            m: sorted((h.step, h.value) for h in client.get_metric_history(r["run_id"], m))
-            for m in ("fd_1step", "fd_2step")
-        }
+    for _, ev in in_table(evals, "main").iterrows():
+        if tag(ev, "kind") == "post":
+            run_id = train.loc[tag(ev, "job"), "run_id"]
+            curves[f"{tag(ev, 'method')}-{tag(ev, 'init')}"] = {
+                m: sorted((h.step, h.value) for h in client.get_metric_history(run_id, m))
+                for m in ("fd_1step", "fd_2step")
+            }
     return curves
 
 
@@ -165,8 +201,7 @@ def main_report(db: str | Path, experiment: str, out_dir: str | Path) -> pd.Data
     out = Path(out_dir)
     runs = _runs(db, experiment)
     table = main_table(runs)
-    post = sorted(runs.loc[runs["tags.cmt_stage"] == "posttrain", "tags.label"])
-    curves = fd_curves(db, runs, post)
+    curves = fd_curves(db, runs)
     atomic_write_bytes(out / "main.csv", table.to_csv(index=False).encode())
     notes = [iterations_to_match(curves, f"{m}-diffusion", f"{m}-cmt") for m in METHOD_NAMES if f"{m}-cmt" in curves]
     md = (

@@ -3,10 +3,14 @@
 Each job writes ``run.json`` (stage, run name, params, tags, final metrics, artifact names) and, for
 trainers, ``metrics.jsonl`` (one JSON object per logged step) into its output folder.  ``ingest``
 logs every record as an MLflow run in a SQLite store, as children of one parent run per experiment
-(tag ``mlflow.parentRunId``, which the UI uses for grouping).  Records given ``groups`` (the tables a
-job feeds, cmt/ablations.py) get a ``tables`` tag and hang below a parent run for their first table,
-itself a child of the experiment's parent.  Re-ingesting an unchanged record is a no-op; a changed
-record (or a changed grouping) replaces its run.
+(tag ``mlflow.parentRunId``, which the UI uses for grouping).  Each job's record carries its axes as
+tags (``job``, ``kind``, ``variant``, ``method``, ``init``, ``seed``, ``init_job``, ...: cmt/jobs.py), which
+the report reads.  Records given ``groups`` (the tables a job feeds) get a ``tables`` tag; a job of the
+main table hangs below the experiment's parent run, an ablation-only job below a parent run for its
+first table (itself a child of the experiment's parent).  Groups are the config's whole truth: a run
+whose job the config no longer asks for loses its ``tables`` tag.  Re-ingesting an unchanged record is
+a no-op; a changed record (or a changed grouping) replaces its run.  Experiments are tagged as model
+training (``mlflow.experimentKind``), so ``mlflow ui`` opens on the runs table.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from cmt.config import config_hash
 
 RECORD = "run.json"
 HISTORY = "metrics.jsonl"
+MAIN_TABLE = "main"  # its jobs hang directly below the experiment's parent run
+# MLflow 3 opens an experiment without this tag on the GenAI traces page (workflow.md 5)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def write_history(out_dir: str | Path, history: list[dict]) -> None:
@@ -90,14 +97,9 @@ def ingest(
 
     mlflow.set_tracking_uri(tracking_uri(db))
     client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = (
-        exp.experiment_id
-        if exp
-        else client.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
-    )
+    exp_id = experiment_id(client, experiment, artifact_root)
     parent = parent_run(client, exp_id, experiment)
-    firsts = {tables[0] for tables in (groups or {}).values() if tables}
+    firsts = {tables[0] for tables in (groups or {}).values() if tables} - {MAIN_TABLE}
     table_parents = {table: table_run(client, exp_id, parent, table) for table in sorted(firsts)}
     counts = {"created": 0, "unchanged": 0}
     for file in record_files:
@@ -118,7 +120,7 @@ def ingest(
             "cmt_digest": digest,
             "git_commit": record["git_commit"],
             "cmt_stage": record["stage"],
-            "mlflow.parentRunId": table_parents[tables[0]] if tables else parent,
+            "mlflow.parentRunId": table_parents[tables[0]] if tables and tables[0] != MAIN_TABLE else parent,
             **({"tables": ",".join(tables)} if tables else {}),
         }
         run = client.create_run(exp_id, run_name=record["run_name"], tags=tags)
@@ -142,8 +144,35 @@ def ingest(
             client.log_artifact(rid, str(folder / name))
         client.set_terminated(rid, "FINISHED")
         counts["created"] += 1
+    if groups is not None:
+        counts["ungrouped"] = ungroup_stale(client, exp_id, groups)
     client.set_terminated(parent, "FINISHED")
     return counts
+
+
+def experiment_id(client, experiment: str, artifact_root: str | Path) -> str:
+    """The experiment's id (created with an absolute artifact location on first use), tagged as model training."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        exp_id = client.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
+    else:
+        exp_id = exp.experiment_id
+    for key, value in EXPERIMENT_KIND.items():
+        if exp is None or exp.tags.get(key) != value:
+            client.set_experiment_tag(exp_id, key, value)
+    return exp_id
+
+
+def ungroup_stale(client, exp_id: str, groups: dict[str, list[str]]) -> int:
+    """Clear the ``tables`` tag of runs whose record the config no longer groups; returns how many."""
+    stale = [
+        r
+        for r in client.search_runs([exp_id], filter_string="tags.tables != ''", max_results=50000)
+        if r.data.tags.get("cmt_record") not in groups
+    ]
+    for r in stale:
+        client.set_tag(r.info.run_id, "tables", "")
+    return len(stale)
 
 
 def parent_run(client, exp_id: str, experiment: str) -> str:

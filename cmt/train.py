@@ -37,17 +37,19 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass(frozen=True)
 class LoopConfig:
+    """The loop's settings, read from a validated config section (defaults: the schema's ``$defs/loop``)."""
+
     iterations: int
     batch_size: int
     lr: float
-    optimizer: str = "adam"  # adam | radam
-    betas: tuple[float, float] = (0.9, 0.999)
-    lr_schedule: str = "constant"  # constant | linear_decay
-    warmup_iterations: int = 0
-    ema_beta: float | None = None  # fixed per-step EMA decay (CMT, ECT)
+    optimizer: str  # adam | radam
+    betas: tuple[float, float]
+    lr_schedule: str  # constant | linear_decay
+    warmup_iterations: int
+    checkpoint_every: int
+    eval_every: int
+    ema_beta: float | None = None  # fixed per-step EMA decay (CMT, ECT); the sections that have it set it
     ema_halflife_images: float | None = None  # EDM's ramped half-life EMA (teacher)
-    checkpoint_every: int = 200
-    eval_every: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoopConfig":
@@ -138,6 +140,9 @@ def fit(
     history: list[dict] = []
     train_state = _TrainState(model, ema, optimizer, generator, history, fingerprint)
     start = train_state.resume(work / RESUME_FILE)
+    if evaluate is not None and cfg.eval_every and start == 0:  # the initial weights: where every FD curve starts
+        history.append({"step": 0, "images": 0, **evaluate(ema, 0)})
+        model.train()
     images, t0 = 0, time.perf_counter()
     bar = tqdm(range(start, cfg.iterations), desc=desc, initial=start, total=cfg.iterations, mininterval=1.0)
     for step in bar:

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 _HOME = tempfile.mkdtemp(prefix="cmt-tests-")
 for var, sub in {
@@ -64,3 +65,50 @@ def smoke(tmp_path_factory):
     work = copy_project(tmp_path_factory.mktemp("project"))
     snakemake(work, "--cores", "2", "all", "--configfile", "config/smoke.yaml")
     return work
+
+
+class CountingTeacher(torch.nn.Module):
+    """Wraps a denoiser and counts the rows it evaluates: the teacher NFE a stage really spent."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner, self.rows = inner, 0
+
+    def forward(self, x, sigma, *args):
+        self.rows += x.shape[0]
+        return self.inner(x, sigma, *args)
+
+
+def count_teacher_loads(monkeypatch, module) -> list[CountingTeacher]:
+    """Make ``module.load_denoiser`` hand out counting wrappers; returns the list they are appended to."""
+    real, made = module.load_denoiser, []
+
+    def load(path):
+        denoiser, meta = real(path)
+        made.append(CountingTeacher(denoiser))
+        return made[-1], meta
+
+    monkeypatch.setattr(module, "load_denoiser", load)
+    return made
+
+
+def smoke_job(smoke, out, cfg):
+    """A StudentJob on the smoke run's teacher and feature net."""
+    from cmt.stages.student import StudentJob
+
+    results = smoke / "results" / "smoke"
+    teacher, featnet = results / "teacher", results / "featnet" / "featnet.safetensors"
+    return StudentJob(cfg["data"], cfg["precond"], 0, teacher, featnet, out, out.parent / f"{out.name}-work", "cpu")
+
+
+def smoke_config():
+    from cmt.config import load_config
+
+    return load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "smoke.yaml")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests on the real smoke workflow run are `slow` (`pytest -m "not slow"`: the unit tests only)."""
+    for item in items:
+        if "smoke" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

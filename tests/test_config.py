@@ -1,19 +1,29 @@
-"""Config files: the shipped ones validate; every mistake names the file, the key and the expectation."""
+"""Config layering: schema defaults in one place, overlays that hold only differences, validation of files and of
+a job's --params with the same messages (file or source, dotted key, what was expected)."""
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cmt.cli import main
-from cmt.config import ConfigError, config_hash, load_config
+from cmt.config import (
+    ConfigError,
+    config_hash,
+    load_config,
+    load_schema,
+    properties,
+    read_yaml,
+    resolve,
+    resolve_params,
+    runtime_minutes,
+    scaled_resources,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def default_cfg():
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+DEFAULT = ROOT / "config" / "config.yaml"
+OVERLAYS = sorted(p for p in (ROOT / "config").glob("*.yaml") if p != DEFAULT)
 
 
 def write(tmp_path, cfg, name="cfg.yaml"):
@@ -22,39 +32,99 @@ def write(tmp_path, cfg, name="cfg.yaml"):
     return path
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_validate(path):
-    assert load_config(path)["name"]
+def leaves(tree, prefix=()):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
 
 
-def test_typo_names_file_and_key(tmp_path, default_cfg):
-    default_cfg["teacher"]["trian"] = default_cfg["teacher"].pop("train")
-    path = write(tmp_path, default_cfg, "typo.yaml")
+def lookup(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+@pytest.mark.parametrize("overlay", [None, *OVERLAYS], ids=lambda p: p.name if p else "config.yaml")
+def test_shipped_configs_validate(overlay):
+    cfg = load_config(DEFAULT, *([overlay] if overlay else []))
+    assert cfg["name"] and cfg["midtrain"]["optimizer"] == "radam"  # a default filled in
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_overlays_hold_only_what_differs(overlay):
+    base, raw = load_config(DEFAULT), read_yaml(overlay)
+    same = [".".join(path) for path, value in leaves(raw) if path[0] != "name" and lookup(base, path) == value]
+    assert not same, f"{overlay.name} repeats the default of {same}"
+
+
+def test_default_config_repeats_no_schema_default():
+    raw = read_yaml(DEFAULT)
+    defaults = resolve({"name": "x"}, "schema")
+    same = [".".join(p) for p, v in leaves(raw) if p[0] in defaults and p[0] != "name" and lookup(defaults, p) == v]
+    assert not same, f"config.yaml repeats schema defaults: {same}"
+
+
+def test_repeated_blocks_live_in_defs():
+    """Every trainer's section takes the loop block from $defs and only restates a default of it."""
+    schema = load_schema()
+    loop = set(schema["$defs"]["loop"]["properties"])
+    sections = [schema["$defs"]["midtrain"], schema["properties"]["teacher"]["properties"]["train"]]
+    sections += [schema["properties"]["posttrain"]["properties"][m] for m in ("ect", "ecd", "meanflow")]
+    for section in sections:
+        assert loop <= set(properties(section, schema))
+        assert all(set(section["properties"][key]) == {"default"} for key in loop & set(section["properties"]))
+    assert "ema_beta" not in properties(schema["properties"]["teacher"]["properties"]["train"], schema)
+
+
+def test_defaults_fill_absent_keys_but_never_override():
+    cfg = resolve({"name": "x", "midtrain": {"iterations": 7}}, "x")
+    assert cfg["midtrain"]["iterations"] == 7 and cfg["midtrain"]["lr"] == 0.0005
+    assert cfg["teacher"]["train"]["optimizer"] == "adam" and cfg["posttrain"]["ect"]["optimizer"] == "radam"
+    assert "fetch" not in cfg["teacher"] and "ablations" not in cfg
+    partial = resolve({"name": "x", "resources": {"midtrain": {"gpu": 1}}}, "x")["resources"]
+    assert partial["midtrain"] == {"gpu": 1, "cpus": 2, "mem_mb": 4000, "runtime": "2h"}
+    assert partial["teacher"]["gpu"] == 0
+
+
+def test_variants_hold_overrides_only():
+    cfg = load_config(DEFAULT)
+    assert cfg["ablations"]["cmt"]["slow"] == {"points": "one"}  # no defaults filled into an override
+
+
+def test_typo_names_file_and_key(tmp_path):
+    path = write(tmp_path, {"teacher": {"trian": {"iterations": 3}}}, "typo.yaml")
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_config(DEFAULT, path)
     msg = str(err.value)
-    assert str(path) in msg and "teacher.trian: unknown key" in msg and "train" in msg
+    assert f"{path}: teacher.trian: unknown key (allowed here: fetch, sample, source, train)" in msg
 
 
-def test_wrong_type_says_what_was_expected(tmp_path, default_cfg):
-    default_cfg["teacher"]["train"]["lr"] = "fast"
-    path = write(tmp_path, default_cfg)
-    with pytest.raises(ConfigError, match=r"teacher\.train\.lr: expected number, got 'fast' \(str\)"):
-        load_config(path)
+def test_typo_in_a_composed_block_names_the_key_and_what_is_allowed(tmp_path):
+    path = write(tmp_path, {"posttrain": {"ecd": {"teacher_stpe": "euler"}}})
+    with pytest.raises(ConfigError, match=r"posttrain\.ecd\.teacher_stpe: unknown key \(allowed here: b, batch_size"):
+        load_config(DEFAULT, path)
 
 
-def test_enum_lists_choices_and_missing_key(tmp_path, default_cfg):
-    default_cfg["trajectories"]["solver"] = "dpmpp4m"
-    del default_cfg["precond"]["sigma_max"]
-    path = write(tmp_path, default_cfg)
+def test_wrong_type_says_what_was_expected_and_names_the_overlay(tmp_path):
+    path = write(tmp_path, {"teacher": {"train": {"lr": "fast"}}})
+    with pytest.raises(ConfigError, match=rf"{path}: teacher\.train\.lr: expected number, got 'fast' \(str\)"):
+        load_config(DEFAULT, path)
+
+
+def test_enum_lists_choices_and_runtime_needs_units(tmp_path):
+    path = write(tmp_path, {"trajectories": {"solver": "dpmpp4m"}, "resources": {"midtrain": {"runtime": "90"}}})
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_config(DEFAULT, path)
     msg = str(err.value)
     assert "trajectories.solver: expected one of" in msg and "'dpmpp3m_legacy'" in msg
-    assert "precond.sigma_max: required key is missing" in msg
+    assert "resources.midtrain.runtime: '90' does not match" in msg
 
 
-def test_bad_yaml_and_missing_file(tmp_path):
+def test_missing_name_and_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="name: required key is missing"):
+        load_config(write(tmp_path, {"seed": 1}))
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
@@ -63,11 +133,45 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "absent.yaml")
 
 
-def test_cli_reports_config_error(tmp_path, default_cfg, capsys):
-    default_cfg["seed"] = -3
-    path = write(tmp_path, default_cfg)
-    assert main(["check-config", str(path)]) == 2
+def test_params_of_a_job_are_validated_like_a_config():
+    with pytest.raises(ConfigError, match=r"^--params: midtrain\.lossx: unknown key"):
+        resolve_params(json.dumps({"midtrain": {"lossx": 1}}))
+    with pytest.raises(ConfigError, match=r"--params: seed: expected integer"):
+        resolve_params(json.dumps({"seed": "zero"}))
+    with pytest.raises(ConfigError, match="--params: not valid JSON"):
+        resolve_params("{midtrain")
+    params = resolve_params(json.dumps({"midtrain": {"iterations": 3}, "job": {"job": "mid/base/heun-nfe4/s0"}}))
+    assert params["midtrain"]["iterations"] == 3 and params["precond"]["sigma_max"] == 80.0
+
+
+def test_cli_verb_refuses_bad_params_before_doing_anything(tmp_path, capsys):
+    argv = ["midtrain", "--params", '{"midtrain": {"lossx": 1}}', "--teacher", str(tmp_path / "absent")]
+    argv += ["--featnet", "f", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    assert main(argv) == 2
+    assert "--params: midtrain.lossx: unknown key" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_config_merges_layers_and_prints_the_resolved_config(tmp_path, capsys):
+    assert main(["check-config", str(DEFAULT), str(ROOT / "config" / "smoke.yaml")]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert (
+        resolved["name"] == "smoke"
+        and resolved["midtrain"]["iterations"] == 40
+        and resolved["midtrain"]["lr"] == 0.0005
+    )
+    path = write(tmp_path, {"seed": -3})
+    assert main(["check-config", "-q", str(DEFAULT), str(path)]) == 2
     assert f"{path}: seed:" in capsys.readouterr().err
+
+
+def test_resources_scale_with_the_attempt():
+    assert runtime_minutes("90m") == 90 and runtime_minutes("2h") == 120 and runtime_minutes("30s") == 0.5
+    entry = {"gpu": 2, "cpus": 4, "mem_mb": 8000, "runtime": "1.5h"}
+    assert scaled_resources(entry, 1) == {"gpu": 2, "mem_mb": 8000, "runtime": "90m"}
+    assert scaled_resources(entry, 3) == {"gpu": 2, "mem_mb": 24000, "runtime": "270m"}
+    with pytest.raises(ConfigError, match="unit"):
+        runtime_minutes("90")
 
 
 def test_config_hash_is_order_independent():

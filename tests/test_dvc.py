@@ -35,7 +35,7 @@ def test_repro_push_pull_into_fresh_clone(smoke, tmp_path):
     stage = stages["default"]  # the main job's stage, pointed at the smoke config
     stage |= {
         "cmd": stage["cmd"] + " --configfile config/smoke.yaml",
-        "params": [{"config/smoke.yaml": None}],
+        "params": [{"config/config.yaml": None}, {"config/smoke.yaml": None}],
         "outs": [{"results/smoke": {"persist": True}}],
     }
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"smoke": stage}}))

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from cmt import oracle
+from cmt.config import resolve
 from cmt.losses import l2_norm, pseudo_huber, pseudo_huber_c, squared_l2
 from cmt.stages.midtrain import cmt_flowmap_loss, cmt_loss, state_pairs, state_points, trajectories_per_step
 from cmt.stages.posttrain.ecd import teacher_step
@@ -74,7 +75,7 @@ class DropoutNet(nn.Module):
         return nn.functional.dropout(self.lin(x) * (1 + sigma.reshape(-1, 1)), p=0.5, training=self.training)
 
 
-CFG = {"p_mean": -1.1, "p_std": 2.0, "k": 8.0, "b": 1.0}
+CFG = resolve({"name": "test"}, "schema defaults")["posttrain"]["ect"]  # p_mean -1.1, p_std 2, k 8, b 1, 1/(t - r)
 
 
 def test_ect_target_replays_the_dropout_mask(monkeypatch):

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from PIL import Image
+from test_jobs import assert_plot
 
 from cmt.cli import main
+from cmt.config import load_config
 from cmt.data import load_digits
 from cmt.stages.teacher import build_denoiser, edm_loss, train_teacher
 
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def cfg():
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    return load_config(ROOT / "config" / "config.yaml")
 
 
 def test_training_lowers_the_edm_loss(cfg, tmp_path):
@@ -39,14 +40,7 @@ def test_training_lowers_the_edm_loss(cfg, tmp_path):
 def test_teacher_stage_writes_checkpoint_grid_curve_and_record(tmp_path, cfg):
     train = {**cfg["teacher"]["train"], "iterations": 15}
     teacher_cfg = {**cfg["teacher"], "train": train, "sample": {**cfg["teacher"]["sample"], "num_samples": 16}}
-    params = {
-        "teacher": teacher_cfg,
-        "network": cfg["network"],
-        "precond": cfg["precond"],
-        "data": cfg["data"],
-        "seed": 0,
-        "device": "cpu",
-    }
+    params = {"teacher": teacher_cfg, "job": {"job": "teacher", "kind": "teacher"}}  # the rest: schema defaults
     out = tmp_path / "out"
     assert main(["teacher", "--params", json.dumps(params), "--out", str(out), "--work", str(tmp_path / "w")]) == 0
     meta = json.loads((out / "meta.json").read_text())
@@ -54,8 +48,9 @@ def test_teacher_stage_writes_checkpoint_grid_curve_and_record(tmp_path, cfg):
     assert meta["model_kind"] == "diffusion" and len(meta["config_hash"]) == 12
     with Image.open(out / "samples.png") as grid:
         assert grid.size == ((4 * 9 + 1) * 4, (4 * 9 + 1) * 4)
-    assert (out / "loss.png").stat().st_size > 1000
+    assert_plot(out / "loss.png", (600, 384))
     record = json.loads((out / "run.json").read_text())
     assert record["stage"] == "teacher" and record["metrics"]["images"] == 15 * 128
+    assert record["tags"] == {"label": "teacher", "job": "teacher", "kind": "teacher", "stage": "teacher"}
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 15
     assert not (tmp_path / "w" / "resume.pt").exists()

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cmt.tracking import HISTORY, RECORD, ingest, search, write_history, write_record
+from cmt.tracking import EXPERIMENT_KIND, HISTORY, RECORD, ingest, search, tracking_uri, write_history, write_record
 
 
 @pytest.fixture
@@ -40,6 +40,8 @@ def test_ingest_search_and_idempotence(records):
 
     from mlflow.tracking import MlflowClient
 
+    tags = MlflowClient(tracking_uri(db)).get_experiment_by_name("exp").tags
+    assert tags["mlflow.experimentKind"] == EXPERIMENT_KIND["mlflow.experimentKind"]  # `mlflow ui` opens on runs
     history = MlflowClient().get_metric_history(runs["run_id"].iloc[0], "loss")
     assert sorted(h.step for h in history) == [1, 2, 3, 4, 5]
 

@@ -38,11 +38,17 @@ def killed_at(kill_step, loss_fn):
     return loss
 
 
-CFG = LoopConfig(iterations=30, batch_size=32, lr=1e-2, ema_beta=0.9, checkpoint_every=10)
+def loop(**settings) -> LoopConfig:
+    """A plain Adam loop at constant LR; ``settings`` on top."""
+    plain = {"optimizer": "adam", "betas": (0.9, 0.999), "lr_schedule": "constant", "warmup_iterations": 0}
+    return LoopConfig(**{**plain, "checkpoint_every": 0, "eval_every": 0, **settings})
+
+
+CFG = loop(iterations=30, batch_size=32, lr=1e-2, ema_beta=0.9, checkpoint_every=10)
 
 
 def test_schedules():
-    cfg = LoopConfig(iterations=100, batch_size=8, lr=1.0, lr_schedule="linear_decay", warmup_iterations=10)
+    cfg = loop(iterations=100, batch_size=8, lr=1.0, lr_schedule="linear_decay", warmup_iterations=10)
     assert learning_rate(cfg, 0) == pytest.approx(0.1)
     assert learning_rate(cfg, 50) == pytest.approx(0.5)
     assert learning_rate(cfg, 99) == pytest.approx(0.01)

@@ -36,6 +36,26 @@ def test_cifar10_ddpmpp_parameter_count_and_edm_names():
     assert not any(k.startswith("model.map_augment") for k in keys)
 
 
+@pytest.mark.parametrize("preset", ["digits-tiny", "ddpmpp-cifar10"])
+def test_a_fresh_denoiser_is_the_skip_path(preset):
+    """EDM's output layer starts near zero (init_zero: xavier x 1e-5), so a fresh D(x, sigma) is c_skip(sigma) x
+    up to c_out(sigma) x 1e-4, and exactly c_skip(sigma) x, bit for bit, once that layer is zero."""
+    den = Denoiser(build_unet(PRESETS[preset])).eval()
+    shape = (3, den.model.cfg.in_channels, den.model.cfg.img_resolution, den.model.cfg.img_resolution)
+    x, sigma = torch.randn(shape, generator=torch.Generator().manual_seed(0)), torch.tensor([0.01, 1.0, 80.0])
+    sd = den.sigma_data
+    c_skip = (sd**2 / (sigma**2 + sd**2)).reshape(-1, 1, 1, 1)  # EDM Table 1
+    c_out = (sigma * sd / (sigma**2 + sd**2).sqrt()).reshape(-1, 1, 1, 1)
+    with torch.no_grad():
+        fresh = den(x, sigma)
+        assert ((fresh - c_skip * x).abs() <= 1e-4 * c_out).all()
+        assert not torch.equal(fresh, c_skip * x)  # near zero, not zero: EDM's init
+        out_layer = den.model.dec[f"{shape[-1]}x{shape[-1]}_aux_conv"]
+        out_layer.weight.zero_()
+        out_layer.bias.zero_()
+        assert torch.equal(den(x, sigma), c_skip * x)
+
+
 def test_shapes_32x32_and_8x8():
     cifar = build_unet(PRESETS["ddpmpp-cifar10"]).eval()
     with torch.no_grad():

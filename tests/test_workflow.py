@@ -1,31 +1,119 @@
-"""The real Snakemake workflow on config/smoke.yaml: full run, up-to-date check, targeted reruns, bad input."""
+"""The real Snakemake workflow: dry runs of both targets on the default config, resources from config, the smoke
+run end to end (tables from MLflow), up-to-date check, targeted reruns, bad input, and a reduced real sweep."""
 
 import csv
 import hashlib
+import re
 from pathlib import Path
 
+import pytest
 import yaml
-from conftest import copy_project, planned_jobs, snakemake
+from conftest import ROOT, copy_project, planned_jobs, snakemake
+from test_jobs import assert_plot
 
-LABELS = {"teacher", "cmt", "ect-random", "ect-diffusion", "ect-cmt"}
+MAIN = {
+    "teacher",
+    "mid/base/dpmpp3m_legacy-nfe16/s0",
+    "post/ect-random/none/it40/s0",
+    "post/ect-diffusion/none/it40/s0",
+    "post/ect-cmt/base/it40/s0",
+}
+
+
+def dry_run(workdir: Path, target: str, *args: str) -> str:
+    return snakemake(workdir, "-n", "--forceall", target, *args).stdout
+
+
+def outputs(dry: str) -> set[str]:
+    return {
+        f.strip()
+        for line in dry.splitlines()
+        if line.strip().startswith("output:")
+        for f in line.split(":", 1)[1].split(",")
+    }
+
+
+def job_resources(dry: str) -> dict[str, tuple[str, str]]:
+    """Job (its jobid line's output) -> (rule, resources line), from a dry run."""
+    found, rule, output = {}, None, None
+    for line in dry.splitlines():
+        if match := re.match(r"(?:local)?rule (\w+):", line):
+            rule, output = match[1], None
+        elif line.strip().startswith("output:"):
+            output = line.strip()
+        elif line.strip().startswith("resources:") and rule:
+            found[output or rule] = (rule, line.strip())
+    return found
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return copy_project(tmp_path_factory.mktemp("dry"))
+
+
+def test_both_targets_on_the_default_config_and_all_is_inside_all_ablations(project):
+    main, sweep = dry_run(project, "all"), dry_run(project, "all_ablations")
+    assert planned_jobs(main) == {
+        "teacher": 1, "featnet": 1, "trajectories": 1, "midtrain": 1, "posttrain": 3, "evaluate": 5,
+        "ingest": 1, "report": 1, "all": 1,
+    }  # fmt: skip
+    jobs = planned_jobs(sweep)
+    # 3 solvers x 4 NFEs; CMT: base on 12 sets + 9 variants on the default set = 21 per seed; post: 3 methods x
+    # 3 inits + 2 budget splits + slow + KD = 13 per seed; two seeds; every trained job evaluated, the teacher too
+    assert {k: jobs[k] for k in ("trajectories", "midtrain", "posttrain", "evaluate", "ingest")} == {
+        "trajectories": 12,
+        "midtrain": 42,
+        "posttrain": 26,
+        "evaluate": 69,
+        "ingest": 2,
+    }
+    assert outputs(main) <= outputs(sweep) and len(outputs(sweep)) > 3 * len(outputs(main))
+    lint = snakemake(project, "--lint", check=False)
+    assert "Congratulations" in lint.stdout + lint.stderr
+
+
+def test_resources_come_from_config_and_an_overlay_changes_only_its_rule(project, tmp_path):
+    default = job_resources(dry_run(project, "all_ablations"))
+    assert {res for rule, res in default.values() if rule == "midtrain"} == {
+        "resources: tmpdir=/tmp, gpu=0, runtime=120, mem_mb=4000, mem=4 GB, mem_mib=3815"
+    }
+    overlay = tmp_path / "gpu.yaml"
+    overlay.write_text("resources: {midtrain: {gpu: 1}}\n")
+    changed = job_resources(dry_run(project, "all_ablations", "--configfile", str(overlay)))
+    assert changed.keys() == default.keys()
+    differ = [rule for job, (rule, res) in changed.items() if res != default[job][1]]
+    assert differ == ["midtrain"] * 42
+    assert all("gpu=1" in res for rule, res in changed.values() if rule == "midtrain")
 
 
 def test_smoke_run_produces_tables_from_mlflow(smoke):
     results = smoke / "results" / "smoke"
     rows = list(csv.DictReader((results / "tables" / "main.csv").open()))
-    assert len(rows) == 5 and rows[-1]["model"] == "ECT from CMT init"
-    assert (results / "tables" / "fd_vs_iterations.png").stat().st_size > 5000
-    assert "| ECT from CMT init |" in (results / "tables" / "main.md").read_text()
-    from cmt.tracking import search
+    assert [r["model"] for r in rows] == [
+        "teacher (EDM)",
+        "CMT only",
+        "ECT from random init",
+        "ECT from diffusion init",
+        "ECT from CMT init",
+    ]
+    cmt = rows[-1]  # the lineage: teacher, CMT, ECT
+    assert int(cmt["images teacher"]) == 60 * 128 and int(cmt["images mid"]) == int(cmt["images post"]) == 40 * 128
+    assert int(rows[2]["images teacher"]) == int(rows[2]["images mid"]) == 0
+    assert_plot(results / "tables" / "fd_vs_iterations.png", (1080, 408))
+    from cmt.tracking import EXPERIMENT_KIND, search, tracking_uri
 
     runs = search(results / "mlflow.db", "smoke", stage="evaluate")
-    assert set(runs["tags.label"]) == LABELS
+    assert set(runs["tags.job"]) == MAIN
+    for metric in ("fd_1step", "fd_2step", "images", "teacher_nfe"):  # the runs table's headline columns
+        assert runs.loc[runs["tags.kind"] == "post", f"metrics.{metric}"].notna().all(), metric
     parent = search(results / "mlflow.db", "smoke").query("`tags.cmt_parent` == 'true'")
     tables = Path(parent["artifact_uri"].item().removeprefix("file://")) / "tables"
     assert {"main.md", "main.csv", "fd_vs_iterations.png"} <= {p.name for p in tables.iterdir()}
-    assert {"teacher.tsv", "midtrain.tsv", "posttrain-ect-cmt.tsv"} <= {
-        p.name for p in (results / "benchmarks").iterdir()
-    }
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(tracking_uri(results / "mlflow.db")).get_experiment_by_name("smoke")
+    assert EXPERIMENT_KIND.items() <= experiment.tags.items()
+    assert (results / "benchmarks" / "post" / "ect-cmt" / "base" / "it40" / "s0.tsv").exists()
     assert not any((smoke / "work" / "smoke").rglob("resume.pt"))
 
 
@@ -34,66 +122,43 @@ def test_second_run_has_nothing_to_do(smoke):
 
 
 def test_editing_midtrain_loss_reruns_only_midtrain_and_downstream(smoke, tmp_path):
-    cfg = yaml.safe_load((smoke / "config" / "smoke.yaml").read_text())
-    cfg["midtrain"]["loss"] = "pseudo_huber"
     edited = tmp_path / "edited.yaml"
-    edited.write_text(yaml.safe_dump(cfg))
-    jobs = planned_jobs(snakemake(smoke, "-n", "all", "--configfile", str(edited)).stdout)
+    edited.write_text("midtrain: {loss: pseudo_huber}\n")
+    args = ("--configfile", "config/smoke.yaml", str(edited))
+    jobs = planned_jobs(snakemake(smoke, "-n", "all", *args).stdout)
     assert jobs == {"midtrain": 1, "posttrain": 1, "evaluate": 2, "ingest": 1, "report": 1, "all": 1}
 
 
-def test_config_typo_is_a_schema_error_naming_the_key(smoke, tmp_path):
-    cfg = yaml.safe_load((smoke / "config" / "smoke.yaml").read_text())
-    cfg["midtrain"]["los"] = cfg["midtrain"].pop("loss")
+def test_config_typo_is_a_schema_error_naming_the_file_and_key(smoke, tmp_path):
     bad = tmp_path / "typo.yaml"
-    bad.write_text(yaml.safe_dump(cfg))
-    proc = snakemake(smoke, "-n", "all", "--configfile", str(bad), check=False)
+    bad.write_text("midtrain: {los: l2}\n")
+    proc = snakemake(smoke, "-n", "all", "--configfile", "config/smoke.yaml", str(bad), check=False)
     assert proc.returncode != 0
-    assert "midtrain.los: unknown key" in proc.stdout + proc.stderr
+    assert f"{bad}: midtrain.los: unknown key" in proc.stdout + proc.stderr
 
 
 def test_fetched_teacher_with_wrong_sha256_is_refused(smoke, tmp_path):
     project = copy_project(tmp_path / "fetch")
     weights = smoke / "results" / "smoke" / "teacher" / "model.safetensors"
-    cfg = yaml.safe_load((project / "config" / "smoke.yaml").read_text())
-    cfg["name"] = "fetched"
-    cfg["teacher"] = {
-        "source": "fetch",
-        "sample": cfg["teacher"]["sample"],
-        "fetch": {"url": weights.as_uri(), "sha256": "0" * 64},
-    }
-    (project / "config" / "fetched.yaml").write_text(yaml.safe_dump(cfg))
-    proc = snakemake(project, "--cores", "1", "teacher", "--configfile", "config/fetched.yaml", check=False)
+    fetch = {"url": weights.as_uri(), "sha256": "0" * 64}
+    overlay = project / "config" / "fetched.yaml"
+    overlay.write_text(yaml.safe_dump({"name": "fetched", "teacher": {"source": "fetch", "fetch": fetch}}))
+    args = ("--cores", "1", "teacher", "--configfile", "config/smoke.yaml", "config/fetched.yaml")
+    proc = snakemake(project, *args, check=False)
     assert proc.returncode != 0
     log = (project / "results" / "fetched" / "logs" / "teacher.log").read_text()
     assert "sha256 mismatch" in log and weights.as_uri() in log
     assert not any(p.is_file() for p in (project / "results" / "fetched" / "teacher").rglob("*"))
 
-    cfg["teacher"]["fetch"]["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    (project / "config" / "fetched.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake(project, "--cores", "1", "teacher", "--configfile", "config/fetched.yaml")
+    fetch["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    overlay.write_text(yaml.safe_dump({"name": "fetched", "teacher": {"source": "fetch", "fetch": fetch}}))
+    snakemake(project, *args)
     assert (project / "results" / "fetched" / "teacher" / "samples.png").exists()
 
 
-def test_all_ablations_dry_run_lists_the_sweep(smoke):
-    proc = snakemake(smoke, "-n", "all_ablations", "--configfile", "config/ablations.yaml")
-    jobs = planned_jobs(proc.stdout)
-    # 3 solvers x 4 NFEs trajectory sets; CMT: base on all 12 sets + 10 variants on the default set (base shared)
-    # = 21 per seed; post: 3 methods x 3 inits + 2 budget splits + slow + KD = 13 per seed; two seeds
-    assert {k: jobs[k] for k in ("trajectories", "ab_midtrain", "ab_posttrain", "ab_evaluate")} == {
-        "trajectories": 12,
-        "ab_midtrain": 42,
-        "ab_posttrain": 26,
-        "ab_evaluate": 68,
-    }
-    lint = snakemake(smoke, "--lint", "--configfile", "config/ablations.yaml", check=False)
-    assert "Congratulations" in lint.stdout + lint.stderr
-
-
 def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, tmp_path):
-    """A reduced sweep on the smoke project: every ablation rule runs, the smoke teacher is reused."""
-    cfg = yaml.safe_load((smoke / "config" / "smoke.yaml").read_text())
-    cfg["ablations"] = {
+    """A reduced sweep on the smoke project: the main run's jobs are reused, every other job runs once."""
+    sweep = {
         "seeds": [0],
         "trajectory_sets": {"solvers": ["dpmpp3m_legacy", "heun"], "nfes": [4]},
         "cmt": {"base": {}, "flowmap": {"form": "flowmap"}, "traj128": {"max_trajectories": 128}},
@@ -105,17 +170,29 @@ def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, tmp_path):
         "budget": {"short": ["traj128", 20]},
         "variant_post": [],
     }
+    default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["ablations"]
+    for name in ("cmt", "budget"):  # an overlay drops the default sweep's other entries by setting them to null
+        sweep[name] |= {key: None for key in default[name] if key not in sweep[name]}
     path = tmp_path / "ab-smoke.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    snakemake(smoke, "--cores", "2", "all_ablations", "--configfile", str(path))
-    ab = smoke / "results" / "smoke" / "ab"
-    assert (ab / "post" / "meanflow-cmt" / "flowmap" / "it40" / "s0" / "model.safetensors").exists()
-    assert (ab / "eval" / "mid" / "base" / "heun-nfe4" / "s0" / "scores.json").exists()
+    path.write_text(yaml.safe_dump({"ablations": sweep}))
+    args = ("--configfile", "config/smoke.yaml", str(path))
+    planned = planned_jobs(snakemake(smoke, "-n", "all_ablations", *args).stdout)
+    # the main run's teacher, trajectories, base CMT and evaluations are reused; only new jobs are planned
+    assert {k: planned[k] for k in ("midtrain", "posttrain", "trajectories")} == {
+        "midtrain": 4,  # base on 2 new sets, flowmap, traj128
+        "posttrain": 3,  # ECD and MeanFlow from CMT, the budget split
+        "trajectories": 2,
+    }
+    assert "teacher" not in planned
+    snakemake(smoke, "--cores", "2", "all_ablations", *args)
+    results = smoke / "results" / "smoke"
+    assert (results / "post" / "meanflow-cmt" / "flowmap" / "it40" / "s0" / "model.safetensors").exists()
+    assert (results / "eval" / "mid" / "base" / "heun-nfe4" / "s0" / "scores.json").exists()
     from cmt.tracking import search
 
-    runs = search(smoke / "results" / "smoke" / "mlflow.db", "smoke", stage="evaluate")
-    assert {"post/ecd-cmt/base/it40/s0", "post/ect-cmt/traj128/it20/s0"} <= set(runs["tags.label"])
-    tables = smoke / "results" / "smoke" / "tables"
+    runs = search(results / "mlflow.db", "smoke", stage="evaluate")
+    assert {"post/ecd-cmt/base/it40/s0", "post/ect-cmt/traj128/it20/s0"} <= set(runs["tags.job"])
+    tables = results / "tables"
     method_init = list(csv.DictReader((tables / "method_init.csv").open()))
     assert {(r["method"], r["init"]) for r in method_init} == {("ecd", "cmt"), ("meanflow", "cmt")}
     nfe = {(r["solver"], r["nfe"]): r for r in csv.DictReader((tables / "nfe_solver.csv").open())}
@@ -130,14 +207,16 @@ def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, tmp_path):
     variants = {(r["variant"], r["model"]): r for r in csv.DictReader((tables / "cmt_variants.csv").open())}
     mid_images = float(variants["traj128", "CMT only"]["images"])
     assert float(budget["traj128", "ECT, CMT init"]["images"]) > mid_images > 0  # the lineage: mid + post
-    assert (tables / "fd_vs_images.png").stat().st_size > 5000
-    runs = search(smoke / "results" / "smoke" / "mlflow.db", "smoke")
+    assert_plot(tables / "fd_vs_images.png", (960, 432))  # one panel per method: ECD, MeanFlow
+    runs = search(results / "mlflow.db", "smoke")
     parents = runs[runs["tags.cmt_parent"] == "table"].set_index("run_id")["tags.cmt_table"]
-    grouped = runs[runs["tags.cmt_record"].fillna("").str.contains("/ab/")]
-    assert set(grouped["tags.mlflow.parentRunId"].map(parents)) == {
+    grouped = runs[runs["tags.cmt_parent"].isna() & runs["tags.tables"].fillna("").str.len().gt(0)]
+    ablation_only = grouped[~grouped["tags.tables"].str.contains("main")]
+    assert set(ablation_only["tags.mlflow.parentRunId"].map(parents)) == {
         "method_init",
         "nfe_solver",
         "cmt_variants",
         "budget_split",
     }
-    assert "Nothing to be done" in snakemake(smoke, "-n", "all_ablations", "--configfile", str(path)).stdout
+    assert "Nothing to be done" in snakemake(smoke, "-n", "all_ablations", *args).stdout
+    assert "Nothing to be done" in snakemake(smoke, "-n", "all", *args).stdout  # `all` is inside `all_ablations`

@@ -105,6 +105,12 @@ def generate(
     }
 
 
+def training_cost(meta: dict) -> dict:
+    """Images and teacher NFE of the evaluated model's own training stage (headline columns of the runs table)."""
+    train = meta.get("train", meta)  # the teacher keeps them under `train`
+    return {k: train[k] for k in ("images", "teacher_nfe") if k in train}
+
+
 def run(
     model_dir: str | Path,
     featnet: str | Path,
@@ -140,7 +146,7 @@ def run(
         run_name=f"eval/{label}",
         params={"label": label, "t_mid": cfg["t_mid"], "features": cfg["features"], "num_samples": cfg["num_samples"]},
         tags={**meta.get("tags", {}), "label": label},
-        metrics=scores,
+        metrics={**scores, **training_cost(meta)},
         artifacts=sorted(p.name for p in out.glob("grid-*.png")),
     )
     return result

@@ -20,11 +20,9 @@ from cmt.losses import Distance, make_distance, squared_l2
 from cmt.meanflow import mean_velocity
 from cmt.precond import Denoiser
 from cmt.solvers import denoiser_calls
-from cmt.stages.student import StudentJob, finish, fit_student, init_student
+from cmt.stages.student import StudentJob, finish, fit_student, init_student, job_label
 from cmt.train import LoopConfig, LossFn, resolve_device
 from cmt.trajectories import OnlineTrajectories, StoredTrajectories, TrajectorySource, trajectory_spec
-
-LOOP_DEFAULTS = {"optimizer": "radam", "lr_schedule": "linear_decay", "ema_beta": 0.999, "betas": [0.9, 0.999]}
 
 
 def cmt_loss(
@@ -104,9 +102,9 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
     device = resolve_device(job.device)
     train, holdout = train_holdout(job.data)
     source = trajectory_source(
-        cfg["source"], traj_cfg, traj_dir, job.teacher_dir, train.images, device, cfg.get("max_trajectories")
+        cfg["source"], traj_cfg, traj_dir, job.teacher_dir, train.images, device, cfg["max_trajectories"]
     )
-    form, points = cfg.get("form", "consistency"), cfg.get("points", "all")
+    form, points = cfg["form"], cfg["points"]
     kind = "meanflow" if form == "flowmap" else "consistency"
     student, teacher_meta = init_student(
         "diffusion",
@@ -120,7 +118,7 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
     steps = len(source.sigmas) - 1
     per_step = trajectories_per_step(cfg["batch_size"], steps, form, points)
     loss_fn = make_loss(cfg, form, points, source, steps, per_step, device)
-    loop = LoopConfig.from_dict({**LOOP_DEFAULTS, **cfg})
+    loop = LoopConfig.from_dict(cfg)
     result, last_fd = fit_student(
         student,
         loss_fn,
@@ -134,8 +132,9 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
         fingerprint=config_hash({"midtrain": cfg, "trajectories": traj_cfg, "teacher": teacher_meta}),
     )
     trajectories_seen = loop.iterations * per_step
+    label = job_label(job, "cmt")
     tags = {
-        "label": cfg.get("label", "cmt"),
+        "label": label,
         "form": form,
         "points": points,
         "loss": cfg["loss"],
@@ -159,7 +158,7 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
         meta,
         job.precond["sigma_max"],
         cfg["eval_t_mid"],
-        f"midtrain/{cfg.get('label', 'cmt')}",
+        f"midtrain/{label}",
         params={**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "seed": job.seed},
         tags=tags,
         final=final,
@@ -196,9 +195,9 @@ def make_loss(
         raise ValueError(f"unknown midtrain.form {form!r}; valid: consistency, flowmap")
     distance = make_distance(
         cfg["loss"],
-        pseudo_huber_c_value=cfg.get("pseudo_huber_c"),
-        lpips_net=cfg.get("lpips_net", "vgg"),
-        lpips_resize=cfg.get("lpips_resize"),
+        pseudo_huber_c_value=cfg["pseudo_huber_c"],
+        lpips_net=cfg["lpips_net"],
+        lpips_resize=cfg["lpips_resize"],
         device=device,
     )
 

@@ -30,8 +30,13 @@ class StudentJob:
     featnet: Path
     out_dir: Path
     work_dir: Path
-    device: str = "cpu"
-    tags: dict | None = None
+    device: str
+    tags: dict | None = None  # the job's axes (cmt/jobs.py), written as MLflow tags
+
+
+def job_label(job: StudentJob, fallback: str) -> str:
+    """The job's path (its MLflow run name) when the workflow gave its axes, else ``fallback``."""
+    return (job.tags or {}).get("job", fallback)
 
 
 def set_dropout(denoiser: Denoiser, p: float) -> Denoiser:

@@ -20,8 +20,6 @@ from cmt.solvers import sigma_grid
 from cmt.tracking import write_history, write_record
 from cmt.train import FitResult, LoopConfig, clear_resume, fit, resolve_device
 
-DEFAULTS = {"warmup_iterations": 200, "ema_halflife_images": 50_000, "p_mean": -1.2, "p_std": 1.2}
-
 
 def edm_loss(
     denoiser: Denoiser, images: Tensor, p_mean: float, p_std: float, generator: torch.Generator | None = None
@@ -48,8 +46,7 @@ def train_teacher(
     denoiser: Denoiser, train_set: ImageDataset, cfg: dict, seed: int, device: torch.device, work_dir: str | Path
 ) -> FitResult:
     """EDM training: Adam, linear LR warm-up, EDM's ramped half-life EMA; resumable from ``work_dir``."""
-    cfg = {**DEFAULTS, **cfg}
-    loop = LoopConfig.from_dict({**cfg, "optimizer": "adam"})
+    loop = LoopConfig.from_dict(cfg)
     images = train_set.images.to(device)
     pixels = images[0].numel()
 
@@ -79,10 +76,12 @@ def run(
     seed: int,
     out_dir: str | Path,
     work_dir: str | Path,
-    device_name: str = "cpu",
+    device_name: str,
+    job: dict | None = None,
 ) -> dict:
     """Teacher stage: train (``source: train``) or fetch a checkpoint; writes our format, a grid and a record."""
     out, device = Path(out_dir), resolve_device(device_name)
+    tags = {"label": "teacher", **(job or {})}
     train_set, _ = train_holdout(data_cfg)
     if cfg["source"] == "fetch":
         ema, meta, losses = _fetched(cfg["fetch"], work_dir)
@@ -108,7 +107,7 @@ def run(
         **meta,
         "stage": "teacher",
         "model_kind": "diffusion",
-        "tags": {"label": "teacher"},
+        "tags": tags,
         "data": {"name": train_set.name, "shape": list(train_set.shape), "count": len(train_set)},
         "config": subtree,
         "config_hash": config_hash(subtree),
@@ -125,9 +124,9 @@ def run(
             "source": cfg["source"],
             "seed": seed,
             "parameters": meta["parameters"],
-            **{f"train.{k}": v for k, v in cfg.get("train", {}).items()},
+            **{f"train.{k}": v for k, v in cfg["train"].items()},
         },
-        tags={"label": "teacher"},
+        tags=tags,
         metrics={
             "images": meta.get("train", {}).get("images", 0),
             "wall_seconds": meta.get("train", {}).get("wall_seconds", 0.0),

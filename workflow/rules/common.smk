@@ -1,28 +1,45 @@
-# Shared definitions: config validation, paths, the launcher, per-rule parameter subtrees.
+# Shared definitions: config defaults and validation, paths, resources, per-job parameter subtrees.
+# Job paths come from cmt/jobs.py (the one place their format is written); rules call it with wildcard names.
 import json
 import os
-import shlex
 import sys
 
-from cmt.ablations import TABLES as AB_TABLES, default_set, mid_jobs, post_jobs, record_tables
-from cmt.config import validate
+from cmt import jobs
+from cmt.config import read_yaml, resolve, scaled_resources
 
-validate(config, ", ".join(map(str, workflow.configfiles)) or "config")
+CONFIG_FILES = [str(f) for f in workflow.configfiles]
+resolve(config, ", ".join(CONFIG_FILES) or "config", [(f, read_yaml(f) or {}) for f in CONFIG_FILES])
 
 RESULTS = f"results/{config['name']}"
 WORK = f"work/{config['name']}"  # resume checkpoints: never a declared output, so never deleted by Snakemake
+MLFLOW_DB = f"{RESULTS}/mlflow.db"
 # Jobs run `${CMT_LAUNCH:-python} -m cmt <verb>`: set CMT_LAUNCH to wrap training, e.g.
 # CMT_LAUNCH="accelerate launch --num_processes 1 --mixed_precision no" on a GPU node.
 # `python` is the interpreter running Snakemake (its folder goes first on PATH for the jobs).
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-TRAJ = f"{RESULTS}/traj/{config['trajectories']['solver']}-nfe{config['trajectories']['nfe']}"
-POST_MODELS = [f"{m}-{i}" for m in config["posttrain"]["methods"] for i in config["posttrain"]["inits"]]
-EVAL_MODELS = ["teacher", "cmt"] + POST_MODELS
 
 
 def subtree(*keys, **extra):
     """JSON of the config sections a job reads, so an edit reruns exactly the jobs that read them."""
     return json.dumps({**{k: config[k] for k in keys}, **extra}, sort_keys=True)
+
+
+def threads_of(group):
+    return config["resources"][group]["cpus"]
+
+
+def resources_of(group):
+    """The rule group's resources from config; memory and runtime scale with the attempt."""
+    entry = config["resources"][group]
+    return {
+        "gpu": entry["gpu"],
+        "mem_mb": lambda wildcards, attempt: scaled_resources(entry, attempt)["mem_mb"],
+        "runtime": lambda wildcards, attempt: scaled_resources(entry, attempt)["runtime"],
+    }
+
+
+def result(path, name):
+    return f"{RESULTS}/{path}/{name}"
 
 
 def shard_files(folder):
@@ -36,76 +53,47 @@ def trajectory_params(wildcards):
     return subtree("precond", "data", "seed", "device", trajectories=traj)
 
 
-def init_checkpoint(wildcards):
-    """The weights a post-training run starts from: none (random), the teacher, or the CMT student."""
-    return {"random": [], "diffusion": rules.teacher.output.model, "cmt": rules.midtrain.output.model}[wildcards.init]
+def midtrain_cfg(wildcards):
+    return {**config["midtrain"], **jobs.variant_overrides(config, wildcards.variant)}
 
 
-def init_arg(wildcards):
-    model = init_checkpoint(wildcards)
-    return f"--init-dir {shlex.quote(os.path.dirname(model))}" if model else ""
-
-
-def model_file(wildcards):
-    """Checkpoint of an evaluated model: the teacher, the CMT student or a post-trained <method>-<init>."""
-    special = {"teacher": f"{RESULTS}/teacher", "cmt": f"{RESULTS}/mid/cmt"}
-    return f"{special.get(wildcards.model, f'{RESULTS}/post/{wildcards.model}')}/model.safetensors"
-
-
-def posttrain_params(wildcards):
-    """The chosen method's subtree only: editing ECD settings reruns no ECT job."""
-    return subtree("precond", "data", "seed", "device", **{wildcards.method: config["posttrain"][wildcards.method]})
-
-
-# ---- ablations (config/ablations.yaml): every job keyed by its axes in the path (cmt/ablations.py) ----
-AB = config.get("ablations") or {}
-AB_ROOT = f"{RESULTS}/ab"
-DEFAULT_SET = default_set(config)
-
-
-def ab_records(wildcards):
-    """Training and evaluation records of every ablation job (the teacher's and feature net's too)."""
-    if not AB:
-        raise ValueError("this config has no `ablations` section: run all_ablations with --configfile config/ablations.yaml")
-    paths = [*mid_jobs(config), *post_jobs(config)]
-    return (
-        [rules.teacher.output.record, rules.featnet.output.record]
-        + [f"{AB_ROOT}/{p}/run.json" for p in paths]
-        + [f"{AB_ROOT}/eval/{p}/run.json" for p in paths]
+def midtrain_params(wildcards):
+    """The variant's midtrain settings, its trajectory set and seed, and the job's axes."""
+    traj = {**config["trajectories"], "solver": wildcards.solver, "nfe": int(wildcards.nfe)}
+    job = jobs.mid_tags(wildcards.variant, wildcards.solver, wildcards.nfe, wildcards.seed)
+    return subtree(
+        "precond", "data", "device", midtrain=midtrain_cfg(wildcards), trajectories=traj, seed=int(wildcards.seed), job=job
     )
 
 
-def ab_midtrain_params(wildcards):
-    solver, nfe = wildcards.tset.split("-nfe")
-    variant = AB["cmt"][wildcards.variant]
-    mid = {**config["midtrain"], **variant, "label": f"cmt-{wildcards.variant}"}
-    traj = {**config["trajectories"], "solver": solver, "nfe": int(nfe)}
-    tags = {"ablation_variant": wildcards.variant, "trajectory_set": wildcards.tset, "seed": wildcards.seed}
-    return subtree("precond", "data", "device", midtrain=mid, trajectories=traj, seed=int(wildcards.seed), tags=tags)
+def stored_trajectories(wildcards):
+    """The trajectory set a CMT job reads (none when it draws online trajectories)."""
+    if midtrain_cfg(wildcards)["source"] == "online":
+        return []
+    return result(jobs.traj_path(wildcards.solver, wildcards.nfe), "index.json")
 
 
-def ab_traj_arg(wildcards):
-    if AB["cmt"][wildcards.variant].get("source", config["midtrain"]["source"]) == "online":
-        return ""
-    return f"--traj {RESULTS}/traj/{wildcards.tset}"
+def post_job(wildcards):
+    return jobs.post_tags(
+        config, wildcards.method, wildcards.init, wildcards.variant, wildcards.iters, wildcards.seed
+    )
 
 
-def ab_traj_input(wildcards):
-    return [] if not ab_traj_arg(wildcards) else f"{RESULTS}/traj/{wildcards.tset}/index.json"
+def init_model(wildcards):
+    """The weights a post-training job starts from: none (random), the teacher, or a CMT job's student."""
+    init_job = post_job(wildcards)["init_job"]
+    return [] if init_job == jobs.NO_VARIANT else result(init_job, "model.safetensors")
 
 
-def ab_init_checkpoint(wildcards):
-    if wildcards.init == "cmt":
-        return f"{AB_ROOT}/mid/{wildcards.variant}/{DEFAULT_SET}/s{wildcards.seed}/model.safetensors"
-    return {"random": [], "diffusion": rules.teacher.output.model}[wildcards.init]
+def posttrain_params(wildcards):
+    """The chosen method's subtree only (editing ECD settings reruns no ECT job), iterations from the path."""
+    method = {**config["posttrain"][wildcards.method], "iterations": int(wildcards.iters)}
+    return subtree(
+        "precond", "data", "device", posttrain={wildcards.method: method}, seed=int(wildcards.seed), job=post_job(wildcards)
+    )
 
 
-def ab_init_arg(wildcards):
-    model = ab_init_checkpoint(wildcards)
-    return f"--init-dir {shlex.quote(os.path.dirname(model))}" if model else ""
-
-
-def ab_posttrain_params(wildcards):
-    method_cfg = {**config["posttrain"][wildcards.method], "iterations": int(wildcards.iters)}
-    tags = {"ablation_variant": wildcards.variant, "iterations": wildcards.iters, "seed": wildcards.seed}
-    return subtree("precond", "data", "device", seed=int(wildcards.seed), tags=tags, **{wildcards.method: method_cfg})
+def ingest_records(wildcards):
+    """Every record of a scope; the sweep's ingest waits for the main report (one writer of the store at a time)."""
+    records = [result(folder, "run.json") for folder in jobs.record_folders(config, wildcards.scope)]
+    return records + (list(rules.report.output) if wildcards.scope == "ablations" else [])

@@ -1,25 +1,24 @@
 rule evaluate:
+    """1- and 2-step sampling (the teacher: its own sampler), FD/KID and grids of one trained job."""
     conda:
         "../../envs/cmt.yaml"
     input:
-        model=model_file,
+        model=result("{job}", "model.safetensors"),
         featnet=rules.featnet.output.net,
     output:
-        scores=f"{RESULTS}/eval/{{model}}/scores.json",
-        record=f"{RESULTS}/eval/{{model}}/run.json",
+        scores=result(jobs.eval_path("{job}"), "scores.json"),
+        record=result(jobs.eval_path("{job}"), "run.json"),
     params:
-        cfg=subtree("evaluate", "precond", "data", "seed", "device", sample=config["teacher"]["sample"]),
+        cfg=subtree("evaluate", "precond", "data", "seed", "device", teacher={"sample": config["teacher"]["sample"]}),
         out=subpath(output.scores, parent=True),
         model=subpath(input.model, parent=True),
-    threads: 1
+    threads: threads_of("evaluate")
     resources:
-        gpu=0,
-        runtime=30,
-        mem_mb=4000,
+        **resources_of("evaluate"),
     log:
-        f"{RESULTS}/logs/evaluate-{{model}}.log",
+        f"{RESULTS}/logs/{jobs.eval_path('{job}')}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate-{{model}}.tsv"
+        f"{RESULTS}/benchmarks/{jobs.eval_path('{job}')}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt evaluate --params {params.cfg:q} --model {params.model}"
-        " --featnet {input.featnet} --label {wildcards.model} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt evaluate --params {params.cfg:q}"
+        " --model {params.model} --featnet {input.featnet} --label {wildcards.job:q} --out {params.out} > {log} 2>&1"

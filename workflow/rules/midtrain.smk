@@ -1,29 +1,32 @@
+MID_JOB = jobs.mid_path("{variant}", "{solver}", "{nfe}", "{seed}")
+
+
 rule midtrain:
+    """CMT: one variant of the midtrain settings on one trajectory set and seed (cmt/jobs.py)."""
     conda:
         "../../envs/cmt.yaml"
     input:
         teacher=rules.teacher.output.model,
         featnet=rules.featnet.output.net,
-        traj=f"{TRAJ}/index.json" if config["midtrain"]["source"] == "stored" else [],
+        traj=stored_trajectories,
     output:
-        model=f"{RESULTS}/mid/cmt/model.safetensors",
-        record=f"{RESULTS}/mid/cmt/run.json",
+        model=result(MID_JOB, "model.safetensors"),
+        record=result(MID_JOB, "run.json"),
     params:
-        cfg=subtree("midtrain", "trajectories", "precond", "data", "seed", "device"),
+        cfg=midtrain_params,
         out=subpath(output.model, parent=True),
-        work=f"{WORK}/mid/cmt",
+        work=f"{WORK}/{MID_JOB}",
         teacher=subpath(input.teacher, parent=True),
-        traj_arg=f"--traj {TRAJ}" if config["midtrain"]["source"] == "stored" else "",
-    threads: 2
+        traj=lambda wildcards, input: f"--traj {os.path.dirname(input.traj)}" if input.traj else "",
+    threads: threads_of("midtrain")
     priority: 10  # on the critical path to ECT-from-CMT: schedule before independent runs
     resources:
-        gpu=0,
-        runtime=120,
-        mem_mb=4000,
+        **resources_of("midtrain"),
     log:
-        f"{RESULTS}/logs/midtrain.log",
+        f"{RESULTS}/logs/{MID_JOB}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/midtrain.tsv"
+        f"{RESULTS}/benchmarks/{MID_JOB}.tsv"
     shell:
-        "${{CMT_LAUNCH:-python}} -m cmt midtrain --params {params.cfg:q} --teacher {params.teacher} {params.traj_arg}"
-        " --featnet {input.featnet} --out {params.out} --work {params.work} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt midtrain --params {params.cfg:q}"
+        " --teacher {params.teacher} {params.traj} --featnet {input.featnet}"
+        " --out {params.out} --work {params.work} > {log} 2>&1"

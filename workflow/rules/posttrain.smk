@@ -1,30 +1,31 @@
+POST_JOB = jobs.post_path("{method}", "{init}", "{variant}", "{iters}", "{seed}")
+
+
 rule posttrain:
+    """ECT, ECD or MeanFlow from random, diffusion or CMT weights (cmt/jobs.py)."""
     conda:
         "../../envs/cmt.yaml"
     input:
         teacher=rules.teacher.output.model,
         featnet=rules.featnet.output.net,
-        init=init_checkpoint,
+        init=init_model,
     output:
-        model=f"{RESULTS}/post/{{method}}-{{init}}/model.safetensors",
-        record=f"{RESULTS}/post/{{method}}-{{init}}/run.json",
+        model=result(POST_JOB, "model.safetensors"),
+        record=result(POST_JOB, "run.json"),
     params:
         cfg=posttrain_params,
         out=subpath(output.model, parent=True),
-        work=f"{WORK}/post/{{method}}-{{init}}",
+        work=f"{WORK}/{POST_JOB}",
         teacher=subpath(input.teacher, parent=True),
-        init_arg=init_arg,
-    threads: 1
+        init=lambda wildcards, input: f"--init-dir {os.path.dirname(input.init)}" if input.init else "",
+    threads: threads_of("posttrain")
     resources:
-        gpu=0,
-        runtime=120,
-        mem_mb=4000,
+        **resources_of("posttrain"),
     log:
-        f"{RESULTS}/logs/posttrain-{{method}}-{{init}}.log",
+        f"{RESULTS}/logs/{POST_JOB}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/posttrain-{{method}}-{{init}}.tsv"
+        f"{RESULTS}/benchmarks/{POST_JOB}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt posttrain --params {params.cfg:q} --method {wildcards.method}"
-        " --init {wildcards.init}"
-        " {params.init_arg} --teacher {params.teacher} --featnet {input.featnet}"
-        " --out {params.out} --work {params.work} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt posttrain --params {params.cfg:q}"
+        " --method {wildcards.method} --init {wildcards.init} {params.init} --teacher {params.teacher}"
+        " --featnet {input.featnet} --out {params.out} --work {params.work} > {log} 2>&1"

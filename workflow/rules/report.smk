@@ -1,34 +1,37 @@
-MLFLOW_DB = f"{RESULTS}/mlflow.db"
+# The MLflow store has one writer at a time: ingest (main) -> report -> ingest (ablations) -> report_ablations.
 
 
 rule ingest:
-    """The single writer of the MLflow store: jobs only write run.json / metrics.jsonl files."""
+    """Job records of a scope (main: `all`; ablations: `all_ablations`) into the MLflow store."""
+    localrule: True
     conda:
         "../../envs/cmt.yaml"
-    localrule: True
     input:
-        records=[rules.teacher.output.record, rules.featnet.output.record, rules.midtrain.output.record]
-        + expand(f"{RESULTS}/post/{{model}}/run.json", model=POST_MODELS)
-        + expand(f"{RESULTS}/eval/{{model}}/run.json", model=EVAL_MODELS),
+        records=ingest_records,
     output:
-        done=f"{RESULTS}/mlflow-ingested.json",
+        done=f"{RESULTS}/mlflow-{{scope}}.json",
     params:
+        records=lambda wildcards, input: [f for f in input.records if f.endswith("run.json")],
         db=MLFLOW_DB,
         experiment=config["name"],
         artifacts=f"{RESULTS}/mlartifacts",
+        root=lambda wildcards, output: os.path.dirname(output.done),
+        groups=lambda wildcards: json.dumps(jobs.record_groups(config), sort_keys=True),
     log:
-        f"{RESULTS}/logs/ingest.log",
+        f"{RESULTS}/logs/ingest-{{scope}}.log",
     shell:
-        "MLFLOW_DISABLE_TELEMETRY=true ${{CMT_LAUNCH:-python}} -m cmt ingest {input.records} --db {params.db}"
-        " --experiment {params.experiment} --artifacts {params.artifacts} --done {output.done} > {log} 2>&1"
+        "MLFLOW_DISABLE_TELEMETRY=true ${{CMT_LAUNCH:-python}} -m cmt ingest {params.records} --db {params.db}"
+        " --experiment {params.experiment} --artifacts {params.artifacts} --root {params.root} --groups {params.groups:q}"
+        " --done {output.done} > {log} 2>&1"
 
 
 rule report:
+    """The main comparison (`all`), from the MLflow store."""
+    localrule: True
     conda:
         "../../envs/cmt.yaml"
-    localrule: True
     input:
-        rules.ingest.output.done,
+        f"{RESULTS}/mlflow-main.json",
     output:
         md=f"{RESULTS}/tables/main.md",
         csv=f"{RESULTS}/tables/main.csv",
@@ -40,5 +43,26 @@ rule report:
     log:
         f"{RESULTS}/logs/report.log",
     shell:
-        "MLFLOW_DISABLE_TELEMETRY=true ${{CMT_LAUNCH:-python}} -m cmt report --db {params.db} --experiment {params.experiment}"
-        " --out {params.out} > {log} 2>&1"
+        "MLFLOW_DISABLE_TELEMETRY=true ${{CMT_LAUNCH:-python}} -m cmt report --db {params.db}"
+        " --experiment {params.experiment} --out {params.out} > {log} 2>&1"
+
+
+rule report_ablations:
+    """One table per paper ablation (`all_ablations`), mean +- std over seeds, from the MLflow store."""
+    localrule: True
+    conda:
+        "../../envs/cmt.yaml"
+    input:
+        f"{RESULTS}/mlflow-ablations.json",
+    output:
+        tables=expand(f"{RESULTS}/tables/{{name}}.{{ext}}", name=jobs.ABLATION_TABLES, ext=("md", "csv")),
+        plot=f"{RESULTS}/tables/fd_vs_images.png",
+    params:
+        db=MLFLOW_DB,
+        experiment=config["name"],
+        out=subpath(output.plot, parent=True),
+    log:
+        f"{RESULTS}/logs/report-ablations.log",
+    shell:
+        "MLFLOW_DISABLE_TELEMETRY=true ${{CMT_LAUNCH:-python}} -m cmt report-ablations --db {params.db}"
+        " --experiment {params.experiment} --out {params.out} > {log} 2>&1"

@@ -2,41 +2,40 @@ rule teacher:
     conda:
         "../../envs/cmt.yaml"
     output:
-        model=f"{RESULTS}/teacher/model.safetensors",
-        meta=f"{RESULTS}/teacher/meta.json",
-        record=f"{RESULTS}/teacher/run.json",
+        model=result(jobs.TEACHER, "model.safetensors"),
+        meta=result(jobs.TEACHER, "meta.json"),
+        record=result(jobs.TEACHER, "run.json"),
     params:
-        cfg=subtree("teacher", "network", "precond", "data", "seed", "device"),
+        cfg=subtree("teacher", "network", "precond", "data", "seed", "device", job=jobs.teacher_tags()),
         out=subpath(output.model, parent=True),
-        work=f"{WORK}/teacher",
-    threads: 2
+        work=f"{WORK}/{jobs.TEACHER}",
+    threads: threads_of("teacher")
     resources:
-        gpu=0,
-        runtime=60,
-        mem_mb=4000,
+        **resources_of("teacher"),
     log:
         f"{RESULTS}/logs/teacher.log",
     benchmark:
         f"{RESULTS}/benchmarks/teacher.tsv"
     shell:
-        "${{CMT_LAUNCH:-python}} -m cmt teacher --params {params.cfg:q} --out {params.out} --work {params.work} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt teacher --params {params.cfg:q}"
+        " --out {params.out} --work {params.work} > {log} 2>&1"
 
 
 rule featnet:
     conda:
         "../../envs/cmt.yaml"
     output:
-        net=f"{RESULTS}/featnet/featnet.safetensors",
-        record=f"{RESULTS}/featnet/run.json",
+        net=result("featnet", "featnet.safetensors"),
+        record=result("featnet", "run.json"),
     params:
         cfg=subtree("featnet", "data", "seed"),
-    threads: 1
+    threads: threads_of("featnet")
     resources:
-        runtime=20,
-        mem_mb=2000,
+        **resources_of("featnet"),
     log:
         f"{RESULTS}/logs/featnet.log",
     benchmark:
         f"{RESULTS}/benchmarks/featnet.tsv"
     shell:
-        "${{CMT_LAUNCH:-python}} -m cmt featnet --params {params.cfg:q} --out {output.net} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt featnet --params {params.cfg:q}"
+        " --out {output.net} > {log} 2>&1"

@@ -1,24 +1,26 @@
+TRAJ_SET = jobs.traj_path("{solver}", "{nfe}")
+
+
 rule trajectories:
     conda:
         "../../envs/cmt.yaml"
     input:
         teacher=rules.teacher.output.model,
     output:
-        index=f"{RESULTS}/traj/{{solver}}-nfe{{nfe}}/index.json",
-        shards=shard_files(f"{RESULTS}/traj/{{solver}}-nfe{{nfe}}"),
+        index=result(TRAJ_SET, "index.json"),
+        shards=shard_files(f"{RESULTS}/{TRAJ_SET}"),
     params:
         cfg=trajectory_params,
         out=subpath(output.index, parent=True),
         teacher=subpath(input.teacher, parent=True),
-    threads: 2
+    threads: threads_of("trajectories")
     priority: 10  # on the critical path to ECT-from-CMT: schedule before independent runs
     resources:
-        gpu=0,
-        runtime=60,
-        mem_mb=4000,
+        **resources_of("trajectories"),
     log:
-        f"{RESULTS}/logs/trajectories-{{solver}}-nfe{{nfe}}.log",
+        f"{RESULTS}/logs/{TRAJ_SET}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/trajectories-{{solver}}-nfe{{nfe}}.tsv"
+        f"{RESULTS}/benchmarks/{TRAJ_SET}.tsv"
     shell:
-        "${{CMT_LAUNCH:-python}} -m cmt trajectories --params {params.cfg:q} --teacher {params.teacher} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt trajectories --params {params.cfg:q}"
+        " --teacher {params.teacher} --out {params.out} > {log} 2>&1"

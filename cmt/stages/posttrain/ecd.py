@@ -8,6 +8,9 @@ from torch import Tensor
 from cmt.losses import Distance
 from cmt.precond import Denoiser
 from cmt.stages.posttrain.ect import consistency_pair_loss
+from cmt.train import LoopConfig
+
+TEACHER_CALLS = {"euler": 1, "heun": 2}  # teacher evaluations per row of one step
 
 
 def teacher_step(teacher: Denoiser, x_t: Tensor, t: Tensor, r: Tensor, kind: str) -> Tensor:
@@ -22,6 +25,11 @@ def teacher_step(teacher: Denoiser, x_t: Tensor, t: Tensor, r: Tensor, kind: str
         d_r = (x_r - teacher(x_r, r)) / rv
         return x_t + (rv - tv) * (d + d_r) / 2
     raise ValueError(f"unknown teacher step {kind!r}; valid: euler, heun")
+
+
+def ecd_teacher_nfe(cfg: dict, loop: LoopConfig) -> int:
+    """Teacher evaluations of a whole ECD run: every row of every batch takes one step (r = 0 rows too)."""
+    return loop.iterations * loop.batch_size * TEACHER_CALLS[cfg["teacher_step"]]
 
 
 def ecd_loss(

@@ -60,7 +60,7 @@ def consistency_pair_loss(
     with torch.no_grad():
         f_r = torch.nan_to_num(model(x_r, r_eval), nan=0.0)
     target = torch.where(has_r.reshape(view), f_r, y)
-    return (distance(f_t, target) * pair_weight(t, r, cfg.get("weighting", "inverse_dt"))).mean()
+    return (distance(f_t, target) * pair_weight(t, r, cfg["weighting"])).mean()
 
 
 def ect_loss(model: Denoiser, y: Tensor, gen: torch.Generator, cfg: dict, stage: int, distance: Distance) -> Tensor:

@@ -13,13 +13,12 @@ from cmt.data import train_holdout
 from cmt.losses import make_distance
 from cmt.meanflow import meanflow_loss
 from cmt.precond import Denoiser
-from cmt.stages.posttrain.ecd import ecd_loss
+from cmt.stages.posttrain.ecd import ecd_loss, ecd_teacher_nfe
 from cmt.stages.posttrain.ect import ect_loss, ect_stage
-from cmt.stages.student import StudentJob, finish, fit_student, init_student
+from cmt.stages.student import StudentJob, finish, fit_student, init_student, job_label
 from cmt.train import LoopConfig, LossFn, resolve_device
 
 METHODS = ("ect", "ecd", "meanflow")
-LOOP_DEFAULTS = {"optimizer": "radam", "lr_schedule": "linear_decay", "betas": [0.9, 0.999]}
 
 
 def make_loss(method: str, cfg: dict, images: Tensor, teacher_dir: str | Path, device: torch.device) -> LossFn:
@@ -29,7 +28,7 @@ def make_loss(method: str, cfg: dict, images: Tensor, teacher_dir: str | Path, d
     batch = cfg["batch_size"]
     if method == "meanflow":
         return lambda model, step, gen: meanflow_loss(model, _batch(images, batch, gen), gen, cfg)
-    distance = make_distance(cfg["loss"], pseudo_huber_c_value=cfg.get("pseudo_huber_c"))
+    distance = make_distance(cfg["loss"], pseudo_huber_c_value=cfg["pseudo_huber_c"])
 
     def stage(step: int) -> int:
         return ect_stage(step, cfg["iterations_per_tick"], cfg["double_ticks"])
@@ -61,7 +60,7 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
     )
     student: Denoiser = student.to(device)
     loss_fn = make_loss(method, cfg, train.images.to(device), job.teacher_dir, device)
-    loop = LoopConfig.from_dict({**LOOP_DEFAULTS, **cfg})
+    loop = LoopConfig.from_dict(cfg)
     result, last_fd = fit_student(
         student,
         loss_fn,
@@ -74,18 +73,16 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
         kind=kind,
         fingerprint=config_hash({method: cfg, "init": init, "init_model": init_meta}),
     )
-    label = f"{method}-{init}"
-    teacher_nfe = loop.iterations * loop.batch_size * (2 if cfg.get("teacher_step") == "heun" else 1)
+    label = job_label(job, f"{method}-{init}")
     final = {
         "images": loop.iterations * loop.batch_size,
-        "teacher_nfe": teacher_nfe if method == "ecd" else 0,
+        "teacher_nfe": ecd_teacher_nfe(cfg, loop) if method == "ecd" else 0,
         **last_fd,
     }
     tags = {
         "label": label,
         "method": method,
         "init": init,
-        "init_model": str(init_dir) if init_dir else "none",  # the init's record folder: the report's lineage link
         **(job.tags or {}),
     }
     meta = {

@@ -1,0 +1,188 @@
+"""The workflow's jobs: the one format of their output paths, their axes, and the tables each feeds.
+
+A job's folder below ``results/<name>/`` spells out its axes; these functions are the only place that
+format is written (the rules call them with wildcard names, ingest and the report read the axes back
+from MLflow tags, never from paths):
+
+    teacher                                            the diffusion teacher
+    traj/<solver>-nfe<NFE>                             a stored trajectory set
+    mid/<variant>/<solver>-nfe<NFE>/s<seed>            CMT: a variant (named midtrain overrides) on a set
+    post/<method>-<init>/<variant>/it<iters>/s<seed>   post-training; <variant>: the CMT init's, else `none`
+    eval/<job>                                         the evaluation of a trained job
+
+The main run (target ``all``) is the sweep's reference point: the ``base`` CMT variant on the default
+trajectory set and every configured method x init at the configured iterations, with the config's seed.
+The sweep (``all_ablations``, config section ``ablations``) varies the axes around it; a job both need is
+one job. A job feeds ``main`` and/or ablation tables: the first names its MLflow parent run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+TEACHER = "teacher"
+NO_VARIANT = "none"  # the variant axis of a post-training job that does not start from CMT
+BASE = "base"  # the CMT variant that overrides nothing: the main run's CMT
+ABLATION_TABLES = ("method_init", "nfe_solver", "cmt_variants", "loss", "slow_fast", "trajectory_count", "budget_split")
+TABLES = ("main", *ABLATION_TABLES)
+SCOPES = ("main", "ablations")
+# the midtrain setting a CMT variant overrides -> the table that ablates it
+SETTING_TABLES = {
+    "loss": "loss",
+    "lpips_resize": "loss",
+    "form": "loss",
+    "points": "slow_fast",
+    "max_trajectories": "trajectory_count",
+    "source": "trajectory_count",
+    "iterations": "budget_split",
+}
+
+
+def traj_path(solver: str, nfe: int | str) -> str:
+    return f"traj/{solver}-nfe{nfe}"
+
+
+def mid_path(variant: str, solver: str, nfe: int | str, seed: int | str) -> str:
+    return f"mid/{variant}/{solver}-nfe{nfe}/s{seed}"
+
+
+def post_path(method: str, init: str, variant: str, iterations: int | str, seed: int | str) -> str:
+    return f"post/{method}-{init}/{variant}/it{iterations}/s{seed}"
+
+
+def eval_path(job: str) -> str:
+    return f"eval/{job}"
+
+
+def default_set(config: Mapping) -> tuple[str, int]:
+    """(solver, NFE) of the trajectory set every CMT variant trains on."""
+    return config["trajectories"]["solver"], config["trajectories"]["nfe"]
+
+
+def entries(mapping: Mapping) -> dict:
+    """A named map of the sweep without the entries an overlay dropped (set to null)."""
+    return {name: value for name, value in mapping.items() if value is not None}
+
+
+def variant_overrides(config: Mapping, variant: str) -> dict:
+    """The midtrain settings a CMT variant changes (``base``: none, with or without an ``ablations`` section)."""
+    variants = {BASE: {}, **entries((config.get("ablations") or {}).get("cmt", {}))}
+    if variant not in variants:
+        raise ValueError(f"unknown CMT variant {variant!r}; configured in ablations.cmt: {', '.join(variants)}")
+    return variants[variant]
+
+
+def cmt_variant(config: Mapping, method: str) -> str:
+    """The CMT variant a method's CMT init comes from (``ablations.post.cmt_variant``; default ``base``)."""
+    return ((config.get("ablations") or {}).get("post", {}).get("cmt_variant") or {}).get(method, BASE)
+
+
+def teacher_tags() -> dict:
+    return {"job": TEACHER, "kind": "teacher"}
+
+
+def mid_tags(variant: str, solver: str, nfe: int | str, seed: int | str) -> dict:
+    """The axes of a CMT job, as MLflow tags (the job path included)."""
+    path = mid_path(variant, solver, nfe, seed)
+    return {"job": path, "kind": "mid", "variant": variant, "solver": solver, "nfe": str(nfe), "seed": str(seed)} | {
+        "init_job": TEACHER
+    }
+
+
+def post_tags(config: Mapping, method: str, init: str, variant: str, iterations: int | str, seed: int | str) -> dict:
+    """The axes of a post-training job; ``init_job`` is the job its weights start from (lineage)."""
+    if (init == "cmt") == (variant == NO_VARIANT):
+        raise ValueError(
+            f"post-training from {init!r} init: variant must be {'a CMT variant' if init == 'cmt' else NO_VARIANT}"
+        )
+    init_job = {"random": NO_VARIANT, "diffusion": TEACHER}.get(init) or mid_path(variant, *default_set(config), seed)
+    return {
+        "job": post_path(method, init, variant, iterations, seed),
+        "kind": "post",
+        "method": method,
+        "init": init,
+        "variant": variant,
+        "iterations": str(iterations),
+        "seed": str(seed),
+        "init_job": init_job,
+    }
+
+
+def _post(config: Mapping, method: str, init: str, iterations: int, seed: int, variant: str | None = None) -> str:
+    variant = variant or (cmt_variant(config, method) if init == "cmt" else NO_VARIANT)
+    return post_path(method, init, variant, iterations, seed)
+
+
+def main_jobs(config: Mapping) -> dict[str, set[str]]:
+    """Jobs of the main run (``all``): the teacher, base CMT, every method x init; each feeds ``main``."""
+    seed, post = config["seed"], config["posttrain"]
+    jobs = [TEACHER, mid_path(BASE, *default_set(config), seed)]
+    for method in post["methods"]:
+        variant = cmt_variant(config, method)
+        if variant != BASE and "cmt" in post["inits"]:
+            jobs.append(mid_path(variant, *default_set(config), seed))
+        jobs += [_post(config, method, init, post[method]["iterations"], seed) for init in post["inits"]]
+    return {job: {"main"} for job in jobs}
+
+
+def variant_tables(overrides: Mapping) -> set[str]:
+    """Tables a CMT variant on the default trajectory set feeds (base, without overrides: all of them)."""
+    changed = overrides or SETTING_TABLES
+    return {"cmt_variants"} | {SETTING_TABLES[key] for key in changed if key in SETTING_TABLES}
+
+
+def sweep_jobs(config: Mapping) -> dict[str, set[str]]:
+    """Jobs of the ablation sweep (``all_ablations``) and the tables each feeds."""
+    ab = config.get("ablations")
+    if not ab:
+        raise ValueError(
+            "this config has no `ablations` section: add one (see config/config.yaml) to run all_ablations"
+        )
+    jobs: dict[str, set[str]] = {}
+    solver, nfe = default_set(config)
+    sets = {(s, n) for s in ab["trajectory_sets"]["solvers"] for n in ab["trajectory_sets"]["nfes"]} | {(solver, nfe)}
+    for seed in ab["seeds"]:
+        for s, n in sets:
+            jobs.setdefault(mid_path(BASE, s, n, seed), set()).add("nfe_solver")
+        for variant, overrides in entries(ab["cmt"]).items():
+            jobs.setdefault(mid_path(variant, solver, nfe, seed), set()).update(variant_tables(overrides))
+        for method in ab["post"]["methods"]:
+            for init in ab["post"]["inits"]:
+                path = _post(config, method, init, config["posttrain"][method]["iterations"], seed)
+                jobs.setdefault(path, set()).add("method_init")
+        for variant, iterations in entries(ab["budget"]).values():
+            jobs.setdefault(_post(config, "ect", "cmt", iterations, seed, variant), set()).add("budget_split")
+        ect_iterations = config["posttrain"]["ect"]["iterations"]
+        for variant in ab["variant_post"]:
+            tables = variant_tables(variant_overrides(config, variant))
+            for which in (variant, BASE):  # the base row is every table's reference
+                jobs.setdefault(_post(config, "ect", "cmt", ect_iterations, seed, which), set()).update(tables)
+    return jobs
+
+
+def scope_jobs(config: Mapping, scope: str) -> dict[str, set[str]]:
+    """The jobs a target asks for: ``main`` (``all``) or ``ablations`` (``all_ablations``, which includes ``all``)."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
+    jobs = main_jobs(config)
+    if scope == "ablations":
+        for path, tables in sweep_jobs(config).items():
+            jobs.setdefault(path, set()).update(tables)
+    return jobs
+
+
+def job_tables(config: Mapping) -> dict[str, list[str]]:
+    """Every job of both targets -> the tables it feeds, in ``TABLES`` order (the first names its parent run)."""
+    jobs = scope_jobs(config, "ablations") if config.get("ablations") else main_jobs(config)
+    return {path: [t for t in TABLES if t in tables] for path, tables in sorted(jobs.items())}
+
+
+def record_folders(config: Mapping, scope: str) -> list[str]:
+    """Record folders (below the results folder) of a scope: every job, its evaluation, the feature net."""
+    jobs = sorted(scope_jobs(config, scope))
+    return ["featnet", *jobs, *(eval_path(job) for job in jobs)]
+
+
+def record_groups(config: Mapping) -> dict[str, list[str]]:
+    """Record folder -> tables, for training and evaluation records (``cmt ingest --groups``)."""
+    return {where: tables for job, tables in job_tables(config).items() for where in (job, eval_path(job))}
