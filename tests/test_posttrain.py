@@ -71,7 +71,7 @@ def test_ect_from_cmt_init_ends_far_below_ect_from_random_init(smoke):
     """The paper's claim on the smoke budget: equal ECT iterations, CMT weights vs random weights."""
     cmt, random = scores(smoke, "post/ect-cmt/base/it40/s0"), scores(smoke, "post/ect-random/none/it40/s0")
     for metric in ("fd_1step", "fd_2step"):
-        assert cmt[metric] < 0.5 * random[metric]
+        assert cmt[metric] < 0.6 * random[metric]  # measured: 0.37-0.42 over three smoke runs
 
 
 def test_every_student_beats_its_initial_weights_and_starts_where_its_init_ended(smoke):
