@@ -83,18 +83,22 @@ def teacher_tags() -> dict:
 
 def mid_tags(variant: str, solver: str, nfe: int | str, seed: int | str) -> dict:
     """The axes of a CMT job, as MLflow tags (the job path included)."""
-    path = mid_path(variant, solver, nfe, seed)
-    return {"job": path, "kind": "mid", "variant": variant, "solver": solver, "nfe": str(nfe), "seed": str(seed)} | {
-        "init_job": TEACHER
+    return {
+        "job": mid_path(variant, solver, nfe, seed),
+        "kind": "mid",
+        "variant": variant,
+        "solver": solver,
+        "nfe": str(nfe),
+        "seed": str(seed),
+        "init_job": TEACHER,  # CMT starts from the teacher's weights
     }
 
 
 def post_tags(config: Mapping, method: str, init: str, variant: str, iterations: int | str, seed: int | str) -> dict:
     """The axes of a post-training job; ``init_job`` is the job its weights start from (lineage)."""
     if (init == "cmt") == (variant == NO_VARIANT):
-        raise ValueError(
-            f"post-training from {init!r} init: variant must be {'a CMT variant' if init == 'cmt' else NO_VARIANT}"
-        )
+        expected = "a CMT variant" if init == "cmt" else repr(NO_VARIANT)
+        raise ValueError(f"post-training from {init!r} init: the variant axis must be {expected}, got {variant!r}")
     init_job = {"random": NO_VARIANT, "diffusion": TEACHER}.get(init) or mid_path(variant, *default_set(config), seed)
     return {
         "job": post_path(method, init, variant, iterations, seed),

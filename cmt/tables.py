@@ -34,6 +34,7 @@ def _metric(row: pd.Series | None, name: str) -> float:
 
 
 def tag(row: pd.Series, name: str) -> str:
+    """A run's tag as a string ("" when the run does not carry it)."""
     value = row.get(f"tags.{name}")
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
