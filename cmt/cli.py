@@ -106,12 +106,13 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> None:
-    from cmt.tracking import ingest
+    from cmt.tracking import ingest, tracking_uri, ui_url
 
     groups = json.loads(args.groups) if args.groups else None
     counts = ingest(args.records, args.db, args.experiment, args.artifacts, root=args.root, groups=groups)
     Path(args.done).write_text(json.dumps(counts) + "\n")
     print(f"MLflow: {counts['created']} runs logged, {counts['unchanged']} unchanged -> {args.db}")
+    print(f"browse: mlflow ui --backend-store-uri {tracking_uri(args.db)}, then {ui_url(args.db, args.experiment)}")
 
 
 def _report(args: argparse.Namespace) -> None:

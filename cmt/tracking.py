@@ -10,7 +10,8 @@ main table hangs below the experiment's parent run, an ablation-only job below a
 first table (itself a child of the experiment's parent).  Groups are the config's whole truth: a run
 whose job the config no longer asks for loses its ``tables`` tag.  Re-ingesting an unchanged record is
 a no-op; a changed record (or a changed grouping) replaces its run.  Experiments are tagged as model
-training (``mlflow.experimentKind``), so ``mlflow ui`` opens on the runs table.
+training (``mlflow.experimentKind``); MLflow 3.17's UI still opens on its GenAI view unless the page is
+asked for the training view (``ui_url``), after which the browser remembers the choice.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from cmt.config import config_hash
 RECORD = "run.json"
 HISTORY = "metrics.jsonl"
 MAIN_TABLE = "main"  # its jobs hang directly below the experiment's parent run
-# MLflow 3 opens an experiment without this tag on the GenAI traces page (workflow.md 5)
+# MLflow 3 reads this tag to tell model training from GenAI experiments (workflow.md 5); the 3.17 UI lets its
+# own "GenAI | Model training" switch (URL parameter `workflowType`, then the browser's memory) override it
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_VIEW = "workflowType=machine_learning"
 
 
 def write_history(out_dir: str | Path, history: list[dict]) -> None:
@@ -196,6 +199,14 @@ def table_run(client, exp_id: str, parent: str, table: str) -> str:
 
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def ui_url(db: str | Path, experiment: str, host: str = "http://127.0.0.1:5000") -> str:
+    """The page of ``mlflow ui --backend-store-uri <db>`` that shows the experiment's runs table."""
+    from mlflow.tracking import MlflowClient
+
+    exp = MlflowClient(tracking_uri(db)).get_experiment_by_name(experiment)
+    return f"{host}/#/experiments/{exp.experiment_id}?{UI_VIEW}"
 
 
 def search(db: str | Path, experiment: str, stage: str | None = None):

@@ -113,6 +113,8 @@ def test_smoke_run_produces_tables_from_mlflow(smoke):
 
     experiment = MlflowClient(tracking_uri(results / "mlflow.db")).get_experiment_by_name("smoke")
     assert EXPERIMENT_KIND.items() <= experiment.tags.items()
+    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+    assert url in (results / "logs" / "ingest-main.log").read_text()  # the runs table, not the GenAI overview
     assert (results / "benchmarks" / "post" / "ect-cmt" / "base" / "it40" / "s0.tsv").exists()
     assert not any((smoke / "work" / "smoke").rglob("resume.pt"))
 
