@@ -47,10 +47,13 @@ def shard_files(folder):
     return [f"{folder}/shard-{k:05d}.safetensors" for k in range((count + size - 1) // size)]
 
 
-def trajectory_params(wildcards):
+def trajectory_set(wildcards):
     """The trajectories subtree with solver and NFE taken from the path (one set per teacher, solver, NFE)."""
-    traj = {**config["trajectories"], "solver": wildcards.solver, "nfe": int(wildcards.nfe)}
-    return subtree("precond", "data", "seed", "device", trajectories=traj)
+    return {**config["trajectories"], "solver": wildcards.solver, "nfe": int(wildcards.nfe)}
+
+
+def trajectory_params(wildcards):
+    return subtree("precond", "data", "seed", "device", trajectories=trajectory_set(wildcards))
 
 
 def midtrain_cfg(wildcards):
@@ -59,10 +62,15 @@ def midtrain_cfg(wildcards):
 
 def midtrain_params(wildcards):
     """The variant's midtrain settings, its trajectory set and seed, and the job's axes."""
-    traj = {**config["trajectories"], "solver": wildcards.solver, "nfe": int(wildcards.nfe)}
     job = jobs.mid_tags(wildcards.variant, wildcards.solver, wildcards.nfe, wildcards.seed)
     return subtree(
-        "precond", "data", "device", midtrain=midtrain_cfg(wildcards), trajectories=traj, seed=int(wildcards.seed), job=job
+        "precond",
+        "data",
+        "device",
+        midtrain=midtrain_cfg(wildcards),
+        trajectories=trajectory_set(wildcards),
+        seed=int(wildcards.seed),
+        job=job,
     )
 
 
