@@ -82,9 +82,13 @@ def train_feature_net(
     return net, accuracy
 
 
+FEATNET_KEY = "cmt_featnet"  # one header key: safetensors writes several in a per-process random order
+
+
 def save_feature_net(net: ClassifierFeatureNet, path: str | Path, meta: dict) -> None:
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    atomic_save_tensors(state, path, metadata={"config": json.dumps(net.config), "meta": json.dumps(meta)})
+    header = json.dumps({"config": net.config, "meta": meta}, sort_keys=True)
+    atomic_save_tensors(state, path, metadata={FEATNET_KEY: header})
 
 
 def load_feature_net(path: str | Path) -> ClassifierFeatureNet:
@@ -92,9 +96,13 @@ def load_feature_net(path: str | Path) -> ClassifierFeatureNet:
     from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as fh:
-        config = json.loads((fh.metadata() or {}).get("config", "null") or "null")
-    if config is None:
-        raise ValueError(f"{path}: not a feature-net file (no 'config' in the safetensors header)")
+        header = fh.metadata() or {}
+    if FEATNET_KEY in header:
+        config = json.loads(header[FEATNET_KEY])["config"]
+    elif "config" in header:  # written before the single header key
+        config = json.loads(header["config"])
+    else:
+        raise ValueError(f"{path}: not a feature-net file (no {FEATNET_KEY!r} in the safetensors header)")
     net = ClassifierFeatureNet(**config)
     net.load_state_dict(load_file(str(path)))
     return net.eval()

@@ -10,13 +10,16 @@ naming the step when the loss itself is NaN/inf, leaving the last good checkpoin
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +29,28 @@ RESUME_FILE = "resume.pt"
 
 LossFn = Callable[[nn.Module, int, torch.Generator], Tensor]
 EvalFn = Callable[[nn.Module, int], dict]
+
+
+class Stateful(Protocol):
+    """State of an objective that a resumed run must get back (e.g. which trajectories it has seen)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """An independent 63-bit seed for one purpose of a job (``init``, ...), fixed by the job's seed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{purpose}".encode()).digest()[:8], "big") >> 1
+
+
+@contextmanager
+def seeded(seed: int, purpose: str) -> Iterator[None]:
+    """Run a block (e.g. building a network: its random initialisation) on torch's global RNG seeded from
+    ``seed`` and ``purpose``; the RNG state outside the block is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(seed, purpose))
+        yield
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,11 +147,13 @@ def fit(
     seed: int,
     evaluate: EvalFn | None = None,
     fingerprint: str = "",
+    extra: Stateful | None = None,
 ) -> FitResult:
     """Train ``model`` in place; returns its EMA copy and the metric history (one dict per logged step).
 
     A resume checkpoint in ``work_dir`` is used only if it carries the same ``fingerprint`` (a hash of
-    the run's configuration): a run whose settings changed starts over instead of resuming.
+    the run's configuration): a run whose settings changed starts over instead of resuming.  ``extra``
+    is the objective's own state, saved and restored with the checkpoint.
     """
     from cmt.checkpoints import atomic_write_bytes
 
@@ -138,8 +165,10 @@ def fit(
     generator = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
     history: list[dict] = []
-    train_state = _TrainState(model, ema, optimizer, generator, history, fingerprint)
+    train_state = _TrainState(model, ema, optimizer, generator, history, fingerprint, extra)
     start = train_state.resume(work / RESUME_FILE)
+    if start:
+        print(f"{desc}: resumed from step {start} (checkpoint {work / RESUME_FILE})", file=sys.stderr)
     if evaluate is not None and cfg.eval_every and start == 0:  # the initial weights: where every FD curve starts
         history.append({"step": 0, "images": 0, **evaluate(ema, 0)})
         model.train()
@@ -193,6 +222,7 @@ class _TrainState:
     generator: torch.Generator
     history: list[dict]
     fingerprint: str
+    extra: Stateful | None = None
 
     def to_bytes(self, step: int) -> bytes:
         state = {
@@ -205,6 +235,7 @@ class _TrainState:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": self.history,
+            "extra": self.extra.state_dict() if self.extra is not None else {},
         }
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -225,6 +256,8 @@ class _TrainState:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.extra is not None:
+                self.extra.load_state_dict(state["extra"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise ValueError(f"{path}: cannot resume from this checkpoint ({err}); delete it to start over") from err
         self.generator.set_state(state["generator"])

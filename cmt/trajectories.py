@@ -151,12 +151,18 @@ def load_shard(folder: str | Path, entry: dict, shape: tuple[int, ...], steps: i
 
 
 class TrajectorySource(Protocol):
+    """Where CMT's trajectories come from; its count of what it handed out is part of a run's resume state."""
+
     sigmas: Tensor
 
     def sample(self, n: int, gen: torch.Generator) -> Tensor: ...
 
     @property
     def distinct_seen(self) -> int: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class StoredTrajectories:
@@ -192,6 +198,12 @@ class StoredTrajectories:
     def distinct_seen(self) -> int:
         return int(self._seen.sum())
 
+    def state_dict(self) -> dict:
+        return {"seen": self._seen.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._seen.copy_(state["seen"])
+
 
 class OnlineTrajectories:
     """Teacher and solver in the loop: fresh trajectories every call, as in the authors' code."""
@@ -208,3 +220,9 @@ class OnlineTrajectories:
     @property
     def distinct_seen(self) -> int:
         return self._count
+
+    def state_dict(self) -> dict:
+        return {"count": self._count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._count = int(state["count"])

@@ -1,8 +1,13 @@
 """Metrics: FD/KID closed forms, the feature net on real digits, Inception weights never downloaded."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from cmt.data import load_digits, split
 from cmt.metrics import (
@@ -48,6 +53,25 @@ def test_feature_net_learns_real_digits_and_round_trips(featnet, tmp_path):
     save_feature_net(net, tmp_path / "f.safetensors", {"holdout_accuracy": accuracy})
     back = load_feature_net(tmp_path / "f.safetensors")
     np.testing.assert_array_equal(extract(back, holdout.images), extract(net, holdout.images))
+
+
+def test_feature_net_files_are_byte_identical_across_processes_and_old_files_load(featnet, tmp_path):
+    """safetensors writes a header of several metadata keys in a per-process random order: we write one."""
+    net, accuracy, holdout = featnet
+    torch.save(net.state_dict(), tmp_path / "state.pt")
+    script = (
+        "import sys, torch; from cmt.metrics import ClassifierFeatureNet, save_feature_net;"
+        f"net = ClassifierFeatureNet(**{net.config!r}); net.load_state_dict(torch.load(sys.argv[1]));"
+        "save_feature_net(net, sys.argv[2], {'holdout_accuracy': 0.9})"
+    )
+    files = [tmp_path / f"f{k}.safetensors" for k in range(5)]  # two header keys: all five alike with p = 1/16
+    for file in files:
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / "state.pt"), str(file)], check=True)
+    assert len({file.read_bytes() for file in files}) == 1
+    legacy = {"config": json.dumps(net.config), "meta": json.dumps({"holdout_accuracy": accuracy})}
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "old.safetensors", metadata=legacy)
+    old = load_feature_net(tmp_path / "old.safetensors")
+    np.testing.assert_array_equal(extract(old, holdout.images), extract(net, holdout.images))
 
 
 def test_classifier_scores_detect_mode_collapse(featnet):

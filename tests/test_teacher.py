@@ -8,9 +8,11 @@ import torch
 from PIL import Image
 from test_jobs import assert_plot
 
+from cmt.checkpoints import save_denoiser
 from cmt.cli import main
 from cmt.config import load_config
 from cmt.data import load_digits
+from cmt.stages.student import init_student
 from cmt.stages.teacher import build_denoiser, edm_loss, train_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +25,7 @@ def cfg():
 
 def test_training_lowers_the_edm_loss(cfg, tmp_path):
     data = load_digits()
-    den = build_denoiser(cfg["network"], cfg["precond"])
+    den = build_denoiser(cfg["network"], cfg["precond"], seed=0)
     fixed = data.images[:256]
 
     def eval_loss(model):
@@ -54,3 +56,37 @@ def test_teacher_stage_writes_checkpoint_grid_curve_and_record(tmp_path, cfg):
     assert record["tags"] == {"label": "teacher", "job": "teacher", "kind": "teacher", "stage": "teacher"}
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 15
     assert not (tmp_path / "w" / "resume.pt").exists()
+
+
+def run_teacher_stage(tmp_path, cfg, seed, name):
+    train = {**cfg["teacher"]["train"], "iterations": 12, "checkpoint_every": 0}
+    params = {"teacher": {**cfg["teacher"], "train": train, "sample": {**cfg["teacher"]["sample"], "num_samples": 9}}}
+    params |= {"seed": seed, "job": {"job": "teacher", "kind": "teacher"}}
+    out = tmp_path / name
+    assert (
+        main(["teacher", "--params", json.dumps(params), "--out", str(out), "--work", str(tmp_path / f"{name}-w")]) == 0
+    )
+    return out
+
+
+def test_the_seed_fixes_the_teacher_and_its_files_hold_content_only(tmp_path, cfg):
+    """Two runs with one seed give byte-identical model files (weights and header); another seed other weights."""
+    first, again, other = (
+        run_teacher_stage(tmp_path, cfg, seed, name) for seed, name in ((0, "a"), (0, "b"), (1, "c"))
+    )
+    for name in ("model.safetensors", "meta.json"):
+        assert (first / name).read_bytes() == (again / name).read_bytes(), name
+    assert (first / "model.safetensors").read_bytes() != (other / "model.safetensors").read_bytes()
+    record = json.loads((first / "run.json").read_text())
+    assert {"wall_seconds", "resumed_from"} <= set(record["metrics"])  # run facts live in the record
+    assert not {"wall_seconds", "resumed_from", "git_commit"} & set(
+        json.loads((first / "meta.json").read_text())["train"]
+    )
+
+
+def test_the_seed_fixes_a_random_init_student(tmp_path, cfg):
+    save_denoiser(tmp_path / "arch", build_denoiser(cfg["network"], cfg["precond"], seed=0), {"stage": "teacher"})
+    students = [init_student("random", None, tmp_path / "arch", 0.0, 0.003, seed)[0] for seed in (3, 3, 4)]
+    same, other = (zip(students[0].state_dict().values(), s.state_dict().values()) for s in students[1:])
+    assert all(torch.equal(a, b) for a, b in same)
+    assert not all(torch.equal(a, b) for a, b in other)

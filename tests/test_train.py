@@ -65,7 +65,7 @@ def test_training_reduces_loss_and_ema_lags(tmp_path):
     assert differs
 
 
-def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
+def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, capsys):
     ref_model, loss_fn = regression_problem()
     ref = fit(ref_model, loss_fn, CFG, tmp_path / "ref", "ref", seed=3)
 
@@ -74,8 +74,10 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
         fit(model, killed_at(25, loss_fn), CFG, tmp_path / "run", "run", seed=3)
     assert (tmp_path / "run" / RESUME_FILE).exists()
     model2, loss_fn2 = regression_problem()
+    capsys.readouterr()
     resumed = fit(model2, loss_fn2, CFG, tmp_path / "run", "run", seed=3)
     assert resumed.resumed_from == 20
+    assert f"run: resumed from step 20 (checkpoint {tmp_path / 'run' / RESUME_FILE})" in capsys.readouterr().err
     assert resumed.history == ref.history
     for a, b in zip(resumed.ema.parameters(), ref.ema.parameters()):
         assert torch.equal(a, b)
@@ -120,3 +122,37 @@ def test_gradient_hygiene():
     p.grad = torch.tensor([float("nan"), float("inf"), -float("inf")])
     clean_gradients(nn.ParameterList([p]))
     assert p.grad.tolist() == [0.0, 1e5, -1e5]
+
+
+class Seen:
+    """An objective's own state: how many distinct random draws it has made."""
+
+    def __init__(self):
+        self.values = set()
+
+    def state_dict(self) -> dict:
+        return {"values": sorted(self.values)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values = set(state["values"])
+
+
+def counting(loss_fn, seen):
+    def loss(net, step, gen):
+        seen.values.add(int(torch.randint(1000, (1,), generator=gen)))
+        return loss_fn(net, step, gen)
+
+    return loss
+
+
+def test_an_objectives_state_survives_a_resume(tmp_path):
+    ref_seen, run_seen = Seen(), Seen()
+    model, loss_fn = regression_problem()
+    fit(model, counting(loss_fn, ref_seen), CFG, tmp_path / "ref", "ref", seed=3, extra=ref_seen)
+    model, loss_fn = regression_problem()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, killed_at(25, counting(loss_fn, run_seen)), CFG, tmp_path / "run", "run", seed=3, extra=run_seen)
+    fresh = Seen()  # a new process: nothing of the killed run's memory survives but the checkpoint
+    model, loss_fn = regression_problem()
+    fit(model, counting(loss_fn, fresh), CFG, tmp_path / "run", "run", seed=3, extra=fresh)
+    assert fresh.values == ref_seen.values and len(ref_seen.values) > 20

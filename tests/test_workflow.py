@@ -3,13 +3,21 @@ run end to end (tables from MLflow), up-to-date check, targeted reruns, bad inpu
 
 import csv
 import hashlib
+import os
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, copy_project, planned_jobs, snakemake
+from conftest import ROOT, SNAKEMAKE, copy_project, planned_jobs, snakemake
 from test_jobs import assert_plot
+
+from cmt.train import RESUME_FILE
+
+QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
 MAIN = {
     "teacher",
@@ -222,3 +230,37 @@ def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, tmp_path):
     }
     assert "Nothing to be done" in snakemake(smoke, "-n", "all_ablations", *args).stdout
     assert "Nothing to be done" in snakemake(smoke, "-n", "all", *args).stdout  # `all` is inside `all_ablations`
+
+
+def artifact_hashes(results: Path) -> dict[str, str]:
+    """sha256 of every model file, trajectory shard and score file below a results folder."""
+    files = [*results.rglob("*.safetensors"), *results.rglob("scores.json"), *results.rglob("meta.json")]
+    return {str(f.relative_to(results)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def test_a_hard_killed_fresh_run_resumes_to_the_same_bytes_as_an_uninterrupted_one(smoke, tmp_path):
+    """kill -9 of the whole Snakemake tree while CMT has a resume checkpoint; `--unlock`; the same command again:
+    the CMT job says where it resumed, and every artifact equals the uninterrupted smoke run's, byte for byte
+    (so two fresh runs of one config agree, too)."""
+    project = copy_project(tmp_path / "killed")
+    args = ("--cores", "2", "all", "--configfile", "config/smoke.yaml")
+    checkpoint = project / "work" / "smoke" / "mid" / "base" / "dpmpp3m_legacy-nfe16" / "s0" / "resume.pt"
+    proc = subprocess.Popen([str(SNAKEMAKE), *args], cwd=project, start_new_session=True, **QUIET)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), "CMT never wrote a resume checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (project / "results" / "smoke" / "tables" / "main.md").exists()
+    locked = snakemake(project, *args, check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    snakemake(project, "--unlock", *args)
+    snakemake(project, *args)
+    log = (project / "results" / "smoke" / "logs" / "mid" / "base" / "dpmpp3m_legacy-nfe16" / "s0.log").read_text()
+    assert f"resumed from step 20 (checkpoint work/smoke/mid/base/dpmpp3m_legacy-nfe16/s0/{RESUME_FILE})" in log
+    resumed, uninterrupted = (
+        artifact_hashes(project / "results" / "smoke"),
+        artifact_hashes(smoke / "results" / "smoke"),
+    )
+    assert len(resumed) >= 15 and resumed == uninterrupted

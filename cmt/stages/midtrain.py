@@ -112,6 +112,7 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
         job.teacher_dir,
         cfg["dropout"],
         job.precond["boundary_sigma_min"],
+        job.seed,
         second_time=kind == "meanflow",
     )
     student = student.to(device)
@@ -130,6 +131,7 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
         desc=f"midtrain[{form}:{cfg['loss']}]",
         kind=kind,
         fingerprint=config_hash({"midtrain": cfg, "trajectories": traj_cfg, "teacher": teacher_meta}),
+        extra=source,  # which trajectories were seen survives a resume
     )
     trajectories_seen = loop.iterations * per_step
     label = job_label(job, "cmt")

@@ -16,7 +16,7 @@ from cmt.precond import Denoiser
 from cmt.sampling import sample_few_step
 from cmt.stages.evaluate import Scorer, few_step_fd_callback
 from cmt.tracking import write_history, write_record
-from cmt.train import FitResult, LoopConfig, LossFn, clear_resume, fit
+from cmt.train import FitResult, LoopConfig, LossFn, Stateful, clear_resume, fit, seeded
 
 
 @dataclass(frozen=True)
@@ -53,21 +53,24 @@ def init_student(
     architecture_from: str | Path,
     dropout: float,
     boundary_sigma_min: float,
+    seed: int,
     second_time: bool = False,
 ) -> tuple[Denoiser, dict]:
     """Student from ``random`` (fresh weights, the teacher's architecture) or from a checkpoint's EMA weights.
 
-    ``second_time`` adds the zero-initialised second time branch (flow maps, MeanFlow) if the weights lack it.
+    ``seed`` fixes every fresh weight; ``second_time`` adds the zero-initialised second time branch (flow
+    maps, MeanFlow) if the weights lack it.
     """
-    if init == "random":
-        template, meta = load_denoiser(architecture_from)
-        student = Denoiser(build_unet(template.model.cfg), sigma_data=template.sigma_data)
-    else:
-        if init_dir is None:
-            raise ValueError(f"init {init!r} needs a checkpoint folder")
-        student, meta = load_denoiser(init_dir)
-    if second_time and not student.model.cfg.second_time:
-        student.model = add_second_time(student.model)
+    with seeded(seed, "init"):
+        if init == "random":
+            template, meta = load_denoiser(architecture_from)
+            student = Denoiser(build_unet(template.model.cfg), sigma_data=template.sigma_data)
+        else:
+            if init_dir is None:
+                raise ValueError(f"init {init!r} needs a checkpoint folder")
+            student, meta = load_denoiser(init_dir)
+        if second_time and not student.model.cfg.second_time:
+            student.model = add_second_time(student.model)
     student.sigma_min = boundary_sigma_min
     return set_dropout(student.set_mode("edm"), dropout), meta
 
@@ -83,6 +86,7 @@ def fit_student(
     desc: str,
     kind: str = "consistency",
     fingerprint: str = "",
+    extra: Stateful | None = None,
 ) -> tuple[FitResult, dict]:
     """``fit`` with FD of 1- and 2-step samples along training; returns the result and the last FDs.
 
@@ -93,7 +97,15 @@ def fit_student(
         scorer, kind, eval_samples, job.precond["sigma_max"], t_mid, job.seed, holdout.shape
     )
     result = fit(
-        student, loss_fn, loop, job.work_dir, desc=desc, seed=job.seed, evaluate=evaluate, fingerprint=fingerprint
+        student,
+        loss_fn,
+        loop,
+        job.work_dir,
+        desc=desc,
+        seed=job.seed,
+        evaluate=evaluate,
+        fingerprint=fingerprint,
+        extra=extra,
     )
     evals = [h for h in result.history if "fd_1step" in h]
     return result, {k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("fd_")}
@@ -129,7 +141,7 @@ def finish(
         run_name=run_name,
         params=params,
         tags=tags,
-        metrics={**final, "wall_seconds": result.wall_seconds},
+        metrics={**final, "wall_seconds": result.wall_seconds, "resumed_from": result.resumed_from},
         artifacts=["loss.png", "grid-1step.png", "grid-2step.png"],
     )
     clear_resume(work_dir)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cmt.checkpoints import git_commit, load_denoiser_file, save_denoiser
+from cmt.checkpoints import load_denoiser_file, save_denoiser
 from cmt.config import config_hash
 from cmt.data import ImageDataset, train_holdout
 from cmt.fetch import fetch
@@ -18,7 +18,7 @@ from cmt.precond import Denoiser, edm_loss_weight
 from cmt.sampling import sample_diffusion
 from cmt.solvers import sigma_grid
 from cmt.tracking import write_history, write_record
-from cmt.train import FitResult, LoopConfig, clear_resume, fit, resolve_device
+from cmt.train import FitResult, LoopConfig, clear_resume, fit, resolve_device, seeded
 
 
 def edm_loss(
@@ -36,9 +36,11 @@ def edm_loss(
     return (edm_loss_weight(sigma) * per_sample).mean()
 
 
-def build_denoiser(network: dict, precond: dict) -> Denoiser:
-    """Fresh EDM-preconditioned denoiser from the config's ``network`` and ``precond`` sections."""
-    net = build_unet(network_config(network))
+def build_denoiser(network: dict, precond: dict, seed: int) -> Denoiser:
+    """Fresh EDM-preconditioned denoiser from the config's ``network`` and ``precond`` sections; ``seed`` fixes
+    its initialisation."""
+    with seeded(seed, "init"):
+        net = build_unet(network_config(network))
     return Denoiser(net, sigma_data=precond["sigma_data"], sigma_min=precond["boundary_sigma_min"], mode="edm")
 
 
@@ -85,20 +87,20 @@ def run(
     train_set, _ = train_holdout(data_cfg)
     if cfg["source"] == "fetch":
         ema, meta, losses = _fetched(cfg["fetch"], work_dir)
-        ema = ema.to(device)
+        ema, run_facts = ema.to(device), {"wall_seconds": 0.0, "resumed_from": 0}
     else:
-        result = train_teacher(build_denoiser(network, precond), train_set, cfg["train"], seed, device, work_dir)
+        denoiser = build_denoiser(network, precond, seed)
+        result = train_teacher(denoiser, train_set, cfg["train"], seed, device, work_dir)
         ema, losses = result.ema, [h["loss"] for h in result.history]
         meta = {
             "source": "train",
             "train": {
                 "iterations": len(losses),
                 "images": len(losses) * cfg["train"]["batch_size"],
-                "wall_seconds": result.wall_seconds,
-                "resumed_from": result.resumed_from,
                 "final_loss": sum(losses[-50:]) / len(losses[-50:]),
             },
         }
+        run_facts = {"wall_seconds": result.wall_seconds, "resumed_from": result.resumed_from}
         save_loss_curve(losses, out / "loss.png", title="EDM teacher loss (per pixel)")
     samples = sample_grid_images(ema, cfg["sample"], precond, seed + 1, train_set.shape, device)
     save_grid(samples, out / "samples.png", scale=4)
@@ -111,9 +113,8 @@ def run(
         "data": {"name": train_set.name, "shape": list(train_set.shape), "count": len(train_set)},
         "config": subtree,
         "config_hash": config_hash(subtree),
-        "git_commit": git_commit(),
         "parameters": count_parameters(ema),
-    }
+    }  # content only: wall time, resume point and commit go to run.json, so equal weights give equal files
     save_denoiser(out, ema.cpu().set_mode("edm"), meta)
     write_history(out, [{"step": k + 1, "loss": v} for k, v in enumerate(losses)])
     write_record(
@@ -127,10 +128,7 @@ def run(
             **{f"train.{k}": v for k, v in cfg["train"].items()},
         },
         tags=tags,
-        metrics={
-            "images": meta.get("train", {}).get("images", 0),
-            "wall_seconds": meta.get("train", {}).get("wall_seconds", 0.0),
-        },
+        metrics={"images": meta.get("train", {}).get("images", 0), **run_facts},
         artifacts=[p.name for p in (out / "samples.png", out / "loss.png") if p.exists()],
     )
     clear_resume(work_dir)

@@ -56,6 +56,7 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
         job.teacher_dir,
         cfg["dropout"],
         job.precond["boundary_sigma_min"],
+        job.seed,
         second_time=kind == "meanflow",
     )
     student: Denoiser = student.to(device)
