@@ -14,7 +14,7 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -69,11 +69,14 @@ def properties(schema: dict, root: dict) -> dict[str, dict]:
     return found
 
 
+_NONE = object()  # a schema without a default (``None`` is a default: ``data.path``)
+
+
 def _default(schema: dict, root: dict) -> Any:
     for part in (schema, _resolve_ref(schema, root)):
         if "default" in part:
             return copy.deepcopy(part["default"])
-    return None
+    return _NONE
 
 
 def fill_defaults(instance: dict, schema: dict, root: dict) -> dict:
@@ -86,7 +89,7 @@ def fill_defaults(instance: dict, schema: dict, root: dict) -> dict:
     for key, sub in properties(schema, root).items():
         if key not in instance:
             value = _default(sub, root)
-            if value is None and "default" not in sub:
+            if value is _NONE:
                 continue
             instance[key] = value
         if isinstance(instance[key], dict):
@@ -99,8 +102,7 @@ def describe(err: jsonschema.ValidationError, root: dict) -> tuple[str, list[str
     path = [str(p) for p in err.absolute_path]
     key = ".".join(path) or "<top level>"
     if err.validator in ("additionalProperties", "unevaluatedProperties"):
-        allowed = sorted(properties(err.schema, root)) if err.validator == "unevaluatedProperties" else None
-        allowed = allowed or sorted(err.schema.get("properties", {}))
+        allowed = sorted(properties(err.schema, root))  # through $ref / allOf for composed blocks
         extra = sorted(set(err.instance) - set(allowed))
         keys = ", ".join(".".join([*path, k]) for k in extra)
         return f"{keys}: unknown key (allowed here: {', '.join(allowed)})", [*path, extra[0]] if extra else path
@@ -118,11 +120,6 @@ def describe(err: jsonschema.ValidationError, root: dict) -> tuple[str, list[str
 
 def _or(types: str | list[str]) -> str:
     return types if isinstance(types, str) else " or ".join(types)
-
-
-def _errors(cfg: Any, schema: dict) -> Iterator[jsonschema.ValidationError]:
-    validator = jsonschema.Draft202012Validator(schema)
-    yield from sorted(validator.iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
 
 
 def _where(path: list[str], layers: list[tuple[str, Any]], fallback: str) -> str:
@@ -146,8 +143,9 @@ def resolve(cfg: Any, source: str, layers: list[tuple[str, Any]] | None = None, 
     schema = schema or load_schema()
     if isinstance(cfg, dict):
         fill_defaults(cfg, schema, schema)
+    errors = jsonschema.Draft202012Validator(schema).iter_errors(cfg)
     problems = []
-    for err in _errors(cfg, schema):
+    for err in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
         line, path = describe(err, schema)
         problems.append(f"{_where(path, layers or [], source)}: {line}")
     if problems:
