@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cmt.checkpoints import atomic_write_bytes
+from cmt.atomic import atomic_write_bytes
 from cmt.jobs import ABLATION_TABLES
 from cmt.tables import INIT_NAMES, METHOD_NAMES, _runs, lineage, lineage_sum, log_tables, split_runs, tag, to_markdown
 

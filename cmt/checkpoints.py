@@ -1,63 +1,23 @@
 """Our checkpoint format: ``model.safetensors`` (weights) + ``meta.json`` (architecture, preconditioning,
-data, provenance).  Files are written atomically (temporary file + rename), so a killed job never
+data, provenance).  Files are written atomically (`cmt.atomic`: temporary file + rename), so a killed job never
 leaves a half-written checkpoint behind."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
-from torch import Tensor
+from safetensors.torch import load_file
 
+from cmt.atomic import atomic_save_tensors, atomic_write_json
 from cmt.nets import UNetConfig, build_unet
 from cmt.precond import Denoiser
 
 WEIGHTS = "model.safetensors"
 META = "meta.json"
 FORMAT_VERSION = 1
-FILE_MODE = 0o644  # mkstemp creates 0600; artifacts are meant to be shared
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_save_tensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors file written through a temporary file and an atomic rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_denoiser(folder: str | Path, denoiser: Denoiser, meta: dict) -> None:

@@ -24,7 +24,12 @@ if TYPE_CHECKING:
 
 
 def _params(args: argparse.Namespace) -> dict:
-    return resolve_params(args.params)
+    """A torch job's resolved ``--params``; sets the process's kernel determinism (config ``deterministic``)."""
+    from cmt.train import set_determinism
+
+    params = resolve_params(args.params)
+    set_determinism(params["deterministic"])
+    return params
 
 
 def _teacher(args: argparse.Namespace) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
+
+from cmt.atomic import temporary_next_to
 
 CHUNK = 1 << 20
 
@@ -35,8 +36,7 @@ def _open(source: str, timeout: float):
 def fetch(source: str, sha256: str, dest: str | Path, timeout: float = 60.0) -> Path:
     """Copy ``source`` to ``dest`` if and only if its content has the given sha256; returns ``dest``."""
     target = Path(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    fd, tmp = temporary_next_to(target)
     digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out:

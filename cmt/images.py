@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from cmt.checkpoints import atomic_write_bytes
+from cmt.atomic import atomic_write_bytes
 
 
 def to_uint8(images: Tensor) -> np.ndarray:

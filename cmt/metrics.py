@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from cmt.checkpoints import atomic_save_tensors
+from cmt.atomic import atomic_save_tensors
 from cmt.data import ImageDataset
 
 INCEPTION_FILE = "inception-2015-12-05.pt"

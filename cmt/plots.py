@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmt.checkpoints import atomic_write_bytes
+from cmt.atomic import atomic_write_bytes
 
 
 def save_loss_curve(losses: list[float], path: str | Path, title: str, window: int = 25) -> None:

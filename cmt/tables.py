@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cmt.checkpoints import atomic_write_bytes
+from cmt.atomic import atomic_write_bytes
 
 METHOD_NAMES = {"ect": "ECT", "ecd": "ECD", "meanflow": "MeanFlow"}
 INIT_NAMES = {"random": "random init", "diffusion": "diffusion init", "cmt": "CMT init"}

@@ -21,7 +21,8 @@ import json
 import time
 from pathlib import Path
 
-from cmt.checkpoints import atomic_write_bytes, atomic_write_json, git_commit
+from cmt.atomic import atomic_write_bytes, atomic_write_json
+from cmt.checkpoints import git_commit
 from cmt.config import config_hash
 
 RECORD = "run.json"

@@ -13,6 +13,7 @@ import copy
 import hashlib
 import io
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from cmt.atomic import atomic_write_bytes, remove_stale_temporaries
 
 RESUME_FILE = "resume.pt"
 
@@ -51,6 +54,21 @@ def seeded(seed: int, purpose: str) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(seed, purpose))
         yield
+
+
+def set_determinism(enabled: bool) -> None:
+    """Deterministic kernels for this process (config ``deterministic``), or torch's fastest ones.
+
+    On: ``torch.use_deterministic_algorithms`` (CUDA convolutions, scatter/index adds and cumsum switch to
+    deterministic kernels; an op with none warns instead of stopping the run), no cuDNN autotuning, and
+    cuBLAS with a fixed workspace, whose environment variable must be set before the first CUDA matmul
+    (PyTorch notes "Reproducibility").  CPU kernels are deterministic for a fixed thread count either way.
+    """
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.benchmark = not enabled
+    torch.backends.cudnn.deterministic = enabled
 
 
 def resolve_device(name: str) -> torch.device:
@@ -155,8 +173,6 @@ def fit(
     the run's configuration): a run whose settings changed starts over instead of resuming.  ``extra``
     is the objective's own state, saved and restored with the checkpoint.
     """
-    from cmt.checkpoints import atomic_write_bytes
-
     work = Path(work_dir)
     device = next(model.parameters()).device
     model.train()
@@ -166,6 +182,8 @@ def fit(
     torch.manual_seed(seed)
     history: list[dict] = []
     train_state = _TrainState(model, ema, optimizer, generator, history, fingerprint, extra)
+    for stale in remove_stale_temporaries(work / RESUME_FILE):
+        print(f"{desc}: removed {stale}, a checkpoint write cut short", file=sys.stderr)
     start = train_state.resume(work / RESUME_FILE)
     if start:
         print(f"{desc}: resumed from step {start} (checkpoint {work / RESUME_FILE})", file=sys.stderr)
@@ -248,7 +266,7 @@ class _TrainState:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any damage to the file means the same thing to the user
-            raise ValueError(f"{path}: cannot resume from this checkpoint ({err}); delete it to start over") from err
+            raise _damaged(path, err) from err
         if state.get("fingerprint", "") != self.fingerprint:
             print(f"{path}: written for other settings; starting over", file=sys.stderr)
             return 0
@@ -259,13 +277,18 @@ class _TrainState:
             if self.extra is not None:
                 self.extra.load_state_dict(state["extra"])
         except (KeyError, RuntimeError, ValueError) as err:
-            raise ValueError(f"{path}: cannot resume from this checkpoint ({err}); delete it to start over") from err
+            raise _damaged(path, err) from err
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.history.extend(state["history"])
         return int(state["step"])
+
+
+def _damaged(path: Path, err: Exception) -> ValueError:
+    """A resume checkpoint that cannot be read: kept, and named, for the user to delete (a deliberate restart)."""
+    return ValueError(f"{path}: cannot resume from this checkpoint ({err}); delete it to start this job over")
 
 
 def clear_resume(work_dir: str | Path) -> None:

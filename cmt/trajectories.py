@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from cmt.checkpoints import atomic_save_tensors, atomic_write_json, read_json
+from cmt.atomic import atomic_save_tensors, atomic_write_json
+from cmt.checkpoints import read_json
 from cmt.precond import Denoiser
 from cmt.solvers import sample_trajectory, sigma_grid
 

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from cmt.checkpoints import atomic_write_json, load_denoiser, save_denoiser
+from cmt.atomic import PART_SUFFIX, atomic_write_json
+from cmt.checkpoints import load_denoiser, save_denoiser
 from cmt.nets import PRESETS, add_second_time, build_unet
 from cmt.precond import Denoiser
 
@@ -21,7 +22,7 @@ def test_round_trip_reproduces_outputs_and_meta(tmp_path):
     assert torch.equal(back.eval()(x, sigma, h), den.eval()(x, sigma, h))
     assert meta["stage"] == "test" and meta["architecture"]["second_time"] is True
     assert back.mode == "boundary" and back.sigma_min == 0.003
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(f".*{PART_SUFFIX}"))
 
 
 def test_truncated_weights_name_the_file(tmp_path):

@@ -1,6 +1,9 @@
 """DVC versions the workflow's artifacts: repro, push to a local remote, pull into a fresh clone, nothing to redo."""
 
+import csv
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,15 +27,15 @@ def run(cwd: Path, *cmd: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_repro_push_pull_into_fresh_clone(smoke, tmp_path):
-    repo, remote = tmp_path / "repo", tmp_path / "remote"
+def dvc_project(smoke: Path, repo: Path) -> Path:
+    """A git + DVC repository holding the smoke project, with the main job's DVC stage pointed at the smoke config."""
     shutil.copytree(smoke, repo, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts", "work"))
     shutil.copytree(ROOT / "cmt", repo / "cmt", ignore=shutil.ignore_patterns("__pycache__"))
     for name in (".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert stages["ablations"]["outs"] == [{"results/ablations": {"persist": True}}]
-    stage = stages["default"]  # the main job's stage, pointed at the smoke config
+    stage = stages["default"]
     stage |= {
         "cmd": stage["cmd"] + " --configfile config/smoke.yaml",
         "params": [{"config/config.yaml": None}, {"config/smoke.yaml": None}],
@@ -41,12 +44,19 @@ def test_repro_push_pull_into_fresh_clone(smoke, tmp_path):
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"smoke": stage}}))
     run(repo, *GIT, "init", "-q")
     run(repo, str(DVC), "init", "-q")
+    return repo
+
+
+def test_repro_push_pull_into_fresh_clone(smoke, tmp_path):
+    repo, remote = dvc_project(smoke, tmp_path / "repo"), tmp_path / "remote"
     run(repo, str(DVC), "remote", "add", "-d", "local", str(remote))
     out = run(repo, str(DVC), "repro")
     assert "smoke" in out
     run(repo, *GIT, "add", "-A")
     run(repo, *GIT, "commit", "-qm", "pipeline")
     assert "pushed" in run(repo, str(DVC), "push")
+    assert "didn't change" in run(repo, str(DVC), "repro")
+    assert "up to date" in run(repo, str(DVC), "status")
 
     clone = tmp_path / "clone"
     run(tmp_path, *GIT, "clone", "-q", str(repo), str(clone))
@@ -58,3 +68,31 @@ def test_repro_push_pull_into_fresh_clone(smoke, tmp_path):
     snakemake(clone, "--touch", "--cores", "1", "all", "--configfile", "config/smoke.yaml")
     assert "Nothing to be done" in snakemake(clone, "-n", "all", "--configfile", "config/smoke.yaml").stdout
     assert "up to date" in run(clone, str(DVC), "status")
+
+
+def test_a_rerun_that_reproduces_the_weights_changes_only_run_records(smoke, tmp_path):
+    """Delete the results and `dvc repro`: Snakemake reruns every job, and DVC finds the same model files,
+    trajectory shards, scores, grids and curves; only per-run records (wall times, logs, MLflow) differ."""
+    repo = dvc_project(smoke, tmp_path / "repo")
+    run(repo, str(DVC), "repro")
+    run(repo, *GIT, "add", "-A")
+    run(repo, *GIT, "commit", "-qm", "pipeline")
+    shutil.rmtree(repo / "results" / "smoke")
+    assert "Running stage 'smoke'" in run(repo, str(DVC), "repro")
+    diff = json.loads(run(repo, str(DVC), "diff", "--json", "HEAD"))
+    changed = {entry["path"] for entry in diff["modified"]} - {"results/smoke/"}
+    assert not diff["added"] and not diff["deleted"] and not diff["renamed"]
+    assert changed and all(RECORD.search(path) for path in changed), sorted(changed)
+    content = [f for f in (repo / "results" / "smoke").rglob("*") if f.is_file() and not RECORD.search(str(f))]
+    assert {f.name for f in content} >= {"model.safetensors", "shard-00000.safetensors", "scores.json", "loss.png"}
+    before, after = (table_without_wall_time(root / "results/smoke/tables/main.csv") for root in (smoke, repo))
+    assert before == after  # the main table differs in its wall-time column only
+
+
+# Per-run records: job records, Snakemake's benchmarks and logs, and the main table's wall-time column.
+RECORD = re.compile(r"(/run\.json|/benchmarks/.*\.tsv|/logs/.*\.log|/tables/main\.(csv|md))$")
+
+
+def table_without_wall_time(path: Path) -> list[dict]:
+    with path.open() as fh:
+        return [{k: v for k, v in row.items() if not k.startswith("wall")} for row in csv.DictReader(fh)]

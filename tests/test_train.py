@@ -1,9 +1,16 @@
 """The shared training loop: schedules, EMA, resume after a kill, NaN stop, gradient hygiene."""
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from cmt.atomic import PART_SUFFIX
 from cmt.train import (
     RESUME_FILE,
     LoopConfig,
@@ -12,6 +19,7 @@ from cmt.train import (
     ema_beta_halflife,
     fit,
     learning_rate,
+    set_determinism,
 )
 
 
@@ -110,11 +118,81 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
     assert state["step"] == 10
 
 
-def test_damaged_resume_checkpoint_is_named(tmp_path):
-    (tmp_path / RESUME_FILE).write_bytes(b"not a checkpoint")
+def test_damaged_resume_checkpoint_is_named_and_kept(tmp_path):
     model, loss_fn = regression_problem()
-    with pytest.raises(ValueError, match=RESUME_FILE):
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, killed_at(15, loss_fn), CFG, tmp_path, "x", seed=0)
+    checkpoint = tmp_path / RESUME_FILE
+    truncated = checkpoint.read_bytes()[: checkpoint.stat().st_size // 2]
+    checkpoint.write_bytes(truncated)
+    model, loss_fn = regression_problem()
+    with pytest.raises(ValueError, match=f"{checkpoint}: cannot resume.*delete it to start this job over"):
         fit(model, loss_fn, CFG, tmp_path, "x", seed=0)
+    assert checkpoint.read_bytes() == truncated  # the run starts over only when the user deletes it
+
+
+# A training process whose second checkpoint write stops halfway (the bytes so far flushed to the
+# temporary file) and waits there to be killed.
+KILLED_MID_WRITE = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from test_train import CFG, regression_problem
+from cmt.train import fit
+
+real_fdopen, writes = os.fdopen, []
+
+class HalfWritten:
+    def __init__(self, fh):
+        self.fh = fh
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return self.fh.__exit__(*exc)
+    def write(self, data):
+        writes.append(len(data))
+        if len(writes) < 2:
+            return self.fh.write(data)
+        self.fh.write(data[: len(data) // 2])
+        self.fh.flush()
+        open({marker!r}, "w").close()
+        time.sleep(120)
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+os.fdopen = lambda fd, mode: HalfWritten(real_fdopen(fd, mode))
+model, loss_fn = regression_problem()
+fit(model, loss_fn, CFG, {work!r}, "run", seed=3)
+"""
+
+
+def test_a_kill_in_the_middle_of_a_checkpoint_write_leaves_the_last_checkpoint_in_force(tmp_path, capsys):
+    """SIGKILL while the step-20 checkpoint is half written: the `.part` file is never read; the run resumes
+    from step 10, removes the remnant, and ends on the uninterrupted run's weights."""
+    work, marker = tmp_path / "run", tmp_path / "writing"
+    script = KILLED_MID_WRITE.format(tests=str(Path(__file__).parent), marker=str(marker), work=str(work))
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), f"the training process never reached its second checkpoint write:\n{proc.stderr.read()}"
+    proc.kill()
+    proc.wait()
+    (part,) = work.glob(f".{RESUME_FILE}.*{PART_SUFFIX}")
+    assert 0 < part.stat().st_size < (work / RESUME_FILE).stat().st_size
+    assert torch.load(work / RESUME_FILE, weights_only=True)["step"] == 10
+
+    ref_model, ref_loss = regression_problem()
+    ref = fit(ref_model, ref_loss, CFG, tmp_path / "ref", "ref", seed=3)
+    model, loss_fn = regression_problem()
+    capsys.readouterr()
+    resumed = fit(model, loss_fn, CFG, work, "run", seed=3)
+    err = capsys.readouterr().err
+    assert f"run: removed {part}, a checkpoint write cut short" in err
+    assert f"run: resumed from step 10 (checkpoint {work / RESUME_FILE})" in err
+    assert not part.exists()
+    assert resumed.history == ref.history
+    for a, b in zip(resumed.ema.parameters(), ref.ema.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_gradient_hygiene():
@@ -156,3 +234,19 @@ def test_an_objectives_state_survives_a_resume(tmp_path):
     model, loss_fn = regression_problem()
     fit(model, counting(loss_fn, fresh), CFG, tmp_path / "run", "run", seed=3, extra=fresh)
     assert fresh.values == ref_seen.values and len(ref_seen.values) > 20
+
+
+def test_deterministic_kernels_change_no_bit_on_cpu(tmp_path, monkeypatch):
+    """`deterministic: true` switches torch to deterministic kernels; on CPU ours already are, so the switch
+    leaves every weight as it was (the README's claim), and it switches back."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    runs = []
+    for enabled in (False, True, False):
+        set_determinism(enabled)
+        assert torch.are_deterministic_algorithms_enabled() is enabled
+        assert torch.backends.cudnn.benchmark is not enabled
+        model, loss_fn = regression_problem()
+        runs.append(fit(model, loss_fn, CFG, tmp_path / str(len(runs)), "run", seed=5).ema.state_dict())
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    for name, value in runs[0].items():
+        assert torch.equal(value, runs[1][name]) and torch.equal(value, runs[2][name])

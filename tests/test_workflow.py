@@ -3,14 +3,17 @@ run end to end (tables from MLflow), up-to-date check, targeted reruns, bad inpu
 
 import csv
 import hashlib
+import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import ROOT, SNAKEMAKE, copy_project, planned_jobs, snakemake
 from test_jobs import assert_plot
@@ -240,8 +243,8 @@ def artifact_hashes(results: Path) -> dict[str, str]:
 
 def test_a_hard_killed_fresh_run_resumes_to_the_same_bytes_as_an_uninterrupted_one(smoke, tmp_path):
     """kill -9 of the whole Snakemake tree while CMT has a resume checkpoint; `--unlock`; the same command again:
-    the CMT job says where it resumed, and every artifact equals the uninterrupted smoke run's, byte for byte
-    (so two fresh runs of one config agree, too)."""
+    the incomplete CMT job reruns, says where it resumed, and every artifact equals the uninterrupted smoke
+    run's, byte for byte (so two fresh runs of one config agree, too)."""
     project = copy_project(tmp_path / "killed")
     args = ("--cores", "2", "all", "--configfile", "config/smoke.yaml")
     checkpoint = project / "work" / "smoke" / "mid" / "base" / "dpmpp3m_legacy-nfe16" / "s0" / "resume.pt"
@@ -253,6 +256,10 @@ def test_a_hard_killed_fresh_run_resumes_to_the_same_bytes_as_an_uninterrupted_o
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (project / "results" / "smoke" / "tables" / "main.md").exists()
+    # as if the kill had come between the job's two output writes: Snakemake finds an incomplete output,
+    # and the workflow profile's `rerun-incomplete` reruns the job instead of stopping
+    partial = project / "results" / "smoke" / "mid" / "base" / "dpmpp3m_legacy-nfe16" / "s0" / "model.safetensors"
+    partial.write_bytes(b"cut short")
     locked = snakemake(project, *args, check=False)
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
     snakemake(project, "--unlock", *args)
@@ -265,3 +272,44 @@ def test_a_hard_killed_fresh_run_resumes_to_the_same_bytes_as_an_uninterrupted_o
     )
     assert len(resumed) >= 15  # the smoke project may hold more (the reduced sweep's), never other bytes
     assert resumed == {name: uninterrupted.get(name) for name in resumed}
+
+
+def test_a_truncated_resume_checkpoint_stops_the_job_naming_it_until_the_user_deletes_it(smoke, tmp_path):
+    project = tmp_path / "damaged"
+    shutil.copytree(smoke, project, ignore=shutil.ignore_patterns(".snakemake", "mlartifacts"))
+    mid = "mid/base/dpmpp3m_legacy-nfe16/s0"
+    model = project / "results" / "smoke" / mid / "model.safetensors"
+    model.unlink()
+    checkpoint = project / "work" / "smoke" / mid / RESUME_FILE
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save({"step": 20, "model": torch.zeros(64)}, buf)
+    checkpoint.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    args = ("--cores", "2", f"results/smoke/{mid}/model.safetensors", "--configfile", "config/smoke.yaml")
+
+    proc = snakemake(project, *args, check=False)
+    assert proc.returncode != 0
+    log = (project / "results" / "smoke" / "logs" / f"{mid}.log").read_text()
+    assert f"work/smoke/{mid}/{RESUME_FILE}: cannot resume from this checkpoint" in log
+    assert "delete it to start this job over" in log
+    assert checkpoint.exists() and not model.exists()
+
+    checkpoint.unlink()
+    snakemake(project, *args)
+    assert model.read_bytes() == (smoke / "results" / "smoke" / mid / "model.safetensors").read_bytes()
+
+
+def test_the_determinism_switch_reaches_every_job_on_the_device(smoke, tmp_path):
+    overlay = tmp_path / "deterministic.yaml"
+    overlay.write_text("deterministic: true\n")
+    jobs = planned_jobs(snakemake(smoke, "-n", "all", "--configfile", "config/smoke.yaml", str(overlay)).stdout)
+    assert jobs == {
+        "teacher": 1,
+        "trajectories": 1,
+        "midtrain": 1,
+        "posttrain": 3,
+        "evaluate": 5,
+        "ingest": 1,
+        "report": 1,
+        "all": 1,
+    }

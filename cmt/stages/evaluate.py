@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmt.checkpoints import atomic_write_json, load_denoiser
+from cmt.atomic import atomic_write_json
+from cmt.checkpoints import load_denoiser
 from cmt.data import ImageDataset, train_holdout
 from cmt.images import save_grid
 from cmt.metrics import (

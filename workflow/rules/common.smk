@@ -19,6 +19,9 @@ MLFLOW_DB = f"{RESULTS}/mlflow.db"
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 
+DEVICE = ("device", "deterministic")  # how a torch job runs: every job on the device reads both
+
+
 def subtree(*keys, **extra):
     """JSON of the config sections a job reads, so an edit reruns exactly the jobs that read them."""
     return json.dumps({**{k: config[k] for k in keys}, **extra}, sort_keys=True)
@@ -53,7 +56,7 @@ def trajectory_set(wildcards):
 
 
 def trajectory_params(wildcards):
-    return subtree("precond", "data", "seed", "device", trajectories=trajectory_set(wildcards))
+    return subtree("precond", "data", "seed", *DEVICE, trajectories=trajectory_set(wildcards))
 
 
 def midtrain_cfg(wildcards):
@@ -66,7 +69,7 @@ def midtrain_params(wildcards):
     return subtree(
         "precond",
         "data",
-        "device",
+        *DEVICE,
         midtrain=midtrain_cfg(wildcards),
         trajectories=trajectory_set(wildcards),
         seed=int(wildcards.seed),
@@ -97,7 +100,7 @@ def posttrain_params(wildcards):
     """The chosen method's subtree only (editing ECD settings reruns no ECT job), iterations from the path."""
     method = {**config["posttrain"][wildcards.method], "iterations": int(wildcards.iters)}
     return subtree(
-        "precond", "data", "device", posttrain={wildcards.method: method}, seed=int(wildcards.seed), job=post_job(wildcards)
+        "precond", "data", *DEVICE, posttrain={wildcards.method: method}, seed=int(wildcards.seed), job=post_job(wildcards)
     )
 
 

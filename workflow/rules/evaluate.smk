@@ -9,7 +9,7 @@ rule evaluate:
         scores=result(jobs.eval_path("{job}"), "scores.json"),
         record=result(jobs.eval_path("{job}"), "run.json"),
     params:
-        cfg=subtree("evaluate", "precond", "data", "seed", "device", teacher={"sample": config["teacher"]["sample"]}),
+        cfg=subtree("evaluate", "precond", "data", "seed", *DEVICE, teacher={"sample": config["teacher"]["sample"]}),
         out=subpath(output.scores, parent=True),
         model=subpath(input.model, parent=True),
     threads: threads_of("evaluate")

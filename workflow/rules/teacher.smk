@@ -6,7 +6,7 @@ rule teacher:
         meta=result(jobs.TEACHER, "meta.json"),
         record=result(jobs.TEACHER, "run.json"),
     params:
-        cfg=subtree("teacher", "network", "precond", "data", "seed", "device", job=jobs.teacher_tags()),
+        cfg=subtree("teacher", "network", "precond", "data", "seed", *DEVICE, job=jobs.teacher_tags()),
         out=subpath(output.model, parent=True),
         work=f"{WORK}/{jobs.TEACHER}",
     threads: threads_of("teacher")
