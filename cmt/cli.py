@@ -132,6 +132,21 @@ def _report_ablations(args: argparse.Namespace) -> None:
     ablation_report(args.db, args.experiment, args.out)
 
 
+def _inspect_checkpoint(args: argparse.Namespace) -> None:
+    from cmt.checkpoint_import import describe
+
+    print(json.dumps(describe(args.path), indent=2, sort_keys=True))
+
+
+def _convert_checkpoint(args: argparse.Namespace) -> None:
+    from cmt.checkpoint_import import load_any
+    from cmt.checkpoints import save_denoiser
+
+    denoiser, meta = load_any(args.path, url=args.url)
+    save_denoiser(args.out, denoiser, meta)
+    print(f"{args.path} ({meta['converted_from']['format']}) -> {args.out}; extras left out: {meta.get('extras', [])}")
+
+
 def _check_config(args: argparse.Namespace) -> None:
     cfg = load_config(*args.configs)
     if args.quiet:
@@ -179,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("db", "experiment", "out"):
         rab.add_argument(f"--{name}", required=True)
     rab.set_defaults(func=_report_ablations)
+    ins = sub.add_parser("inspect-checkpoint", help="describe a checkpoint (ours, EDM or EDM2 pickle) as JSON")
+    ins.add_argument("path")
+    ins.set_defaults(func=_inspect_checkpoint)
+    conv = sub.add_parser("convert-checkpoint", help="convert a checkpoint (EDM/EDM2 pickle, ours) to our format")
+    conv.add_argument("path")
+    conv.add_argument("out", help="folder for model.safetensors + meta.json")
+    conv.add_argument("--url", help="where the file came from (recorded in the meta)")
+    conv.set_defaults(func=_convert_checkpoint)
     check = sub.add_parser(
         "check-config", help="merge config files (later ones override), fill defaults, validate; print the result"
     )

@@ -63,3 +63,12 @@ def fetch(source: str, sha256: str, dest: str | Path, timeout: float = 60.0) -> 
     finally:
         Path(tmp).unlink(missing_ok=True)
     return target
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()

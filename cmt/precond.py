@@ -79,8 +79,11 @@ class Denoiser(nn.Module):
             return boundary_scalings(sigma, self.sigma_min, self.sigma_data)
         return edm_scalings(sigma, self.sigma_data)
 
-    def forward(self, x: Tensor, sigma: Tensor, second_time: Tensor | None = None) -> Tensor:
-        """D(x, sigma); ``second_time`` (B,) is fed raw to the network's optional second time input.
+    def forward(
+        self, x: Tensor, sigma: Tensor, second_time: Tensor | None = None, class_labels: Tensor | None = None
+    ) -> Tensor:
+        """D(x, sigma); ``second_time`` (B,) is fed raw to the network's optional second time input, and
+        ``class_labels`` (B, label_dim), one-hot, to a class-conditional network (EDM's convention).
 
         Computes in fp32 at least (EDM casts to fp32; fp64 inputs stay fp64) and returns x's dtype.
         """
@@ -90,7 +93,7 @@ class Denoiser(nn.Module):
             sigma = sigma.expand(x.shape[0])
         c = self.scalings(sigma.reshape(-1, *([1] * (x.ndim - 1))))
         xc = x.to(dtype)
-        f = self.model(c.c_in * xc, c.c_noise.reshape(-1), second_time)
+        f = self.model(c.c_in * xc, c.c_noise.reshape(-1), second_time, class_labels)
         return (c.c_skip * xc + c.c_out * f.to(dtype)).to(x.dtype)
 
 

@@ -11,7 +11,6 @@ and a damaged one is named on reading.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from cmt.atomic import atomic_save_tensors, atomic_write_json
 from cmt.checkpoints import read_json
+from cmt.fetch import file_sha256
 from cmt.precond import Denoiser
 from cmt.solvers import sample_trajectory, sigma_grid
 
@@ -79,14 +79,6 @@ def generate(
         for i in range(0, n, batch_size)
     ]
     return torch.cat(chunks).to(torch.float32)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_set(

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from cmt.fetch import file_sha256
 from cmt.nets import PRESETS, build_unet
 from cmt.precond import Denoiser
 from cmt.solvers import logsnr_sigmas, sample_trajectory
@@ -13,7 +14,6 @@ from cmt.trajectories import (
     OnlineTrajectories,
     StoredTrajectories,
     TrajectorySpec,
-    file_sha256,
     generate,
     shard_seed,
     write_set,

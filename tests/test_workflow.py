@@ -2,13 +2,16 @@
 run end to end (tables from MLflow), up-to-date check, targeted reruns, bad input, and a reduced real sweep."""
 
 import csv
+import functools
 import hashlib
+import http.server
 import io
 import os
 import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -16,8 +19,11 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT, SNAKEMAKE, copy_project, planned_jobs, snakemake
+from edm_standin import edm_snapshot, write_pickle
+from test_edm_pickle import denoised, random_denoiser
 from test_jobs import assert_plot
 
+from cmt.checkpoints import load_denoiser
 from cmt.train import RESUME_FILE
 
 QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -313,3 +319,39 @@ def test_the_determinism_switch_reaches_every_job_on_the_device(smoke, tmp_path)
         "report": 1,
         "all": 1,
     }
+
+
+def test_the_teacher_rule_fetches_an_edm_pickle_over_http_and_converts_it_once(tmp_path):
+    """A stand-in EDM snapshot served on 127.0.0.1: the teacher job downloads it (sha256-checked), reads it without
+    running it, and writes our format, which computes what the pickled network computed; the dry run of `all`
+    plans the teacher (the conversion) before the trajectories."""
+    original = random_denoiser()
+    served = tmp_path / "www"
+    served.mkdir()
+    name = "edm-digits-8x8-uncond-vp.pkl"
+    pickle_file = write_pickle(edm_snapshot(original, augment_dim=9), served / name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{pickle_file.name}"
+        project = copy_project(tmp_path / "edm")
+        fetch = {"url": url, "sha256": hashlib.sha256(pickle_file.read_bytes()).hexdigest()}
+        overlay = {"name": "edm", "teacher": {"source": "fetch", "fetch": fetch}}
+        (project / "config" / "edm.yaml").write_text(yaml.safe_dump(overlay))
+        args = ("--configfile", "config/smoke.yaml", "config/edm.yaml")
+        dry = snakemake(project, "-n", "all", *args).stdout
+        assert dry.index("rule teacher:") < dry.index("rule trajectories:")
+        snakemake(project, "--cores", "1", "teacher", *args)
+    finally:
+        server.shutdown()
+    teacher, meta = load_denoiser(project / "results" / "edm" / "teacher")
+    assert torch.equal(denoised(teacher), denoised(original))
+    converted = meta["fetched_meta"]["converted_from"]
+    assert converted == {
+        "format": "edm-pickle",
+        "sha256": fetch["sha256"],
+        "url": url,
+        "file": f"fetched-{pickle_file.name}",
+    }
+    assert meta["fetched_meta"]["extras"] == ["model.map_augment.weight"]

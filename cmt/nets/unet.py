@@ -272,10 +272,21 @@ class SongUNet(nn.Module):
             emb = emb + self.map_time2(_swap_halves(self.map_time2_embed(second_time)))
         elif second_time is not None:
             raise ValueError("a second time input was given to a network built without second_time")
-        if self.cfg.label_dim and class_labels is not None:
-            emb = emb + self.map_label(class_labels.to(emb.dtype))
+        emb = emb + self._label_embedding(class_labels, emb.dtype)
         emb = F.silu(self.map_layer0(emb))
         return F.silu(self.map_layer1(emb))
+
+    def _label_embedding(self, class_labels: Tensor | None, dtype: torch.dtype) -> Tensor | float:
+        """map_label of one-hot labels times sqrt(label_dim), as EDM's SongUNet (method.md 12.5)."""
+        if not self.cfg.label_dim:
+            if class_labels is not None:
+                raise ValueError("class labels were given to an unconditional network (label_dim 0)")
+            return 0.0
+        if class_labels is None:
+            raise ValueError(
+                f"this network is class-conditional (label_dim {self.cfg.label_dim}) and needs class labels"
+            )
+        return self.map_label(class_labels.to(dtype) * math.sqrt(self.cfg.label_dim))
 
     def forward(
         self, x: Tensor, noise_labels: Tensor, second_time: Tensor | None = None, class_labels: Tensor | None = None

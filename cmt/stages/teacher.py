@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
 
-from cmt.checkpoints import load_denoiser_file, save_denoiser
+from cmt.checkpoint_import import load_any
+from cmt.checkpoints import save_denoiser
 from cmt.config import config_hash
 from cmt.data import ImageDataset, train_holdout
 from cmt.fetch import fetch
@@ -136,8 +138,10 @@ def run(
 
 
 def _fetched(cfg: dict, work_dir: str | Path) -> tuple[Denoiser, dict, list[float]]:
-    """Fetch a single-file checkpoint (sha256-verified) into the work folder and load it."""
-    path = fetch(cfg["url"], cfg["sha256"], Path(work_dir) / "fetched-teacher.safetensors")
-    denoiser, meta = load_denoiser_file(path)
+    """Fetch a single-file checkpoint (sha256-verified) into the work folder and convert it to our denoiser:
+    ours (.safetensors with its meta), an EDM or an EDM2 network pickle (read without running it)."""
+    name = Path(urlparse(cfg["url"]).path).name or "teacher"
+    path = fetch(cfg["url"], cfg["sha256"], Path(work_dir) / f"fetched-{name}")
+    denoiser, meta = load_any(path, url=cfg["url"])
     provenance = {"source": "fetch", "url": cfg["url"], "sha256": cfg["sha256"], "fetched_meta": meta}
     return denoiser, provenance, []

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from cmt.checkpoints import load_denoiser
 from cmt.data import train_holdout
+from cmt.fetch import file_sha256
 from cmt.train import resolve_device
-from cmt.trajectories import file_sha256, trajectory_spec, write_set
+from cmt.trajectories import trajectory_spec, write_set
 
 
 def run(
