@@ -14,6 +14,7 @@ reported by name (``extras`` in the meta) instead of being dropped silently; so 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from torch import Tensor
 from cmt.checkpoints import WEIGHTS, load_denoiser, load_denoiser_file
 from cmt.edm_pickle import NetworkPickle, module_tensors, read_network_pickle
 from cmt.fetch import file_sha256
-from cmt.nets import UNetConfig, build_unet, count_parameters
+from cmt.nets import EDM2Config, UNetConfig, build_network, build_unet, count_parameters
 from cmt.precond import SIGMA_DATA, Denoiser
 
 FORMATS = ("cmt", "edm-pickle", "edm2-pickle")
@@ -171,6 +172,33 @@ def convert_edm(pkl: NetworkPickle) -> tuple[Denoiser, dict]:
     return denoiser.eval(), {"format": pkl.format, "extras": extras, "edm": edm}
 
 
+def edm2_config(pkl: NetworkPickle) -> EDM2Config:
+    """Our EDM2 config from the recorded constructor arguments of EDM2's Precond and UNet (defaults filled in)."""
+    net = pkl.network
+    if net.class_name != "UNet":
+        raise ValueError(f"{pkl.path}: network class {net.class_name!r}; EDM2 pickles convert from UNet")
+    fields = {f.name for f in dataclasses.fields(EDM2Config)}
+    ignored = {"use_fp16", "sigma_data"}  # the precision EDM2 ran in; sigma_data goes to our preconditioner
+    args = {**pkl.ema.init_kwargs, **net.init_kwargs}
+    unknown = sorted(set(args) - fields - ignored)
+    if unknown:
+        raise ValueError(f"{pkl.path}: EDM2 constructor arguments {unknown} have no counterpart in our EDM2 U-Net")
+    return EDM2Config.from_dict({k: v for k, v in args.items() if k in fields})
+
+
+def convert_edm2(pkl: NetworkPickle) -> tuple[Denoiser, dict]:
+    """An EDM2 snapshot's ``ema`` (Precond around UNet) as our denoiser: EDM scalings, weights cast to fp32, the
+    uncertainty head kept inside the network (``model.logvar_*``)."""
+    if pkl.ema.class_name != "Precond":
+        raise ValueError(f"{pkl.path}: ema is {pkl.ema.class_name}; EDM2 snapshots hold a Precond")
+    sigma_data = float(pkl.ema.init_kwargs.get("sigma_data", SIGMA_DATA))
+    denoiser = Denoiser(build_network(edm2_config(pkl)), sigma_data=sigma_data, sigma_min=EDM_SAMPLER_SIGMA_MIN)
+    tensors = {f"model.{name.removeprefix('unet.')}": t for name, t in module_tensors(pkl.ema).items()}
+    extras = load_strict(denoiser, tensors, pkl.path)
+    edm = {"precond": pkl.ema.init_kwargs, "network": pkl.network.init_kwargs}
+    return denoiser.eval(), {"format": pkl.format, "extras": extras, "edm": edm}
+
+
 def load_any(path: str | Path, url: str | None = None) -> tuple[Denoiser, dict]:
     """Any supported checkpoint as our denoiser; the meta records the source file's format, sha256 and URL."""
     path = Path(path)
@@ -180,9 +208,7 @@ def load_any(path: str | Path, url: str | None = None) -> tuple[Denoiser, dict]:
         weights = path / WEIGHTS if path.is_dir() else path
         return denoiser, {**meta, "converted_from": {"format": fmt, "sha256": file_sha256(weights), "url": url}}
     pkl = read_network_pickle(path)
-    if fmt == "edm2-pickle":
-        raise ValueError(f"{path}: EDM2 networks ({pkl.network.class_name}) are not converted yet")
-    denoiser, info = convert_edm(pkl)
+    denoiser, info = convert_edm2(pkl) if fmt == "edm2-pickle" else convert_edm(pkl)
     return denoiser, {
         **info,
         "converted_from": {"format": fmt, "sha256": file_sha256(path), "url": url, "file": path.name},

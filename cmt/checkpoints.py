@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from cmt.atomic import atomic_save_tensors, atomic_write_json
-from cmt.nets import UNetConfig, build_unet
+from cmt.nets import build_network
 from cmt.precond import Denoiser
 
 WEIGHTS = "model.safetensors"
@@ -76,7 +76,7 @@ def _build_and_load(meta: dict, weights: Path, meta_source: Path) -> tuple[Denoi
     for key in ("architecture", "precond"):
         if key not in meta:
             raise ValueError(f"{meta_source}: missing key {key!r}")
-    net = build_unet(UNetConfig.from_dict(meta["architecture"]))
+    net = build_network(meta["architecture"])
     p = meta["precond"]
     denoiser = Denoiser(net, sigma_data=p["sigma_data"], sigma_min=p["sigma_min"], mode=p["mode"])
     try:

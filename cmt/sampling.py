@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cmt.labels import conditioned
 from cmt.precond import Denoiser
 from cmt.solvers import Denoiser as DenoiserFn
 from cmt.solvers import sample_trajectory
@@ -19,17 +20,25 @@ def sample_diffusion(denoiser: DenoiserFn, noise: Tensor, sigmas: Tensor, solver
 
 @torch.no_grad()
 def sample_consistency(
-    model: Denoiser, noise: Tensor, sigma_max: float, t_mid: float | None = None, gen: torch.Generator | None = None
+    model: Denoiser,
+    noise: Tensor,
+    sigma_max: float,
+    t_mid: float | None = None,
+    gen: torch.Generator | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
-    """CM sampling in boundary (eval) mode: x0 = f(sigma_max z, sigma_max); 2-step re-noises to t_mid (method.md 9)."""
+    """CM sampling in boundary (eval) mode: x0 = f(sigma_max z, sigma_max); 2-step re-noises to t_mid (method.md 9).
+
+    ``labels``: one class per sample, for a class-conditional model."""
     mode = model.mode
     model.set_mode("boundary").eval()
+    net = conditioned(model, labels)
     try:
         b = noise.shape[0]
-        x0 = model(noise * sigma_max, torch.full((b,), sigma_max, device=noise.device))
+        x0 = net(noise * sigma_max, torch.full((b,), sigma_max, device=noise.device))
         if t_mid is not None:
             eps = torch.randn(noise.shape, generator=gen, device=noise.device, dtype=noise.dtype)
-            x0 = model(x0 + t_mid * eps, torch.full((b,), t_mid, device=noise.device))
+            x0 = net(x0 + t_mid * eps, torch.full((b,), t_mid, device=noise.device))
     finally:
         model.set_mode(mode)
     return x0
@@ -44,13 +53,15 @@ def sample_few_step(
     sigma_max: float,
     t_mid: float,
     gen: torch.Generator | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
-    """1- or 2-step samples of a ``consistency`` model (method.md 9) or a ``meanflow`` model (numerics.md 9.5)."""
+    """1- or 2-step samples of a ``consistency`` model (method.md 9) or a ``meanflow`` model (numerics.md 9.5);
+    ``labels``: one class per sample, for a class-conditional model."""
     if kind == "meanflow":
         from cmt.meanflow import sample_meanflow
 
         model.eval()
-        return sample_meanflow(model, noise, steps)
+        return sample_meanflow(conditioned(model, labels), noise, steps)
     if kind != "consistency" or steps not in (1, 2):
         raise ValueError(f"no {steps}-step sampler for model kind {kind!r}")
-    return sample_consistency(model, noise, sigma_max, t_mid if steps == 2 else None, gen)
+    return sample_consistency(model, noise, sigma_max, t_mid if steps == 2 else None, gen, labels)

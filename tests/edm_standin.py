@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from cmt.nets import edm2
 from cmt.nets.unet import Conv2d, GroupNorm, Linear, PositionalEmbedding, SongUNet, UNetBlock
 from cmt.precond import Denoiser
 
@@ -33,6 +34,10 @@ EDM_CLASS = {
     Linear: "Linear",
     GroupNorm: "GroupNorm",
     PositionalEmbedding: "PositionalEmbedding",
+    edm2.EDM2UNet: "UNet",
+    edm2.Block: "Block",
+    edm2.MPConv: "MPConv",
+    edm2.MPFourier: "MPFourier",
 }
 BENIGN_SOURCE = "# networks.py of the training run (never executed by the reader)\n"
 
@@ -147,7 +152,44 @@ def edm_snapshot(
     return snapshot | (extra or {})
 
 
+def half_precision(record: Any) -> None:
+    """Cast every floating tensor of a record tree to float16, as EDM2 saves its snapshots."""
+    for kind in ("_parameters", "_buffers"):
+        for name, value in record.state[kind].items():
+            if value is not None and value.is_floating_point():
+                record.state[kind][name] = (
+                    type(value)(value.detach().half()) if isinstance(value, nn.Parameter) else value.half()
+                )
+    for child in record.state["_modules"].values():
+        for grandchild in child._modules.values() if isinstance(child, nn.ModuleDict) else [child]:
+            half_precision(grandchild)
+
+
+def edm2_snapshot(denoiser: Denoiser, module_src: str = BENIGN_SOURCE) -> dict:
+    """EDM2's snapshot (an EasyDict: encoder, dataset_kwargs, loss_fn, ema); call it inside ``edm_modules``."""
+    net, cfg = denoiser.model, denoiser.model.cfg
+    passed = {"img_resolution": cfg.img_resolution, "img_channels": cfg.img_channels, "label_dim": cfg.label_dim}
+    passed |= {"model_channels": cfg.model_channels, "dropout": cfg.dropout, "channel_mult": list(cfg.channel_mult)}
+    passed |= {"num_blocks": cfg.num_blocks, "attn_resolutions": list(cfg.attn_resolutions)}
+    passed |= {"channels_per_head": cfg.channels_per_head}
+    unet = persistent(net, passed, module_src)
+    heads = {name: unet.state["_modules"].pop(name) for name in ("logvar_fourier", "logvar_linear")}
+    precond_kwargs = {
+        **passed,
+        "use_fp16": True,
+        "sigma_data": denoiser.sigma_data,
+        "logvar_channels": cfg.logvar_channels,
+    }
+    ema = Persistent("Precond", module_state(denoiser, precond_kwargs, {"unet": unet, **heads}), module_src)
+    half_precision(ema)
+    easy = sys.modules["dnnlib.util"].EasyDict
+    encoder = Persistent("StandardRGBEncoder", {"init_kwargs": {}}, module_src)
+    dataset = easy(class_name="training.dataset.ImageFolderDataset", path="img64.zip", use_labels=True)
+    return easy(encoder=encoder, dataset_kwargs=dataset, loss_fn=Persistent("EDM2Loss", {}, module_src), ema=ema)
+
+
 def write_pickle(obj: Any, path: Path) -> Path:
+    """Pickle ``obj`` (or what ``obj()`` builds, for objects that need EDM's modules) as EDM's code would."""
     with edm_modules():
-        path.write_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        path.write_bytes(pickle.dumps(obj() if callable(obj) else obj, protocol=pickle.HIGHEST_PROTOCOL))
     return path

@@ -41,7 +41,10 @@ def leaves(tree, prefix=()):
 
 
 def lookup(tree, path):
+    """The value at ``path``; a key the tree lacks (e.g. a preset field left to the preset) has no default to repeat."""
     for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return object()
         tree = tree[key]
     return tree
 

@@ -1,5 +1,7 @@
 """CMT and ECT objectives against exact answers on the Gaussian oracle, plus ECT's schedules."""
 
+import types
+
 import pytest
 import torch
 from torch import nn
@@ -30,6 +32,28 @@ def test_cmt_loss_is_zero_for_the_exact_flow_map_and_pairs_states_with_their_end
     identity = float(cmt_loss(lambda x, s: x, traj, SIGMAS, squared_l2))
     expected = (traj[:, :-1] - traj[:, -1:]).square().sum(-1).mean()
     assert identity == pytest.approx(float(expected), rel=1e-12)
+
+
+class ClassOracle(nn.Module):
+    """The exact flow map of a class-conditional Gaussian data distribution (class k has mean k / 10), with the
+    interface of a class-conditional denoiser (one-hot ``class_labels``)."""
+
+    model = types.SimpleNamespace(cfg=types.SimpleNamespace(label_dim=10))
+
+    def forward(self, x, sigma, second_time=None, class_labels=None):
+        mu = (class_labels.double() @ torch.arange(10, dtype=torch.float64) / 10).reshape(-1, 1)
+        return oracle.trajectory_point(x, sigma.reshape(-1, 1), SIGMAS[-1], mu, S)
+
+
+def test_conditional_cmt_loss_routes_each_state_to_its_trajectorys_class():
+    labels = torch.arange(64) % 10
+    mu = (labels.double() / 10).reshape(-1, 1)
+    x_T = oracle.marginal_sample((64, 3), 80.0, 0.0, S, torch.Generator().manual_seed(0)) + mu
+    traj = torch.stack([oracle.trajectory_point(x_T, 80.0, s, mu, S) for s in SIGMAS], dim=1)
+    one = state_points("one", 64, len(SIGMAS) - 1, torch.Generator().manual_seed(1))
+    for points in (None, one):
+        assert float(cmt_loss(ClassOracle(), traj, SIGMAS, squared_l2, points, labels)) < 1e-20
+        assert float(cmt_loss(ClassOracle(), traj, SIGMAS, squared_l2, points, labels.roll(1))) > 1e-4
 
 
 def test_distances():

@@ -4,8 +4,11 @@ import json
 
 import pytest
 import torch
+from test_labels import conditional_denoiser
 
+from cmt.data import ImageDataset
 from cmt.fetch import file_sha256
+from cmt.labels import conditioned
 from cmt.nets import PRESETS, build_unet
 from cmt.precond import Denoiser
 from cmt.solvers import logsnr_sigmas, sample_trajectory
@@ -73,8 +76,9 @@ def test_truncated_shard_is_named(stored):
 def test_stored_sampling_counts_distinct(stored):
     traj = StoredTrajectories(stored[0])
     gen = torch.Generator().manual_seed(0)
-    seen = torch.cat([traj.sample(3, gen) for _ in range(50)])
+    seen = torch.cat([traj.sample(3, gen).states for _ in range(50)])
     assert seen.shape == (150, 5, 1, 8, 8) and traj.distinct_seen == 10
+    assert traj.sample(3, gen).labels is None  # an unconditional teacher's set has no labels
 
 
 def test_limit_takes_the_first_trajectories_from_the_needed_shards(stored):
@@ -88,13 +92,43 @@ def test_limit_takes_the_first_trajectories_from_the_needed_shards(stored):
 
 
 def test_online_source_and_data_plus_noise_start(teacher):
-    data = torch.full((5, 1, 8, 8), 0.5)
+    data = ImageDataset(torch.full((5, 1, 8, 8), 0.5), None, "halves")
     spec = TrajectorySpec("euler", logsnr_sigmas(2), "data_plus_noise", (1, 8, 8))
     online = OnlineTrajectories(teacher, spec, data)
     gen = torch.Generator().manual_seed(1)
-    batch = online.sample(6, gen)
+    batch = online.sample(6, gen).states
     assert batch.shape == (6, 3, 1, 8, 8) and online.distinct_seen == 6
     noise = torch.randn((6, 1, 8, 8), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(batch[:, 0], 80 * noise + 0.5)
     with pytest.raises(ValueError, match="training images"):
         generate(teacher, spec, 2, gen, None)
+
+
+def test_a_conditional_teacher_stores_the_label_each_trajectory_was_solved_for(tmp_path):
+    teacher = conditional_denoiser()
+    index = write_set(tmp_path, teacher, SPEC, count=6, shard_size=4, seed=3, data=None, provenance={})
+    assert index["label_dim"] == 10
+    stored = StoredTrajectories(tmp_path)
+    assert stored.labels.shape == (6,) and stored.labels.dtype == torch.int64
+    x_T, label = stored.states[4:5, 0], stored.labels[4:5]
+    with torch.no_grad():
+        alone = sample_trajectory(conditioned(teacher, label), x_T, SPEC.sigmas, SPEC.solver)[:, 0]
+        other = sample_trajectory(conditioned(teacher, (label + 1) % 10), x_T, SPEC.sigmas, SPEC.solver)[:, 0]
+    torch.testing.assert_close(alone, stored.states[4], rtol=1e-5, atol=1e-5)
+    assert (other[-1] - alone[-1]).abs().max() > 1e-3  # the label steers the solve
+    batch = stored.sample(5, torch.Generator().manual_seed(0))
+    for states, lab in zip(batch.states, batch.labels):
+        row = int(torch.nonzero((stored.states == states).flatten(1).all(1))[0])
+        assert stored.labels[row] == lab
+
+
+def test_a_data_plus_noise_start_carries_the_label_of_its_image():
+    labels = torch.tensor([0, 3, 5, 7, 9])
+    data = ImageDataset(labels.float().reshape(-1, 1, 1, 1).expand(-1, 1, 8, 8) / 10, labels, "coded")
+    spec = TrajectorySpec("euler", logsnr_sigmas(2), "data_plus_noise", (1, 8, 8))
+    batch = generate(conditional_denoiser(), spec, 6, torch.Generator().manual_seed(1), data)
+    noise = torch.randn((6, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+    image_values = (batch.states[:, 0] - 80 * noise).mean((1, 2, 3))
+    torch.testing.assert_close(image_values, batch.labels.float() / 10, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="class-conditional .* no labels"):
+        generate(conditional_denoiser(), spec, 2, torch.Generator(), ImageDataset(data.images, None, "bare"))

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import io
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ import torch
 import yaml
 from conftest import ROOT, SNAKEMAKE, copy_project, planned_jobs, snakemake
 from edm_standin import edm_snapshot, write_pickle
+from PIL import Image
+from safetensors.torch import load_file
 from test_edm_pickle import denoised, random_denoiser
 from test_jobs import assert_plot
 
@@ -355,3 +358,20 @@ def test_the_teacher_rule_fetches_an_edm_pickle_over_http_and_converts_it_once(t
         "file": f"fetched-{pickle_file.name}",
     }
     assert meta["fetched_meta"]["extras"] == ["model.map_augment.weight"]
+
+
+def test_a_class_conditional_smoke_run_carries_labels_through_every_stage(smoke, tmp_path):
+    """`network.label_dim: 10` on digits: the teacher, the stored trajectories, every student and every sampler are
+    class-conditional, and the evaluation grids are per class (column k: class k)."""
+    project = copy_project(tmp_path / "conditional")
+    snakemake(project, "--cores", "2", "all", "--configfile", "config/smoke.yaml", "config/smoke-conditional.yaml")
+    results = project / "results" / "smoke-conditional"
+    index = json.loads((results / "traj" / "dpmpp3m_legacy-nfe16" / "index.json").read_text())
+    assert index["label_dim"] == 10
+    shard = load_file(results / "traj" / "dpmpp3m_legacy-nfe16" / index["shards"][0]["file"])
+    assert shard["labels"].shape == (index["shards"][0]["count"],) and set(shard["labels"].tolist()) == set(range(10))
+    for job in MAIN:
+        assert json.loads((results / job / "meta.json").read_text())["architecture"]["label_dim"] == 10
+    width = Image.open(results / "eval" / "post" / "ect-cmt" / "base" / "it40" / "s0" / "grid-2step.png").width
+    assert width == 4 * (10 * (8 + 1) + 1)  # ten columns of 8-pixel digits with 1-pixel borders, 4x
+    assert (results / "tables" / "main.md").read_text().count("\n| ") == 6  # header + 5 models

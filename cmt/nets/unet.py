@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmt.nets.resample import fir_filter, fir_resample
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -104,21 +106,11 @@ class Conv2d(nn.Module):
             else None
         )
         self.bias = nn.Parameter(torch.zeros(out_channels)) if kernel else None
-        f = torch.as_tensor(resample_filter, dtype=torch.float32)
-        f = f.outer(f)[None, None] / f.sum().square()
-        self.register_buffer("resample_filter", f if (up or down) else None)
+        self.register_buffer("resample_filter", fir_filter(resample_filter) if (up or down) else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        f = self.resample_filter
-        if f is not None:
-            f = f.to(x.dtype)
-            pad = (f.shape[-1] - 1) // 2
-            if self.up:
-                x = F.conv_transpose2d(
-                    x, (4 * f).tile(self.in_channels, 1, 1, 1), groups=self.in_channels, stride=2, padding=pad
-                )
-            if self.down:
-                x = F.conv2d(x, f.tile(self.in_channels, 1, 1, 1), groups=self.in_channels, stride=2, padding=pad)
+        if self.resample_filter is not None:
+            x = fir_resample(x, self.resample_filter, up=self.up)
         if self.weight is not None:
             x = F.conv2d(x, self.weight.to(x.dtype), padding=self.weight.shape[-1] // 2)
             x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
@@ -314,21 +306,5 @@ def build_unet(cfg: UNetConfig | dict) -> SongUNet:
     return SongUNet(cfg if isinstance(cfg, UNetConfig) else UNetConfig.from_dict(cfg))
 
 
-def add_second_time(net: SongUNet) -> SongUNet:
-    """Copy of a single-time network with a zero-initialised second time branch (identical output at init)."""
-    cfg = UNetConfig.from_dict({**net.cfg.to_dict(), "second_time": True})
-    twin = SongUNet(cfg)
-    missing, unexpected = twin.load_state_dict(net.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("map_time2") for k in missing):
-        raise RuntimeError(f"second-time conversion lost weights: missing={missing}, unexpected={unexpected}")
-    return twin
-
-
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
-
-
-def network_config(section: dict) -> UNetConfig:
-    """A config ``network`` section: a named preset, with any other keys overriding its fields."""
-    overrides = {k: v for k, v in section.items() if k != "preset"}
-    return UNetConfig.from_dict({**PRESETS[section["preset"]].to_dict(), **overrides})

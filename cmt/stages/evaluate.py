@@ -13,6 +13,7 @@ from cmt.atomic import atomic_write_json
 from cmt.checkpoints import load_denoiser
 from cmt.data import ImageDataset, train_holdout
 from cmt.images import save_grid
+from cmt.labels import class_grid_order, conditioned, draw_labels, label_dim_of
 from cmt.metrics import (
     classifier_scores,
     extract,
@@ -66,11 +67,12 @@ def few_step_fd_callback(
 
     def evaluate(ema: Denoiser, step: int) -> dict:
         device = next(ema.parameters()).device
+        labels = draw_labels(n, label_dim_of(ema), seed, device=device)
         fds = {}
         for steps in (1, 2):
             gen = torch.Generator(device).manual_seed(seed + 1)
             fds[f"fd_{steps}step"] = scorer.fd(
-                sample_few_step(ema, kind, noise.to(device), steps, sigma_max, t_mid, gen)
+                sample_few_step(ema, kind, noise.to(device), steps, sigma_max, t_mid, gen, labels)
             )
         return fds
 
@@ -78,9 +80,16 @@ def few_step_fd_callback(
 
 
 def generate(
-    model: Denoiser, meta: dict, cfg: dict, precond: dict, shape: tuple[int, ...], device: torch.device
+    model: Denoiser,
+    meta: dict,
+    cfg: dict,
+    precond: dict,
+    shape: tuple[int, ...],
+    device: torch.device,
+    labels: Tensor | None,
 ) -> dict[str, Tensor]:
-    """Samples per sampler name: the teacher's ODE sampler, or 1-step and 2-step consistency sampling."""
+    """Samples per sampler name: the teacher's ODE sampler, or 1-step and 2-step consistency sampling; ``labels``:
+    one class per sample for a class-conditional model."""
     gen = torch.Generator(device).manual_seed(cfg["seed"])
     noise = torch.randn((cfg["num_samples"], *shape), generator=gen, device=device)
     model = model.to(device).eval()
@@ -90,7 +99,7 @@ def generate(
             sample["grid"], sample["steps"], sigma_min=precond["sigma_min"], sigma_max=precond["sigma_max"]
         )
         nfe = denoiser_calls(sample["solver"], sigmas)
-        return {f"{nfe}nfe": sample_diffusion(model, noise, sigmas, sample["solver"])}
+        return {f"{nfe}nfe": sample_diffusion(conditioned(model, labels), noise, sigmas, sample["solver"])}
     kind = meta.get("model_kind", "consistency")
     return {
         f"{steps}step": sample_few_step(
@@ -101,9 +110,18 @@ def generate(
             precond["sigma_max"],
             cfg["t_mid"],
             torch.Generator(device).manual_seed(cfg["seed"] + 1),
+            labels,
         )
         for steps in (1, 2)
     }
+
+
+def save_sample_grid(images: Tensor, labels: Tensor | None, label_dim: int, path: Path) -> None:
+    """The first 100 samples, or for a class-conditional model a per-class grid (column k: class k)."""
+    if labels is None:
+        save_grid(images[:100], path, scale=4)
+    else:
+        save_grid(images[class_grid_order(labels, label_dim, rows=10)], path, nrow=label_dim, scale=4)
 
 
 def training_cost(meta: dict) -> dict:
@@ -128,10 +146,12 @@ def run(
     model, meta = load_denoiser(model_dir)
     _, holdout = train_holdout(data_cfg)
     scorer = Scorer(Path(featnet), holdout, cfg["features"], device)
+    label_dim = label_dim_of(model)
+    labels = draw_labels(cfg["num_samples"], label_dim, cfg["seed"], device=device)
     scores = {}
-    for sampler, images in generate(model, meta, cfg, precond, holdout.shape, device).items():
+    for sampler, images in generate(model, meta, cfg, precond, holdout.shape, device, labels).items():
         scores.update({f"{k}_{sampler}": v for k, v in scorer.score(images).items()})
-        save_grid(images[:100], out / f"grid-{sampler}.png", scale=4)
+        save_sample_grid(images, labels, label_dim, out / f"grid-{sampler}.png")
     result = {
         "label": label,
         "model": str(model_dir),

@@ -8,6 +8,7 @@ boundary condition.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,7 +16,8 @@ from torch import Tensor
 
 from cmt.checkpoints import load_denoiser
 from cmt.config import config_hash
-from cmt.data import train_holdout
+from cmt.data import ImageDataset, train_holdout
+from cmt.labels import conditioned
 from cmt.losses import Distance, make_distance, squared_l2
 from cmt.meanflow import mean_velocity
 from cmt.precond import Denoiser
@@ -26,11 +28,17 @@ from cmt.trajectories import OnlineTrajectories, StoredTrajectories, TrajectoryS
 
 
 def cmt_loss(
-    student: Denoiser, trajectories: Tensor, sigmas: Tensor, distance: Distance, points: Tensor | None = None
+    student: Denoiser,
+    trajectories: Tensor,
+    sigmas: Tensor,
+    distance: Distance,
+    points: Tensor | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """CMT-CM: mean of d(f(x_i, sigma_i), x_end) over trajectories and states i (method.md 4).
 
-    ``points`` (n, k) selects k state indices per trajectory; default: all S states before the end.
+    ``points`` (n, k) selects k state indices per trajectory; default: all S states before the end.  ``labels``
+    (n,): each trajectory's class, for a class-conditional student.
     """
     n, count = trajectories.shape[:2]
     if points is None:
@@ -39,7 +47,12 @@ def cmt_loss(
     inputs = trajectories[rows, points].flatten(0, 1)
     sigma = sigmas.to(inputs)[points.flatten()]
     targets = trajectories[:, -1:].expand(-1, points.shape[1], *trajectories.shape[2:]).flatten(0, 1)
-    return distance(student(inputs, sigma), targets).mean()
+    return distance(with_labels(student, labels, rows)(inputs, sigma), targets).mean()
+
+
+def with_labels(student: Denoiser, labels: Tensor | None, rows: Tensor) -> Callable[..., Tensor]:
+    """The student, conditioned on the class of each input's trajectory (``rows``: trajectory per input)."""
+    return conditioned(student, None if labels is None else labels[rows.flatten()])
 
 
 def state_points(variant: str, n: int, states: int, gen: torch.Generator) -> Tensor | None:
@@ -59,7 +72,9 @@ def state_pairs(states: int, device: torch.device | None = None) -> Tensor:
     return torch.triu_indices(states + 1, states + 1, offset=1, device=device).T
 
 
-def cmt_flowmap_loss(student: Denoiser, trajectories: Tensor, sigmas: Tensor, pairs: Tensor) -> Tensor:
+def cmt_flowmap_loss(
+    student: Denoiser, trajectories: Tensor, sigmas: Tensor, pairs: Tensor, labels: Tensor | None = None
+) -> Tensor:
     """CMT-MF in flow-matching time: u(z_a, t_b, t_a) regressed onto (z_a - z_b) / (t_a - t_b), l2 (method.md 4).
 
     States and times are converted from EDM first (z = x / (1 + sigma), t = sigma / (1 + sigma)); ``pairs``
@@ -74,7 +89,7 @@ def cmt_flowmap_loss(student: Denoiser, trajectories: Tensor, sigmas: Tensor, pa
     z_a, z_b = z_all[rows, a].flatten(0, 1), z_all[rows, b].flatten(0, 1)
     t_a, t_b = t_all[a.flatten()], t_all[b.flatten()]
     target = (z_a - z_b) / (t_a - t_b).reshape(-1, *([1] * (z_a.ndim - 1)))
-    return squared_l2(mean_velocity(student, z_a, t_b, t_a), target).mean()
+    return squared_l2(mean_velocity(with_labels(student, labels, rows), z_a, t_b, t_a), target).mean()
 
 
 def trajectory_source(
@@ -82,7 +97,7 @@ def trajectory_source(
     traj_cfg: dict,
     traj_dir: str | Path | None,
     teacher_dir: str | Path,
-    train_images: Tensor,
+    train: ImageDataset,
     device: torch.device,
     limit: int | None = None,
 ) -> TrajectorySource:
@@ -93,8 +108,8 @@ def trajectory_source(
             raise ValueError("midtrain.source 'stored' needs a trajectory folder")
         return StoredTrajectories(traj_dir, device, limit=limit)
     teacher, _ = load_denoiser(teacher_dir)
-    spec = trajectory_spec(traj_cfg, tuple(train_images.shape[1:]))
-    return OnlineTrajectories(teacher.to(device).eval(), spec, train_images.to(device))
+    spec = trajectory_spec(traj_cfg, train.shape)
+    return OnlineTrajectories(teacher.to(device).eval(), spec, train)
 
 
 def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob) -> dict:
@@ -102,7 +117,7 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
     device = resolve_device(job.device)
     train, holdout = train_holdout(job.data)
     source = trajectory_source(
-        cfg["source"], traj_cfg, traj_dir, job.teacher_dir, train.images, device, cfg["max_trajectories"]
+        cfg["source"], traj_cfg, traj_dir, job.teacher_dir, train, device, cfg["max_trajectories"]
     )
     form, points = cfg["form"], cfg["points"]
     kind = "meanflow" if form == "flowmap" else "consistency"
@@ -190,7 +205,8 @@ def make_loss(
 
         def flowmap(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
             chosen = pairs[torch.randint(len(pairs), (per_step, steps), generator=gen, device=gen.device).to(device)]
-            return cmt_flowmap_loss(model, source.sample(per_step, gen).to(device), sigmas, chosen)
+            batch = source.sample(per_step, gen).to(device)
+            return cmt_flowmap_loss(model, batch.states, sigmas, chosen, batch.labels)
 
         return flowmap
     if form != "consistency":
@@ -205,12 +221,9 @@ def make_loss(
 
     def consistency(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
         chosen = state_points(points, per_step, steps, gen)
+        batch = source.sample(per_step, gen).to(device)
         return cmt_loss(
-            model,
-            source.sample(per_step, gen).to(device),
-            sigmas,
-            distance,
-            None if chosen is None else chosen.to(device),
+            model, batch.states, sigmas, distance, None if chosen is None else chosen.to(device), batch.labels
         )
 
     return consistency

@@ -10,7 +10,9 @@ import torch
 from cmt.checkpoints import load_denoiser, save_denoiser
 from cmt.data import ImageDataset
 from cmt.images import save_grid
-from cmt.nets import UNetBlock, add_second_time, build_unet
+from cmt.labels import class_columns, label_dim_of
+from cmt.nets import UNetBlock, add_second_time, build_network
+from cmt.nets.edm2 import Block as EDM2Block
 from cmt.plots import save_loss_curve
 from cmt.precond import Denoiser
 from cmt.sampling import sample_few_step
@@ -42,7 +44,7 @@ def job_label(job: StudentJob, fallback: str) -> str:
 def set_dropout(denoiser: Denoiser, p: float) -> Denoiser:
     """Dropout of every residual block (the recipe's per-stage dropout, method.md 7)."""
     for module in denoiser.modules():
-        if isinstance(module, UNetBlock):
+        if isinstance(module, (UNetBlock, EDM2Block)):
             module.dropout = p
     return denoiser
 
@@ -64,7 +66,7 @@ def init_student(
     with seeded(seed, "init"):
         if init == "random":
             template, meta = load_denoiser(architecture_from)
-            student = Denoiser(build_unet(template.model.cfg), sigma_data=template.sigma_data)
+            student = Denoiser(build_network(template.model.cfg), sigma_data=template.sigma_data)
         else:
             if init_dir is None:
                 raise ValueError(f"init {init!r} needs a checkpoint folder")
@@ -131,10 +133,13 @@ def finish(
     write_history(out, result.history)
     losses = [h["loss"] for h in result.history if "loss" in h]
     save_loss_curve(losses, out / "loss.png", title=f"{run_name} loss")
-    noise = torch.randn((64, *ema.model.cfg.image_shape), generator=torch.Generator().manual_seed(0))
+    label_dim = label_dim_of(ema)
+    count = 8 * label_dim if label_dim else 64
+    noise = torch.randn((count, *ema.model.cfg.image_shape), generator=torch.Generator().manual_seed(0))
+    labels = class_columns(count, label_dim)
     for steps in (1, 2):
-        images = sample_few_step(ema, kind, noise, steps, sigma_max, t_mid, torch.Generator().manual_seed(1))
-        save_grid(images, out / f"grid-{steps}step.png", scale=4)
+        images = sample_few_step(ema, kind, noise, steps, sigma_max, t_mid, torch.Generator().manual_seed(1), labels)
+        save_grid(images, out / f"grid-{steps}step.png", nrow=label_dim or None, scale=4)
     write_record(
         out,
         stage=meta["stage"],

@@ -14,7 +14,8 @@ from cmt.config import config_hash
 from cmt.data import ImageDataset, train_holdout
 from cmt.fetch import fetch
 from cmt.images import save_grid
-from cmt.nets import build_unet, count_parameters, network_config
+from cmt.labels import class_columns, conditioned, dataset_labels, label_dim_of
+from cmt.nets import build_network, count_parameters, network_config
 from cmt.plots import save_loss_curve
 from cmt.precond import Denoiser, edm_loss_weight
 from cmt.sampling import sample_diffusion
@@ -24,16 +25,21 @@ from cmt.train import FitResult, LoopConfig, clear_resume, fit, resolve_device, 
 
 
 def edm_loss(
-    denoiser: Denoiser, images: Tensor, p_mean: float, p_std: float, generator: torch.Generator | None = None
+    denoiser: Denoiser,
+    images: Tensor,
+    p_mean: float,
+    p_std: float,
+    generator: torch.Generator | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
-    """EDM loss: lambda(sigma) ||D(y + sigma n, sigma) - y||^2, ln sigma ~ N(p_mean, p_std^2) (EDM eq. 2, 8).
+    """EDM loss: lambda(sigma) ||D(y + sigma n, sigma; labels) - y||^2, ln sigma ~ N(p_mean, p_std^2) (EDM eq. 2, 8).
 
-    Per-sample sum over pixels, mean over the batch (numerics.md 2.2).
+    Per-sample sum over pixels, mean over the batch (numerics.md 2.2); ``labels``: integer class labels.
     """
     b = images.shape[0]
     sigma = (torch.randn(b, generator=generator, device=images.device) * p_std + p_mean).exp()
     noise = torch.randn(images.shape, generator=generator, device=images.device)
-    denoised = denoiser(images + sigma.reshape(-1, 1, 1, 1) * noise, sigma)
+    denoised = conditioned(denoiser, labels)(images + sigma.reshape(-1, 1, 1, 1) * noise, sigma)
     per_sample = (denoised - images).square().flatten(1).sum(1)
     return (edm_loss_weight(sigma) * per_sample).mean()
 
@@ -42,7 +48,7 @@ def build_denoiser(network: dict, precond: dict, seed: int) -> Denoiser:
     """Fresh EDM-preconditioned denoiser from the config's ``network`` and ``precond`` sections; ``seed`` fixes
     its initialisation."""
     with seeded(seed, "init"):
-        net = build_unet(network_config(network))
+        net = build_network(network_config(network))
     return Denoiser(net, sigma_data=precond["sigma_data"], sigma_min=precond["boundary_sigma_min"], mode="edm")
 
 
@@ -52,11 +58,15 @@ def train_teacher(
     """EDM training: Adam, linear LR warm-up, EDM's ramped half-life EMA; resumable from ``work_dir``."""
     loop = LoopConfig.from_dict(cfg)
     images = train_set.images.to(device)
+    labels = dataset_labels(train_set.labels, label_dim_of(denoiser), f"teacher on {train_set.name}")
+    labels = None if labels is None else labels.to(device)
     pixels = images[0].numel()
 
     def loss_fn(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
         idx = torch.randint(len(images), (loop.batch_size,), generator=gen, device=device)
-        return edm_loss(model, images[idx], cfg["p_mean"], cfg["p_std"], gen) / pixels  # logged per pixel, as EDM
+        batch_labels = None if labels is None else labels[idx]
+        loss = edm_loss(model, images[idx], cfg["p_mean"], cfg["p_std"], gen, batch_labels)
+        return loss / pixels  # logged per pixel, as EDM
 
     fingerprint = config_hash({"train": cfg, "architecture": denoiser.model.cfg.to_dict(), "seed": seed})
     return fit(denoiser.to(device), loss_fn, loop, work_dir, desc="teacher", seed=seed, fingerprint=fingerprint)
@@ -65,11 +75,13 @@ def train_teacher(
 def sample_grid_images(
     denoiser: Denoiser, sample: dict, precond: dict, seed: int, shape: tuple[int, ...], device: torch.device
 ) -> Tensor:
-    """``sample.num_samples`` teacher samples with the configured solver and grid (no grad)."""
+    """``sample.num_samples`` teacher samples with the configured solver and grid (no grad); a class-conditional
+    teacher draws class k in column k (``class_columns``)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     noise = torch.randn((sample["num_samples"], *shape), generator=gen, device=device)
     sigmas = sigma_grid(sample["grid"], sample["steps"], sigma_min=precond["sigma_min"], sigma_max=precond["sigma_max"])
-    return sample_diffusion(denoiser.eval(), noise, sigmas, sample["solver"])
+    labels = class_columns(sample["num_samples"], label_dim_of(denoiser))
+    return sample_diffusion(conditioned(denoiser.eval(), labels), noise, sigmas, sample["solver"])
 
 
 def run(
@@ -105,7 +117,7 @@ def run(
         run_facts = {"wall_seconds": result.wall_seconds, "resumed_from": result.resumed_from}
         save_loss_curve(losses, out / "loss.png", title="EDM teacher loss (per pixel)")
     samples = sample_grid_images(ema, cfg["sample"], precond, seed + 1, train_set.shape, device)
-    save_grid(samples, out / "samples.png", scale=4)
+    save_grid(samples, out / "samples.png", nrow=label_dim_of(ema) or None, scale=4)
     subtree = {"teacher": cfg, "network": network, "precond": precond, "data": data_cfg, "seed": seed}
     meta = {
         **meta,

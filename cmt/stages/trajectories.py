@@ -27,6 +27,6 @@ def run(
         cfg["count"],
         cfg["shard_size"],
         seed + cfg["seed_offset"],
-        train.images.to(device),
+        train,
         provenance,
     )

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from cmt.checkpoints import load_denoiser
 from cmt.config import config_hash
-from cmt.data import train_holdout
+from cmt.data import ImageDataset, train_holdout
+from cmt.labels import conditioned, dataset_labels, label_dim_of
 from cmt.losses import make_distance
 from cmt.meanflow import meanflow_loss
 from cmt.precond import Denoiser
@@ -21,28 +22,49 @@ from cmt.train import LoopConfig, LossFn, resolve_device
 METHODS = ("ect", "ecd", "meanflow")
 
 
-def make_loss(method: str, cfg: dict, images: Tensor, teacher_dir: str | Path, device: torch.device) -> LossFn:
-    """The minibatch loss of one method, drawing data from ``images``."""
+def make_loss(
+    method: str, cfg: dict, data: ImageDataset, label_dim: int, teacher_dir: str | Path, device: torch.device
+) -> LossFn:
+    """The minibatch loss of one method, drawing images (and, for a student of ``label_dim`` classes, their labels)
+    from ``data``; the student and ECD's teacher see each image's class."""
     if method not in METHODS:
         raise ValueError(f"unknown post-training method {method!r}; valid: {', '.join(METHODS)}")
     batch = cfg["batch_size"]
+    images = data.images.to(device)
+    labels = dataset_labels(data.labels, label_dim, f"post-training on {data.name}")
+    labels = None if labels is None else labels.to(device)
     if method == "meanflow":
-        return lambda model, step, gen: meanflow_loss(model, _batch(images, batch, gen), gen, cfg)
+
+        def meanflow(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
+            y, lab = _batch(images, labels, batch, gen)
+            return meanflow_loss(conditioned(model, lab), y, gen, cfg)
+
+        return meanflow
     distance = make_distance(cfg["loss"], pseudo_huber_c_value=cfg["pseudo_huber_c"])
 
     def stage(step: int) -> int:
         return ect_stage(step, cfg["iterations_per_tick"], cfg["double_ticks"])
 
     if method == "ect":
-        return lambda model, step, gen: ect_loss(model, _batch(images, batch, gen), gen, cfg, stage(step), distance)
+
+        def ect(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
+            y, lab = _batch(images, labels, batch, gen)
+            return ect_loss(conditioned(model, lab), y, gen, cfg, stage(step), distance)
+
+        return ect
     teacher = load_denoiser(teacher_dir)[0].to(device).eval().requires_grad_(False)
-    return lambda model, step, gen: ecd_loss(
-        model, teacher, _batch(images, batch, gen), gen, cfg, stage(step), distance
-    )
+
+    def ecd(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
+        y, lab = _batch(images, labels, batch, gen)
+        return ecd_loss(conditioned(model, lab), conditioned(teacher, lab), y, gen, cfg, stage(step), distance)
+
+    return ecd
 
 
-def _batch(images: Tensor, n: int, gen: torch.Generator) -> Tensor:
-    return images[torch.randint(len(images), (n,), generator=gen, device=images.device)]
+def _batch(images: Tensor, labels: Tensor | None, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """A minibatch of images and their labels (None for an unconditional student)."""
+    idx = torch.randint(len(images), (n,), generator=gen, device=images.device)
+    return images[idx], None if labels is None else labels[idx]
 
 
 def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: StudentJob) -> dict:
@@ -60,7 +82,7 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
         second_time=kind == "meanflow",
     )
     student: Denoiser = student.to(device)
-    loss_fn = make_loss(method, cfg, train.images.to(device), job.teacher_dir, device)
+    loss_fn = make_loss(method, cfg, train, label_dim_of(student), job.teacher_dir, device)
     loop = LoopConfig.from_dict(cfg)
     result, last_fd = fit_student(
         student,
