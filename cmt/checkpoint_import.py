@@ -27,7 +27,6 @@ from cmt.fetch import file_sha256
 from cmt.nets import EDM2Config, UNetConfig, build_network, build_unet, count_parameters
 from cmt.precond import SIGMA_DATA, Denoiser
 
-FORMATS = ("cmt", "edm-pickle", "edm2-pickle")
 PICKLE_MAGIC = b"\x80"  # pickle protocol >= 2 starts with PROTO
 
 # EDM's SongUNet constructor defaults: persistence records only the arguments actually passed (method.md 12.5).
@@ -60,32 +59,32 @@ EDM_PRECOND_DEFAULTS = {"sigma_data": SIGMA_DATA, "sigma_min": 0.0}
 EDM_SAMPLER_SIGMA_MIN = 0.002
 
 
-def checkpoint_format(path: str | Path) -> str:
-    """``cmt``, ``edm-pickle`` or ``edm2-pickle``, from the file's content (errors name the file)."""
+def is_network_pickle(path: str | Path) -> bool:
+    """Whether ``path`` is a pickle (EDM/EDM2) rather than our format (a folder or a .safetensors file)."""
     path = Path(path)
     if path.is_dir():
         if not (path / WEIGHTS).is_file():
             raise FileNotFoundError(f"{path}: a folder without {WEIGHTS}; not a checkpoint")
-        return "cmt"
+        return False
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with path.open("rb") as fh:
-        head = fh.read(1)
-    if head == PICKLE_MAGIC:
-        return read_network_pickle(path).format
-    return "cmt"
+        return fh.read(1) == PICKLE_MAGIC
+
+
+def _load_ours(path: Path) -> tuple[Denoiser, dict]:
+    return load_denoiser(path) if path.is_dir() else load_denoiser_file(path)
 
 
 def describe(path: str | Path) -> dict:
     """What ``python -m cmt inspect-checkpoint`` prints: format, architecture, parameter count, labels, extras."""
     path = Path(path)
-    fmt = checkpoint_format(path)
-    if fmt == "cmt":
-        denoiser, meta = load_denoiser(path) if path.is_dir() else load_denoiser_file(path)
+    if not is_network_pickle(path):
+        denoiser, meta = _load_ours(path)
         arch = meta["architecture"]
         return {
             "path": str(path),
-            "format": fmt,
+            "format": "cmt",
             "class": type(denoiser.model).__name__,
             "architecture": arch,
             "precond": meta["precond"],
@@ -202,14 +201,11 @@ def convert_edm2(pkl: NetworkPickle) -> tuple[Denoiser, dict]:
 def load_any(path: str | Path, url: str | None = None) -> tuple[Denoiser, dict]:
     """Any supported checkpoint as our denoiser; the meta records the source file's format, sha256 and URL."""
     path = Path(path)
-    fmt = checkpoint_format(path)
-    if fmt == "cmt":
-        denoiser, meta = load_denoiser(path) if path.is_dir() else load_denoiser_file(path)
+    if not is_network_pickle(path):
+        denoiser, meta = _load_ours(path)
         weights = path / WEIGHTS if path.is_dir() else path
-        return denoiser, {**meta, "converted_from": {"format": fmt, "sha256": file_sha256(weights), "url": url}}
+        return denoiser, {**meta, "converted_from": {"format": "cmt", "sha256": file_sha256(weights), "url": url}}
     pkl = read_network_pickle(path)
-    denoiser, info = convert_edm2(pkl) if fmt == "edm2-pickle" else convert_edm(pkl)
-    return denoiser, {
-        **info,
-        "converted_from": {"format": fmt, "sha256": file_sha256(path), "url": url, "file": path.name},
-    }
+    denoiser, info = convert_edm2(pkl) if pkl.format == "edm2-pickle" else convert_edm(pkl)
+    source = {"format": pkl.format, "sha256": file_sha256(path), "url": url, "file": path.name}
+    return denoiser, {**info, "converted_from": source}

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from cmt.atomic import atomic_write_bytes
+from cmt.jobs import eval_path
 
 METHOD_NAMES = {"ect": "ECT", "ecd": "ECD", "meanflow": "MeanFlow"}
 INIT_NAMES = {"random": "random init", "diffusion": "diffusion init", "cmt": "CMT init"}
@@ -197,6 +199,18 @@ def log_tables(db: str | Path, experiment: str, files: list[Path], table: str | 
         client.log_artifact(run_id, str(file), artifact_path="tables")
 
 
+def samples_section(runs: pd.DataFrame, out: Path) -> str:
+    """Markdown linking each main-table model's evaluation grid (the 2-step one; per class for a class-conditional
+    model), read from the results folder that holds ``out``."""
+    _, evals = split_runs(runs)
+    lines = []
+    for _, ev in sorted(in_table(evals, "main").iterrows(), key=lambda item: _order(item[1])):
+        grids = sorted((out.parent / eval_path(tag(ev, "job"))).glob("grid-*.png"))  # grid-2step sorts last
+        if grids:
+            lines.append(f"**{model_name(ev)}**\n\n![{model_name(ev)}]({os.path.relpath(grids[-1], out)})\n")
+    return "\n## Samples\n\n" + "\n".join(lines) if lines else ""
+
+
 def main_report(db: str | Path, experiment: str, out_dir: str | Path) -> pd.DataFrame:
     """Write ``main.md``, ``main.csv`` and ``fd_vs_iterations.png`` into ``out_dir``."""
     out = Path(out_dir)
@@ -209,7 +223,7 @@ def main_report(db: str | Path, experiment: str, out_dir: str | Path) -> pd.Data
         f"# Main comparison ({experiment})\n\nBuilt from the MLflow store {Path(db).name} "
         f"(experiment `{experiment}`). FD: Frechet distance in the feature space of the evaluation net, "
         "against held-out data (lower is better).\n\n" + to_markdown(table) + "".join(f"\n{n}.\n" for n in notes)
-    )
+    ) + samples_section(runs, out)
     atomic_write_bytes(out / "main.md", md.encode())
     plot_curves(curves, out / "fd_vs_iterations.png")
     log_tables(db, experiment, [out / "main.md", out / "main.csv", out / "fd_vs_iterations.png"])

@@ -130,6 +130,14 @@ def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
         e.copy_(b)
 
 
+def before_training_step(model: nn.Module) -> None:
+    """What a network does to its stored weights before each training step (EDM2's forced weight normalisation)."""
+    for module in model.modules():
+        hook = getattr(module, "before_training_step", None)
+        if hook is not None:
+            hook()
+
+
 def clean_gradients(model: nn.Module) -> None:
     """NaN -> 0, +-inf -> +-1e5 in every gradient (the authors' gradient hygiene, method.md 7)."""
     for p in model.parameters():
@@ -195,6 +203,7 @@ def fit(
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
+        before_training_step(model)
         loss = loss_fn(model, step, generator)
         value = float(loss.detach())
         if not math.isfinite(value):

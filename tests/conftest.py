@@ -74,6 +74,10 @@ class CountingTeacher(torch.nn.Module):
         super().__init__()
         self.inner, self.rows = inner, 0
 
+    @property
+    def model(self) -> torch.nn.Module:  # the wrapped network (its config: label_dim, image shape)
+        return self.inner.model
+
     def forward(self, x, sigma, *args):
         self.rows += x.shape[0]
         return self.inner(x, sigma, *args)

@@ -9,6 +9,7 @@ from cmt.checkpoint_import import describe, load_any
 from cmt.config import resolve
 from cmt.labels import conditioned
 from cmt.losses import make_distance
+from cmt.meanflow import meanflow_loss
 from cmt.nets import (
     EDM2_PRESETS,
     EDM2Config,
@@ -21,6 +22,7 @@ from cmt.nets import (
 from cmt.nets.edm2 import mp_cat, mp_silu, mp_sum, normalize
 from cmt.precond import Denoiser
 from cmt.stages.posttrain.ect import ect_loss
+from cmt.train import LoopConfig, fit
 
 TINY = EDM2Config(
     img_resolution=8,
@@ -82,21 +84,28 @@ def test_a_second_time_input_starts_as_the_parent_and_jvp_runs_through():
     torch.testing.assert_close(jvp, diff, rtol=2e-2, atol=2e-3)
 
 
-def test_training_renormalises_stored_weights_and_evaluation_does_not():
-    denoiser = tiny_denoiser()
+def test_forced_weight_normalisation_runs_before_each_training_step_not_in_forward(tmp_path):
+    denoiser = tiny_denoiser().train()
     conv = denoiser.model.enc["8x8_conv"]
     with torch.no_grad():
         conv.weight.mul_(3.0)
     x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.5, 5.0])
-    with torch.no_grad():
-        denoiser(x, sigma)
-    assert conv.weight.square().mean((1, 2, 3)).mean().item() == pytest.approx(9.0, rel=0.2)
-    denoiser.train()
-    with torch.no_grad():  # a target pass (ECT): no re-normalisation
-        denoiser(x, sigma)
-    assert conv.weight.square().mean((1, 2, 3)).mean().item() == pytest.approx(9.0, rel=0.2)
-    denoiser(x, sigma)
+    before = denoiser(x, sigma)
+    assert conv.weight.square().mean((1, 2, 3)).mean().item() == pytest.approx(9.0, rel=0.2)  # forward: no change
+    loop = LoopConfig.from_dict(
+        {
+            "iterations": 1,
+            "batch_size": 2,
+            "lr": 0.0,
+            "optimizer": "adam",
+            "betas": [0.9, 0.99],
+            "lr_schedule": "constant",
+        }
+        | {"warmup_iterations": 0, "ema_beta": 0.9, "checkpoint_every": 0, "eval_every": 0}
+    )
+    fit(denoiser, lambda model, step, gen: model(x, sigma).square().mean(), loop, tmp_path, "t", seed=0)
     torch.testing.assert_close(conv.weight.square().mean((1, 2, 3)), torch.ones(16), rtol=1e-3, atol=0)
+    torch.testing.assert_close(denoiser(x, sigma), before, rtol=0, atol=1e-4)  # the same outputs, up to eps 1e-4
 
 
 def test_ect_trains_an_edm2_student_through_its_no_grad_target_pass():
@@ -157,3 +166,11 @@ def test_a_config_network_section_selects_an_edm2_preset_and_sizes_it_for_digits
         network_config({**section, "out_channels": 3})
     with pytest.raises(ValueError, match="network.num_heads: not a field of EDM2 preset 'edm2-img64-s'"):
         network_config({**section, "num_heads": 2})
+
+
+def test_meanflow_trains_an_edm2_student_through_its_jvp():
+    student = Denoiser(add_second_time(tiny_denoiser().model)).train()
+    cfg = {"p_mean": -0.4, "p_std": 1.0, "frac_r_neq_t": 0.5, "p": 1.0, "c": 1e-3}
+    loss = meanflow_loss(student, torch.randn(4, 3, 8, 8), torch.Generator().manual_seed(0), cfg)
+    loss.backward()
+    assert torch.isfinite(loss) and student.model.time2_gain.grad is not None

@@ -2,12 +2,18 @@
 student, CMT's flow-map form handing a two-time student to MeanFlow; and what the smoke run's students achieved."""
 
 import json
+import math
 
 import pytest
 import torch
 from conftest import count_teacher_loads, smoke_config, smoke_job
+from test_labels import conditional_denoiser
 
-from cmt.checkpoints import load_denoiser
+from cmt.checkpoints import load_denoiser, save_denoiser
+from cmt.config import resolve
+from cmt.data import ImageDataset
+from cmt.nets import add_second_time
+from cmt.precond import Denoiser
 from cmt.stages import midtrain
 from cmt.stages.posttrain import runner
 
@@ -83,3 +89,27 @@ def test_every_student_beats_its_initial_weights_and_starts_where_its_init_ended
             assert evals[-1][metric] < 0.95 * evals[0][metric], (init, metric)
     # the CMT init's EMA is the CMT student: same weights, same evaluation noise, same 1-step FD
     assert history(smoke, "post/ect-cmt/base/it40/s0")[0]["fd_1step"] == pytest.approx(mid[-1]["fd_1step"], rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ect", "ecd", "meanflow"])
+def test_every_method_gives_a_class_conditional_student_and_teacher_each_images_class(tmp_path, method):
+    """A conditional network refuses a call without labels, so each loss running through proves the labels arrive;
+    swapping the labels changes the loss (they are the images' own)."""
+    teacher = conditional_denoiser()
+    save_denoiser(tmp_path / "teacher", teacher, {})
+    student = add_second_time_if(teacher, method == "meanflow").train()
+    cfg = {**resolve({"name": "x"}, "test")["posttrain"][method], "batch_size": 8}
+    data = ImageDataset(torch.randn(20, 1, 8, 8), torch.arange(20) % 10, "noise")
+    losses = []
+    for labels in (data.labels, (data.labels + 3) % 10):
+        loss_fn = runner.make_loss(
+            method, cfg, ImageDataset(data.images, labels, "noise"), 10, tmp_path / "teacher", "cpu"
+        )
+        losses.append(float(loss_fn(student, 0, torch.Generator().manual_seed(0)).detach()))
+    assert all(map(math.isfinite, losses)) and losses[0] != losses[1]
+    with pytest.raises(ValueError, match="class-conditional .* no labels"):
+        runner.make_loss(method, cfg, ImageDataset(data.images, None, "bare"), 10, tmp_path / "teacher", "cpu")
+
+
+def add_second_time_if(denoiser, second_time: bool):
+    return Denoiser(add_second_time(denoiser.model), sigma_data=denoiser.sigma_data) if second_time else denoiser

@@ -120,6 +120,7 @@ def test_smoke_run_produces_tables_from_mlflow(smoke):
     assert int(cmt["images teacher"]) == 60 * 128 and int(cmt["images mid"]) == int(cmt["images post"]) == 40 * 128
     assert int(rows[2]["images teacher"]) == int(rows[2]["images mid"]) == 0
     assert_plot(results / "tables" / "fd_vs_iterations.png", (1080, 408))
+    assert_sample_links(results / "tables" / "main.md", 5)
     from cmt.tracking import EXPERIMENT_KIND, search, tracking_uri
 
     runs = search(results / "mlflow.db", "smoke", stage="evaluate")
@@ -137,6 +138,14 @@ def test_smoke_run_produces_tables_from_mlflow(smoke):
     assert url in (results / "logs" / "ingest-main.log").read_text()  # the runs table, not the GenAI overview
     assert (results / "benchmarks" / "post" / "ect-cmt" / "base" / "it40" / "s0.tsv").exists()
     assert not any((smoke / "work" / "smoke").rglob("resume.pt"))
+
+
+def assert_sample_links(report: Path, count: int) -> list[Path]:
+    """The report's Samples section links ``count`` grids, each an existing image."""
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report.read_text().partition("## Samples")[2])
+    grids = [(report.parent / link).resolve() for link in links]
+    assert len(grids) == count and all(g.is_file() and g.name.startswith("grid-") for g in grids), links
+    return grids
 
 
 def test_second_run_has_nothing_to_do(smoke):
@@ -372,6 +381,6 @@ def test_a_class_conditional_smoke_run_carries_labels_through_every_stage(smoke,
     assert shard["labels"].shape == (index["shards"][0]["count"],) and set(shard["labels"].tolist()) == set(range(10))
     for job in MAIN:
         assert json.loads((results / job / "meta.json").read_text())["architecture"]["label_dim"] == 10
-    width = Image.open(results / "eval" / "post" / "ect-cmt" / "base" / "it40" / "s0" / "grid-2step.png").width
-    assert width == 4 * (10 * (8 + 1) + 1)  # ten columns of 8-pixel digits with 1-pixel borders, 4x
     assert (results / "tables" / "main.md").read_text().count("\n| ") == 6  # header + 5 models
+    for grid in assert_sample_links(results / "tables" / "main.md", 5):  # the report shows per-class grids
+        assert Image.open(grid).width == 4 * (10 * (8 + 1) + 1)  # ten columns of 8-pixel digits, 1-pixel borders

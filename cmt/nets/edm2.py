@@ -121,9 +121,12 @@ class MPFourier(nn.Module):
 
 class MPConv(nn.Module):
     """Magnitude-preserving convolution (kernel k x k) or linear layer (kernel 0): weights normalised per output
-    channel, scaled by gain / sqrt(fan_in) (EDM2 Eq. 47).  A training pass (train mode, gradients on) first
-    re-normalises the stored weights (Eq. 66); a no-grad pass in train mode, such as ECT's target pass, does
-    not (method.md 8.2), which also keeps the weights a pending backward pass needs unmodified."""
+    channel, scaled by gain / sqrt(fan_in) (EDM2 Eq. 47).
+
+    Forced weight normalisation (Eq. 66) re-normalises the stored weights before every training step, as EDM2
+    does at the start of its training forward pass; here the training loop calls ``before_training_step`` so
+    that the forward pass itself changes nothing in place: it stays valid under ``torch.func.jvp`` (MeanFlow)
+    and leaves ECT's no-grad target pass without it (method.md 8.2)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int):
         super().__init__()
@@ -131,11 +134,13 @@ class MPConv(nn.Module):
         shape = (out_channels, in_channels, kernel, kernel) if kernel else (out_channels, in_channels)
         self.weight = nn.Parameter(torch.randn(shape))
 
+    @torch.no_grad()
+    def before_training_step(self) -> None:
+        """Forced weight normalisation of the stored weights (EDM2 Eq. 66)."""
+        self.weight.copy_(normalize(self.weight.to(torch.float32)))
+
     def forward(self, x: Tensor, gain: Tensor | float = 1.0) -> Tensor:
         w = self.weight.to(torch.float32)
-        if self.training and torch.is_grad_enabled():
-            with torch.no_grad():
-                self.weight.copy_(normalize(w))  # forced weight normalisation (EDM2 Eq. 66)
         w = normalize(w) * (gain / math.sqrt(w[0].numel()))
         w = w.to(x.dtype)
         if w.ndim == 2:
