@@ -7,11 +7,12 @@ refuses them (``cmt.nets.unet``); the helpers here pass exactly what the network
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+from cmt.seeds import derived_seed
 
 
 def label_dim_of(denoiser: nn.Module) -> int:
@@ -40,10 +41,7 @@ def draw_labels(
     generation)."""
     if not label_dim:
         return None
-    values = [
-        int.from_bytes(hashlib.sha256(f"{seed}/label/{i}".encode()).digest()[:8], "big") % label_dim
-        for i in range(first, first + count)
-    ]
+    values = [derived_seed(seed, f"label/{i}") % label_dim for i in range(first, first + count)]
     return torch.tensor(values, dtype=torch.int64, device=device)
 
 

@@ -163,9 +163,17 @@ def kernel_distance(f1: np.ndarray, f2: np.ndarray, seed: int = 0) -> float:
 
 
 @torch.no_grad()
+def class_probs(net: ClassifierFeatureNet, images: Tensor) -> Tensor:
+    """The feature net's class probabilities (N, classes)."""
+    return torch.cat([net(images[i : i + 1024].float()).softmax(1) for i in range(0, len(images), 1024)])
+
+
 def classifier_scores(net: ClassifierFeatureNet, images: Tensor) -> dict:
+    return probs_scores(class_probs(net, images))
+
+
+def probs_scores(probs: Tensor) -> dict:
     """Mean classifier confidence and the entropy of the predicted-class histogram (mode coverage)."""
-    probs = torch.cat([net(images[i : i + 1024].float()).softmax(1) for i in range(0, len(images), 1024)])
     hist = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double() / len(probs)
     entropy = float(-(hist[hist > 0] * hist[hist > 0].log()).sum() / np.log(probs.shape[1]))
     return {"confidence": float(probs.max(1).values.mean()), "class_entropy": entropy}

@@ -24,12 +24,11 @@ def sample_consistency(
     noise: Tensor,
     sigma_max: float,
     t_mid: float | None = None,
-    gen: torch.Generator | None = None,
+    eps: Tensor | None = None,
     labels: Tensor | None = None,
 ) -> Tensor:
-    """CM sampling in boundary (eval) mode: x0 = f(sigma_max z, sigma_max); 2-step re-noises to t_mid (method.md 9).
-
-    ``labels``: one class per sample, for a class-conditional model."""
+    """CM sampling in boundary (eval) mode: x0 = f(sigma_max z, sigma_max); 2-step re-noises to t_mid with ``eps``
+    (method.md 9).  ``labels``: one class per sample, for a class-conditional model."""
     mode = model.mode
     model.set_mode("boundary").eval()
     net = conditioned(model, labels)
@@ -37,8 +36,9 @@ def sample_consistency(
         b = noise.shape[0]
         x0 = net(noise * sigma_max, torch.full((b,), sigma_max, device=noise.device))
         if t_mid is not None:
-            eps = torch.randn(noise.shape, generator=gen, device=noise.device, dtype=noise.dtype)
-            x0 = net(x0 + t_mid * eps, torch.full((b,), t_mid, device=noise.device))
+            if eps is None:
+                raise ValueError("2-step consistency sampling needs its re-noising draw eps")
+            x0 = net(x0 + t_mid * eps.to(noise), torch.full((b,), t_mid, device=noise.device))
     finally:
         model.set_mode(mode)
     return x0
@@ -52,11 +52,11 @@ def sample_few_step(
     steps: int,
     sigma_max: float,
     t_mid: float,
-    gen: torch.Generator | None = None,
+    eps: Tensor | None = None,
     labels: Tensor | None = None,
 ) -> Tensor:
     """1- or 2-step samples of a ``consistency`` model (method.md 9) or a ``meanflow`` model (numerics.md 9.5);
-    ``labels``: one class per sample, for a class-conditional model."""
+    ``eps``: the 2-step re-noising draw, ``labels``: one class per sample, for a class-conditional model."""
     if kind == "meanflow":
         from cmt.meanflow import sample_meanflow
 
@@ -64,4 +64,4 @@ def sample_few_step(
         return sample_meanflow(conditioned(model, labels), noise, steps)
     if kind != "consistency" or steps not in (1, 2):
         raise ValueError(f"no {steps}-step sampler for model kind {kind!r}")
-    return sample_consistency(model, noise, sigma_max, t_mid if steps == 2 else None, gen, labels)
+    return sample_consistency(model, noise, sigma_max, t_mid if steps == 2 else None, eps, labels)

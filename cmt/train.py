@@ -10,14 +10,11 @@ naming the step when the loss itself is NaN/inf, leaving the last good checkpoin
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -40,20 +37,6 @@ class Stateful(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
-
-
-def derived_seed(seed: int, purpose: str) -> int:
-    """An independent 63-bit seed for one purpose of a job (``init``, ...), fixed by the job's seed."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{purpose}".encode()).digest()[:8], "big") >> 1
-
-
-@contextmanager
-def seeded(seed: int, purpose: str) -> Iterator[None]:
-    """Run a block (e.g. building a network: its random initialisation) on torch's global RNG seeded from
-    ``seed`` and ``purpose``; the RNG state outside the block is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_seed(seed, purpose))
-        yield
 
 
 def set_determinism(enabled: bool) -> None:

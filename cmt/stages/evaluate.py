@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +16,17 @@ from cmt.data import ImageDataset, train_holdout
 from cmt.images import save_grid
 from cmt.labels import class_grid_order, conditioned, draw_labels, label_dim_of
 from cmt.metrics import (
-    classifier_scores,
+    class_probs,
     extract,
     frechet_distance,
     inception_features,
     kernel_distance,
     load_feature_net,
+    probs_scores,
 )
 from cmt.precond import Denoiser
 from cmt.sampling import sample_diffusion, sample_few_step
+from cmt.seeds import index_normal
 from cmt.solvers import denoiser_calls, sigma_grid
 from cmt.tracking import write_record
 
@@ -49,71 +52,77 @@ class Scorer:
     def fd(self, images: Tensor) -> float:
         return frechet_distance(self._features(images.clamp(-1, 1)), self.ref_feats)
 
-    def score(self, images: Tensor) -> dict:
+    def measure(self, images: Tensor) -> tuple[np.ndarray, Tensor]:
+        """One batch's features and class probabilities (what the scores are computed from)."""
         images = images.clamp(-1, 1).cpu()
-        feats = self._features(images)
+        return self._features(images), class_probs(self.net, images)
+
+    def score(self, feats: np.ndarray, probs: Tensor) -> dict:
         return {
             "fd": frechet_distance(feats, self.ref_feats),  # FID when features == "inception"
             "kid": kernel_distance(feats, self.ref_feats),
-            **classifier_scores(self.net, images),
+            **probs_scores(probs),
         }
 
 
 def few_step_fd_callback(
     scorer: Scorer, kind: str, n: int, sigma_max: float, t_mid: float, seed: int, shape: tuple[int, ...]
 ):
-    """Training-time evaluation: FD of 1-step and 2-step samples of the EMA model, fixed noise."""
-    noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+    """Training-time evaluation: FD of 1-step and 2-step samples of the EMA model, noise fixed per sample index."""
+    noise, eps = index_normal(seed, "noise", 0, n, shape), index_normal(seed, "renoise", 0, n, shape)
 
     def evaluate(ema: Denoiser, step: int) -> dict:
         device = next(ema.parameters()).device
         labels = draw_labels(n, label_dim_of(ema), seed, device=device)
-        fds = {}
-        for steps in (1, 2):
-            gen = torch.Generator(device).manual_seed(seed + 1)
-            fds[f"fd_{steps}step"] = scorer.fd(
-                sample_few_step(ema, kind, noise.to(device), steps, sigma_max, t_mid, gen, labels)
+        return {
+            f"fd_{steps}step": scorer.fd(
+                sample_few_step(ema, kind, noise.to(device), steps, sigma_max, t_mid, eps.to(device), labels)
             )
-        return fds
+            for steps in (1, 2)
+        }
 
     return evaluate
 
 
-def generate(
-    model: Denoiser,
-    meta: dict,
-    cfg: dict,
-    precond: dict,
-    shape: tuple[int, ...],
-    device: torch.device,
-    labels: Tensor | None,
-) -> dict[str, Tensor]:
-    """Samples per sampler name: the teacher's ODE sampler, or 1-step and 2-step consistency sampling; ``labels``:
-    one class per sample for a class-conditional model."""
-    gen = torch.Generator(device).manual_seed(cfg["seed"])
-    noise = torch.randn((cfg["num_samples"], *shape), generator=gen, device=device)
-    model = model.to(device).eval()
+Sampler = Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (noise, re-noise draw, labels) -> images
+
+
+def samplers(model: Denoiser, meta: dict, cfg: dict, precond: dict) -> dict[str, Sampler]:
+    """The samplers a model is evaluated with, by name: the teacher's ODE sampler, or 1-step and 2-step sampling."""
     if meta.get("model_kind") == "diffusion":
         sample = cfg["sample"]
         sigmas = sigma_grid(
             sample["grid"], sample["steps"], sigma_min=precond["sigma_min"], sigma_max=precond["sigma_max"]
         )
         nfe = denoiser_calls(sample["solver"], sigmas)
-        return {f"{nfe}nfe": sample_diffusion(conditioned(model, labels), noise, sigmas, sample["solver"])}
+        return {
+            f"{nfe}nfe": lambda z, eps, labels: sample_diffusion(
+                conditioned(model, labels), z, sigmas, sample["solver"]
+            )
+        }
     kind = meta.get("model_kind", "consistency")
-    return {
-        f"{steps}step": sample_few_step(
-            model,
-            kind,
-            noise,
-            steps,
-            precond["sigma_max"],
-            cfg["t_mid"],
-            torch.Generator(device).manual_seed(cfg["seed"] + 1),
-            labels,
+
+    def few_step(steps: int) -> Sampler:
+        return lambda z, eps, labels: sample_few_step(
+            model, kind, z, steps, precond["sigma_max"], cfg["t_mid"], eps, labels
         )
-        for steps in (1, 2)
-    }
+
+    return {f"{steps}step": few_step(steps) for steps in (1, 2)}
+
+
+def sample_batches(
+    model: Denoiser, named: dict[str, Sampler], cfg: dict, shape: tuple[int, ...], device: torch.device
+) -> Iterator[tuple[str, Tensor, Tensor | None]]:
+    """(sampler, images, labels) batch by batch over ``cfg['num_samples']`` samples; sample i's noise, re-noise draw
+    and label are fixed by (``cfg['seed']``, i), so no result depends on ``cfg['batch_size']``."""
+    total, size, seed, label_dim = cfg["num_samples"], cfg["batch_size"], cfg["seed"], label_dim_of(model)
+    for first in range(0, total, size):
+        count = min(size, total - first)
+        z = index_normal(seed, "noise", first, count, shape, device)
+        eps = index_normal(seed, "renoise", first, count, shape, device)
+        labels = draw_labels(count, label_dim, seed, first, device)
+        for name, sampler in named.items():
+            yield name, sampler(z, eps, labels), labels
 
 
 def save_sample_grid(images: Tensor, labels: Tensor | None, label_dim: int, path: Path) -> None:
@@ -122,6 +131,30 @@ def save_sample_grid(images: Tensor, labels: Tensor | None, label_dim: int, path
         save_grid(images[:100], path, scale=4)
     else:
         save_grid(images[class_grid_order(labels, label_dim, rows=10)], path, nrow=label_dim, scale=4)
+
+
+def score_samples(
+    model: Denoiser, named: dict[str, Sampler], cfg: dict, scorer: Scorer, device: torch.device, out: Path
+) -> dict:
+    """Scores per sampler over all samples, measured batch by batch; one grid per sampler (per class if
+    class-conditional) from the first samples."""
+    label_dim = label_dim_of(model)
+    keep = 20 * label_dim or 100  # enough for a 10-deep per-class grid
+    feats, probs, grids = ({name: [] for name in named} for _ in range(3))
+    for name, images, labels in sample_batches(model, named, cfg, scorer.reference.shape, device):
+        batch_feats, batch_probs = scorer.measure(images)
+        feats[name].append(batch_feats)
+        probs[name].append(batch_probs)
+        if sum(len(images) for images, _ in grids[name]) < keep:
+            grids[name].append((images.cpu(), None if labels is None else labels.cpu()))
+    scores = {}
+    for name in named:
+        measured = scorer.score(np.concatenate(feats[name]), torch.cat(probs[name]))
+        scores.update({f"{k}_{name}": v for k, v in measured.items()})
+        images = torch.cat([images for images, _ in grids[name]])
+        labels = torch.cat([labels for _, labels in grids[name]]) if label_dim else None
+        save_sample_grid(images, labels, label_dim, out / f"grid-{name}.png")
+    return scores
 
 
 def training_cost(meta: dict) -> dict:
@@ -146,12 +179,7 @@ def run(
     model, meta = load_denoiser(model_dir)
     _, holdout = train_holdout(data_cfg)
     scorer = Scorer(Path(featnet), holdout, cfg["features"], device)
-    label_dim = label_dim_of(model)
-    labels = draw_labels(cfg["num_samples"], label_dim, cfg["seed"], device=device)
-    scores = {}
-    for sampler, images in generate(model, meta, cfg, precond, holdout.shape, device, labels).items():
-        scores.update({f"{k}_{sampler}": v for k, v in scorer.score(images).items()})
-        save_sample_grid(images, labels, label_dim, out / f"grid-{sampler}.png")
+    scores = score_samples(model.to(device).eval(), samplers(model, meta, cfg, precond), cfg, scorer, device, out)
     result = {
         "label": label,
         "model": str(model_dir),

@@ -16,9 +16,10 @@ from cmt.nets.edm2 import Block as EDM2Block
 from cmt.plots import save_loss_curve
 from cmt.precond import Denoiser
 from cmt.sampling import sample_few_step
+from cmt.seeds import seeded
 from cmt.stages.evaluate import Scorer, few_step_fd_callback
 from cmt.tracking import write_history, write_record
-from cmt.train import FitResult, LoopConfig, LossFn, Stateful, clear_resume, fit, seeded
+from cmt.train import FitResult, LoopConfig, LossFn, Stateful, clear_resume, fit
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,9 @@ def finish(
     count = 8 * label_dim if label_dim else 64
     noise = torch.randn((count, *ema.model.cfg.image_shape), generator=torch.Generator().manual_seed(0))
     labels = class_columns(count, label_dim)
+    eps = torch.randn(noise.shape, generator=torch.Generator().manual_seed(1))
     for steps in (1, 2):
-        images = sample_few_step(ema, kind, noise, steps, sigma_max, t_mid, torch.Generator().manual_seed(1), labels)
+        images = sample_few_step(ema, kind, noise, steps, sigma_max, t_mid, eps, labels)
         save_grid(images, out / f"grid-{steps}step.png", nrow=label_dim or None, scale=4)
     write_record(
         out,

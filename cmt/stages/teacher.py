@@ -19,9 +19,10 @@ from cmt.nets import build_network, count_parameters, network_config
 from cmt.plots import save_loss_curve
 from cmt.precond import Denoiser, edm_loss_weight
 from cmt.sampling import sample_diffusion
+from cmt.seeds import seeded
 from cmt.solvers import sigma_grid
 from cmt.tracking import write_history, write_record
-from cmt.train import FitResult, LoopConfig, clear_resume, fit, resolve_device, seeded
+from cmt.train import FitResult, LoopConfig, clear_resume, fit, resolve_device
 
 
 def edm_loss(
