@@ -18,6 +18,7 @@ one job. A job feeds ``main`` and/or ablation tables: the first names its MLflow
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 TEACHER = "teacher"
@@ -70,6 +71,23 @@ def variant_overrides(config: Mapping, variant: str) -> dict:
     if variant not in variants:
         raise ValueError(f"unknown CMT variant {variant!r}; configured in ablations.cmt: {', '.join(variants)}")
     return variants[variant]
+
+
+def runnable_variants(config: Mapping) -> dict:
+    """The sweep's CMT variants, less those with the LPIPS loss while its ImageNet trunk is not in the torch hub cache
+    (nothing is downloaded): those are left out of the sweep, with a note naming the missing file."""
+    variants = {}
+    for name, overrides in entries(config["ablations"]["cmt"]).items():
+        settings = {**config["midtrain"], **overrides}
+        if settings["loss"] == "lpips":
+            from cmt.losses import lpips_trunk_path
+
+            trunk = lpips_trunk_path(settings["lpips_net"])
+            if not trunk.is_file():
+                print(f"ablations.cmt.{name}: left out of the sweep, no LPIPS trunk at {trunk}", file=sys.stderr)
+                continue
+        variants[name] = overrides
+    return variants
 
 
 def cmt_variant(config: Mapping, method: str) -> str:
@@ -148,7 +166,7 @@ def sweep_jobs(config: Mapping) -> dict[str, set[str]]:
     for seed in ab["seeds"]:
         for s, n in sets:
             jobs.setdefault(mid_path(BASE, s, n, seed), set()).add("nfe_solver")
-        for variant, overrides in entries(ab["cmt"]).items():
+        for variant, overrides in runnable_variants(config).items():
             jobs.setdefault(mid_path(variant, solver, nfe, seed), set()).update(variant_tables(overrides))
         for method in ab["post"]["methods"]:
             for init in ab["post"]["inits"]:

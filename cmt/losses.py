@@ -51,6 +51,13 @@ def torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def lpips_trunk_path(net: str) -> Path:
+    """The torchvision file an LPIPS trunk loads from (environment.md 5.1)."""
+    if net not in LPIPS_TRUNK_FILES:
+        raise ValueError(f"unknown LPIPS net {net!r}; valid: {', '.join(LPIPS_TRUNK_FILES)}")
+    return torch_hub_checkpoints() / LPIPS_TRUNK_FILES[net]
+
+
 class LPIPSDistance(torch.nn.Module):
     """The ``lpips`` package's LPIPS (v0.1 heads) on the pretrained ImageNet trunk, frozen.
 
@@ -61,9 +68,7 @@ class LPIPSDistance(torch.nn.Module):
 
     def __init__(self, net: str = "vgg", resize_to: int | None = None):
         super().__init__()
-        if net not in LPIPS_TRUNK_FILES:
-            raise ValueError(f"unknown LPIPS net {net!r}; valid: {', '.join(LPIPS_TRUNK_FILES)}")
-        trunk = torch_hub_checkpoints() / LPIPS_TRUNK_FILES[net]
+        trunk = lpips_trunk_path(net)
         if not trunk.is_file():
             raise FileNotFoundError(
                 f"LPIPS-{net} needs the pretrained ImageNet trunk at {trunk} (no downloads are attempted); "

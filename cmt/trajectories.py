@@ -12,13 +12,13 @@ and a damaged one is named on reading.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -149,8 +149,32 @@ def read_index(folder: str | Path) -> dict:
     return read_json(Path(folder) / INDEX, "trajectory index")
 
 
-def load_shard(folder: str | Path, entry: dict, shape: tuple[int, ...], steps: int, label_dim: int) -> Trajectories:
-    """Read one shard, checking its sha256, tensor shape and labels against the index; errors name the shard."""
+SAFETENSORS_DTYPES = {"F32": np.float32, "I64": np.int64}
+
+
+def mapped_tensors(path: Path) -> dict[str, np.memmap]:
+    """The tensors of a safetensors file as read-only memory maps: rows are read from disk when indexed, so a shard
+    never sits in memory whole (the operating system's page cache is the bounded cache)."""
+    with path.open("rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+    mapped = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}; shards hold F32 states, I64 labels")
+        begin, end = info["data_offsets"]
+        dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
+        if end - begin != np.dtype(dtype).itemsize * int(np.prod(shape)):
+            raise ValueError(f"{path}: tensor {name!r} does not fill its byte range")
+        mapped[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + size + begin, shape=shape)
+    return mapped
+
+
+def open_shard(folder: str | Path, entry: dict, shape: tuple[int, ...], steps: int, label_dim: int) -> dict:
+    """Check one shard (sha256, read in blocks; tensor shapes and labels against the index) and map it; errors name
+    the shard."""
     path = Path(folder) / entry["file"]
     if not path.is_file():
         raise FileNotFoundError(f"trajectory shard missing: {path}")
@@ -161,16 +185,17 @@ def load_shard(folder: str | Path, entry: dict, shape: tuple[int, ...], steps: i
             f"does not match {entry['sha256'][:12]}... in {INDEX}; regenerate it"
         )
     try:
-        tensors = load_file(path)
-        states, labels = tensors["states"], tensors.get("labels")
-    except (SafetensorError, KeyError) as err:
+        tensors = mapped_tensors(path)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"trajectory shard {path} cannot be read: {err}") from err
     expected = (entry["count"], steps + 1, *shape)
-    if tuple(states.shape) != expected:
-        raise ValueError(f"trajectory shard {path} has shape {tuple(states.shape)}, index says {expected}")
-    if (labels is None) != (label_dim == 0) or (labels is not None and tuple(labels.shape) != (entry["count"],)):
+    if "states" not in tensors or tensors["states"].shape != expected:
+        found = tensors["states"].shape if "states" in tensors else "no states"
+        raise ValueError(f"trajectory shard {path} has shape {found}, index says {expected}")
+    labels = tensors.get("labels")
+    if (labels is None) != (label_dim == 0) or (labels is not None and labels.shape != (entry["count"],)):
         raise ValueError(f"trajectory shard {path}: its labels do not match label_dim {label_dim} in {INDEX}")
-    return Trajectories(states, labels)
+    return tensors
 
 
 class TrajectorySource(Protocol):
@@ -189,9 +214,10 @@ class TrajectorySource(Protocol):
 
 
 class StoredTrajectories:
-    """A finite stored set; ``sample`` draws trajectories uniformly with replacement.
+    """A finite stored set; ``sample`` draws trajectories uniformly with replacement, reading only the drawn rows
+    from the memory-mapped shards.
 
-    ``limit`` keeps only the first ``limit`` trajectories (reading only the shards they live in), so
+    ``limit`` keeps only the first ``limit`` trajectories (opening only the shards they live in), so
     smaller sets for the set-size ablation come from one generated set.
     """
 
@@ -199,31 +225,51 @@ class StoredTrajectories:
         index = read_index(folder)
         if limit is not None and not 0 < limit <= index["count"]:
             raise ValueError(f"{Path(folder) / INDEX}: cannot take {limit} of its {index['count']} trajectories")
-        self.index = index
+        self.index, self.device = index, device or torch.device("cpu")
         self.sigmas = torch.tensor(index["sigmas"], dtype=torch.float64)
-        needed, shards, label_dim = limit or index["count"], [], index.get("label_dim", 0)
+        self.label_dim, needed, starts = index.get("label_dim", 0), limit or index["count"], [0]
+        self.shards = []
         for entry in index["shards"]:
-            if sum(len(s.states) for s in shards) >= needed:
+            if starts[-1] >= needed:
                 break
-            shards.append(load_shard(folder, entry, tuple(index["shape"]), index["nfe"], label_dim))
-        self.states = torch.cat([s.states for s in shards])[:needed].to(device or "cpu")
-        self.labels = torch.cat([s.labels for s in shards])[:needed].to(device or "cpu") if label_dim else None
-        self._seen = torch.zeros(len(self.states), dtype=torch.bool, device=device)
+            self.shards.append(open_shard(folder, entry, tuple(index["shape"]), index["nfe"], self.label_dim))
+            starts.append(starts[-1] + entry["count"])
+        self.starts = np.array(starts[:-1])
+        self.count = needed
+        self._seen = torch.zeros(needed, dtype=torch.bool)
 
     def __len__(self) -> int:
-        return len(self.states)
+        return self.count
+
+    def read(self, indices: Tensor) -> Trajectories:
+        """Trajectories ``indices`` (into the whole set), read from their shards in one pass per shard."""
+        idx = indices.cpu().numpy()
+        shard_of = np.searchsorted(self.starts, idx, side="right") - 1
+        states = np.empty((len(idx), *self.shards[0]["states"].shape[1:]), dtype=np.float32)
+        labels = np.empty(len(idx), dtype=np.int64)
+        for k in np.unique(shard_of):
+            rows = shard_of == k
+            local = idx[rows] - self.starts[k]
+            order = np.argsort(local)  # ascending reads from the map
+            states[np.flatnonzero(rows)[order]] = self.shards[k]["states"][local[order]]
+            if self.label_dim:
+                labels[np.flatnonzero(rows)[order]] = self.shards[k]["labels"][local[order]]
+        to = self.device
+        return Trajectories(
+            torch.from_numpy(states).to(to), torch.from_numpy(labels).to(to) if self.label_dim else None
+        )
 
     def sample(self, n: int, gen: torch.Generator) -> Trajectories:
-        idx = torch.randint(len(self.states), (n,), generator=gen, device=gen.device).to(self.states.device)
+        idx = torch.randint(self.count, (n,), generator=gen, device=gen.device).cpu()
         self._seen[idx] = True
-        return Trajectories(self.states[idx], None if self.labels is None else self.labels[idx])
+        return self.read(idx)
 
     @property
     def distinct_seen(self) -> int:
         return int(self._seen.sum())
 
     def state_dict(self) -> dict:
-        return {"seen": self._seen.cpu()}
+        return {"seen": self._seen.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self._seen.copy_(state["seen"])

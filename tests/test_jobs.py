@@ -24,6 +24,7 @@ from cmt.jobs import (
     sweep_jobs,
     variant_tables,
 )
+from cmt.losses import lpips_trunk_path
 from cmt.tracking import ingest, search, write_history, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,3 +188,17 @@ def test_an_overlay_drops_sweep_entries_with_null(config, tmp_path):
     overlay.write_text(yaml.safe_dump({"ablations": {"cmt": {"slow": None}}}))
     with pytest.raises(ValueError, match="unknown CMT variant 'slow'"):
         sweep_jobs(load_config(ROOT / "config" / "config.yaml", overlay))  # variant_post still asks for it
+
+
+def test_the_lpips_variant_joins_the_sweep_when_its_trunk_is_in_the_torch_hub_cache(
+    config, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    trunk = lpips_trunk_path("vgg")
+    lpips_jobs = {f"mid/lpips/dpmpp3m_legacy-nfe16/s{seed}" for seed in config["ablations"]["seeds"]}
+    assert not lpips_jobs & set(sweep_jobs(config))
+    assert f"ablations.cmt.lpips: left out of the sweep, no LPIPS trunk at {trunk}" in capsys.readouterr().err
+    trunk.parent.mkdir(parents=True)
+    trunk.write_bytes(b"the trunk's presence decides the DAG; loading it is tested in test_lpips")
+    jobs = sweep_jobs(config)
+    assert lpips_jobs <= set(jobs) and all("loss" in jobs[j] for j in lpips_jobs)

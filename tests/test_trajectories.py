@@ -1,11 +1,14 @@
 """Trajectory shards: contents, identical regeneration, damaged shards named, stored vs online sources."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from test_labels import conditional_denoiser
 
+from cmt.atomic import atomic_save_tensors
 from cmt.data import ImageDataset
 from cmt.fetch import file_sha256
 from cmt.labels import conditioned
@@ -46,12 +49,14 @@ def test_index_and_shards(stored, teacher):
     assert [s["count"] for s in index["shards"]] == [4, 4, 2] and index["nfe"] == 4
     assert json.loads((folder / INDEX).read_text()) == index
     traj = StoredTrajectories(folder)
-    assert traj.states.shape == (10, 5, 1, 8, 8) and len(traj) == 10
+    states = traj.read(torch.arange(10)).states
+    assert states.shape == (10, 5, 1, 8, 8) and len(traj) == 10
     # shard 1 is the solver run from its own seeded start points
     gen = torch.Generator().manual_seed(shard_seed(3, 1))
     x_T = 80.0 * torch.randn((4, 1, 8, 8), generator=gen)
     expected = sample_trajectory(teacher, x_T, SPEC.sigmas.float(), SPEC.solver).transpose(0, 1)
-    torch.testing.assert_close(traj.states[4:8], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(states[4:8], expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(traj.read(torch.tensor([9, 4, 0, 4])).states, states[[9, 4, 0, 4]])  # any order, repeats
 
 
 def test_any_shard_regenerates_identically(stored, teacher, tmp_path_factory):
@@ -86,7 +91,7 @@ def test_limit_takes_the_first_trajectories_from_the_needed_shards(stored):
     full = StoredTrajectories(folder)
     (folder / index["shards"][2]["file"]).unlink()  # not needed for the first 6
     part = StoredTrajectories(folder, limit=6)
-    assert len(part) == 6 and torch.equal(part.states, full.states[:6])
+    assert len(part) == 6 and torch.equal(part.read(torch.arange(6)).states, full.read(torch.arange(6)).states)
     with pytest.raises(ValueError, match="cannot take 11"):
         StoredTrajectories(folder, limit=11)
 
@@ -109,17 +114,18 @@ def test_a_conditional_teacher_stores_the_label_each_trajectory_was_solved_for(t
     index = write_set(tmp_path, teacher, SPEC, count=6, shard_size=4, seed=3, data=None, provenance={})
     assert index["label_dim"] == 10
     stored = StoredTrajectories(tmp_path)
-    assert stored.labels.shape == (6,) and stored.labels.dtype == torch.int64
-    x_T, label = stored.states[4:5, 0], stored.labels[4:5]
+    every = stored.read(torch.arange(6))
+    assert every.labels.shape == (6,) and every.labels.dtype == torch.int64
+    x_T, label = every.states[4:5, 0], every.labels[4:5]
     with torch.no_grad():
         alone = sample_trajectory(conditioned(teacher, label), x_T, SPEC.sigmas, SPEC.solver)[:, 0]
         other = sample_trajectory(conditioned(teacher, (label + 1) % 10), x_T, SPEC.sigmas, SPEC.solver)[:, 0]
-    torch.testing.assert_close(alone, stored.states[4], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone, every.states[4], rtol=1e-5, atol=1e-5)
     assert (other[-1] - alone[-1]).abs().max() > 1e-3  # the label steers the solve
     batch = stored.sample(5, torch.Generator().manual_seed(0))
     for states, lab in zip(batch.states, batch.labels):
-        row = int(torch.nonzero((stored.states == states).flatten(1).all(1))[0])
-        assert stored.labels[row] == lab
+        row = int(torch.nonzero((every.states == states).flatten(1).all(1))[0])
+        assert every.labels[row] == lab
 
 
 def test_a_data_plus_noise_start_carries_the_label_of_its_image():
@@ -132,3 +138,31 @@ def test_a_data_plus_noise_start_carries_the_label_of_its_image():
     torch.testing.assert_close(image_values, batch.labels.float() / 10, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="class-conditional .* no labels"):
         generate(conditional_denoiser(), spec, 2, torch.Generator(), ImageDataset(data.images, None, "bare"))
+
+
+def test_a_stored_set_is_read_row_by_row_never_whole(tmp_path):
+    """A 168 MB set: opening it and drawing a few batches grows the process's peak memory by a few MB only."""
+    count, states_shape = 2048, (5, 1, 64, 64)
+    states = torch.arange(count, dtype=torch.float32).reshape(-1, 1, 1, 1, 1).expand(count, *states_shape)
+    atomic_save_tensors({"states": states.contiguous()}, tmp_path / "shard-00000.safetensors")
+    del states
+    entry = {"file": "shard-00000.safetensors", "count": count, "seed": 0}
+    entry["sha256"] = file_sha256(tmp_path / entry["file"])
+    index = {"solver": "euler", "nfe": 4, "start": "prior", "shape": [1, 64, 64], "label_dim": 0, "count": count}
+    index |= {"sigmas": [80.0, 10.0, 1.0, 0.1, 0.002], "shard_size": count, "seed": 0, "shards": [entry]}
+    (tmp_path / INDEX).write_text(json.dumps(index))
+    probe = f"""
+import resource, torch
+from cmt.trajectories import StoredTrajectories
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+stored = StoredTrajectories({str(tmp_path)!r})
+gen = torch.Generator().manual_seed(0)
+for _ in range(10):
+    batch = stored.sample(16, gen)
+    assert all(bool((s == s.flatten()[0]).all()) for s in batch.states)  # each row is one trajectory's own
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, stored.distinct_seen)
+"""
+    grown_kb, seen = map(
+        int, subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.split()
+    )
+    assert seen > 100 and grown_kb < 32 * 1024
