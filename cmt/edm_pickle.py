@@ -45,11 +45,23 @@ class Record:
 
     @property
     def init_kwargs(self) -> dict:
-        """The constructor arguments EDM's persistence recorded (only those passed: defaults are absent)."""
-        return dict(self.state.get("_init_kwargs") or {})
+        """The constructor arguments EDM's persistence recorded (only those passed: defaults are absent), with numpy
+        numbers as plain Python ones (they end up in JSON)."""
+        return {k: plain(v) for k, v in (self.state.get("_init_kwargs") or {}).items()}
 
     def child(self, name: str) -> "Record | None":
         return (self.state.get("_modules") or {}).get(name)
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars and arrays (EDM's files hold some) as Python numbers and lists, inside lists, tuples and dicts."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
 
 
 class ModuleDictRecord(Record):

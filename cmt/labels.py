@@ -53,8 +53,7 @@ def conditioned(denoiser: nn.Module, labels: Tensor | None) -> Callable[..., Ten
     class_labels = one_hot(labels, label_dim_of(denoiser))
 
     def call(x: Tensor, sigma: Tensor, second_time: Tensor | None = None) -> Tensor:
-        cond = None if class_labels is None else class_labels.to(x.device)
-        return denoiser(x, sigma, second_time, cond)
+        return denoiser(x, sigma, second_time, class_labels.to(x.device))
 
     return call
 

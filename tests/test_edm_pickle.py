@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from edm_standin import edm_snapshot, write_pickle
@@ -60,7 +61,10 @@ def test_labels_must_match_the_network(tmp_path):
 
 def test_inspect_and_convert_commands_on_an_edm_pickle_and_on_our_format(tmp_path):
     original = random_denoiser(10)
-    path = write_pickle(edm_snapshot(original, augment_dim=9), tmp_path / "edm-digits.pkl")
+    snapshot = edm_snapshot(original, augment_dim=9)
+    snapshot["ema"].state["_init_kwargs"]["sigma_data"] = np.float64(0.5)  # numpy numbers, as in EDM's own files
+    snapshot["ema"].state["_modules"]["model"].state["_init_kwargs"]["dropout"] = np.float32(0.0)
+    path = write_pickle(snapshot, tmp_path / "edm-digits.pkl")
     cli = [sys.executable, "-m", "cmt"]
     shown = json.loads(subprocess.run([*cli, "inspect-checkpoint", str(path)], check=True, capture_output=True).stdout)
     assert shown["format"] == "edm-pickle" and shown["class"] == "EDMPrecond/SongUNet"
