@@ -15,7 +15,6 @@ reported by name (``extras`` in the meta) instead of being dropped silently; so 
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import torch
@@ -163,8 +162,6 @@ def convert_edm(pkl: NetworkPickle) -> tuple[Denoiser, dict]:
         )
     precond = {**EDM_PRECOND_DEFAULTS, **pkl.ema.init_kwargs}
     sigma_min = float(precond["sigma_min"]) or EDM_SAMPLER_SIGMA_MIN
-    if math.isinf(sigma_min):
-        raise ValueError(f"{pkl.path}: EDMPrecond sigma_min is infinite")
     denoiser = Denoiser(build_unet(songunet_config(pkl)), sigma_data=float(precond["sigma_data"]), sigma_min=sigma_min)
     extras = load_strict(denoiser, module_tensors(pkl.ema), pkl.path)
     edm = {"precond": pkl.ema.init_kwargs, "network": pkl.network.init_kwargs}

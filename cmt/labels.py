@@ -28,9 +28,14 @@ def one_hot(labels: Tensor | None, label_dim: int) -> Tensor | None:
         return None
     if labels is None:
         raise ValueError(f"a class-conditional network (label_dim {label_dim}) needs class labels")
+    return torch.nn.functional.one_hot(checked(labels, label_dim), label_dim).to(torch.float32)
+
+
+def checked(labels: Tensor, label_dim: int) -> Tensor:
+    """Integer labels as int64, after checking they lie in [0, label_dim)."""
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= label_dim):
         raise ValueError(f"class labels must lie in [0, {label_dim}); got {int(labels.min())}..{int(labels.max())}")
-    return torch.nn.functional.one_hot(labels.long(), label_dim).to(torch.float32)
+    return labels.long()
 
 
 def draw_labels(
@@ -71,8 +76,7 @@ def dataset_labels(labels: Tensor | None, label_dim: int, where: str) -> Tensor 
         return None
     if labels is None:
         raise ValueError(f"{where}: the network is class-conditional (label_dim {label_dim}); the data have no labels")
-    one_hot(labels, label_dim)  # range check
-    return labels.long()
+    return checked(labels, label_dim)
 
 
 def class_grid_order(labels: Tensor, label_dim: int, rows: int) -> Tensor:

@@ -2,6 +2,7 @@
 (tests/edm_standin.py), hostile files that would run code if unpickled the stock way, and the conversion
 to our denoisers (outputs equal to the pickled network's)."""
 
+import hashlib
 import json
 import os
 import pickle
@@ -76,16 +77,10 @@ def test_inspect_and_convert_commands_on_an_edm_pickle_and_on_our_format(tmp_pat
     subprocess.run([*cli, "convert-checkpoint", str(path), str(out)], check=True, capture_output=True)
     back, meta = load_denoiser(out)
     assert torch.equal(denoised(back, ONE_HOT), denoised(original, ONE_HOT))
-    assert meta["converted_from"]["sha256"] == describe_sha(path)
+    assert meta["converted_from"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     ours = json.loads(subprocess.run([*cli, "inspect-checkpoint", str(out)], check=True, capture_output=True).stdout)
     assert ours["format"] == "cmt" and ours["parameters"] == count_parameters(original)
     assert ours["extras"] == ["model.map_augment.weight"] and ours["label_dim"] == 10
-
-
-def describe_sha(path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_embedded_module_source_is_never_executed(tmp_path):

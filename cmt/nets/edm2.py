@@ -14,19 +14,22 @@ converted network computes exactly what its parent computed.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmt.nets.config import ArchitectureDict
 from cmt.nets.resample import fir_resample
 
 FAMILY = "edm2"
 
 
 @dataclass(frozen=True)
-class EDM2Config:
+class EDM2Config(ArchitectureDict):
+    family: ClassVar[str | None] = FAMILY
     img_resolution: int = 64
     img_channels: int = 3
     label_dim: int = 0
@@ -54,13 +57,6 @@ class EDM2Config:
     @property
     def in_channels(self) -> int:
         return self.img_channels
-
-    def to_dict(self) -> dict:
-        return {"family": FAMILY, **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EDM2Config":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "family"})
 
 
 def _preset(img_resolution: int, img_channels: int, channels: int, dropout: float) -> EDM2Config:

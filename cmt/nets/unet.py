@@ -14,17 +14,18 @@ computing exactly what its parent computed.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmt.nets.config import ArchitectureDict
 from cmt.nets.resample import fir_filter, fir_resample
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(ArchitectureDict):
     img_resolution: int = 32
     in_channels: int = 3
     out_channels: int = 3
@@ -42,13 +43,6 @@ class UNetConfig:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.img_resolution, self.img_resolution)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 # Named presets (edm2 style).  DDPM++ CIFAR-10 = EDM's "ddpmpp" config, 55.73M parameters.
