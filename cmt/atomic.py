@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +54,23 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def atomic_save_tensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors file written through a temporary file and an atomic rename."""
+@contextmanager
+def writing(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` to write the file into; renamed over ``path`` when the block ends
+    without an error, deleted otherwise."""
     target = Path(path)
     fd, tmp = temporary_next_to(target)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save_tensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors file written through a temporary file and an atomic rename."""
+    with writing(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)

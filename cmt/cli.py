@@ -69,7 +69,7 @@ def _student_job(p: dict, args: argparse.Namespace) -> StudentJob:
         p["precond"],
         p["seed"],
         Path(args.teacher),
-        Path(args.featnet),
+        Path(args.featnet) if args.featnet else None,
         Path(args.out),
         Path(args.work),
         p["device"],
@@ -99,15 +99,37 @@ def _evaluate(args: argparse.Namespace) -> None:
     cfg = {**p["evaluate"], "sample": p["teacher"]["sample"]}
     evaluate.run(
         args.model,
-        args.featnet,
+        args.featnet or None,
+        args.fid_ref or None,
         cfg,
         p["data"],
         p["precond"],
-        p["seed"],
         args.label,
         args.out,
         resolve_device(p["device"]),
     )
+
+
+def _dataset(args: argparse.Namespace) -> None:
+    from cmt.atomic import atomic_write_json
+    from cmt.dataset_tool import DatasetError, build
+
+    p = resolve_params(args.params)
+    if not p["data"]["build"]:
+        raise ConfigError("--params: data.build is not set: nothing to build")
+    try:
+        record = build(p["data"]["build"], args.out)
+    except (DatasetError, FileNotFoundError) as err:
+        raise SystemExit(f"dataset: {err}") from err
+    atomic_write_json(args.record, record)
+    print(f"{record['count']} images {record['shape']} -> {args.out} (sha256 {record['sha256']})")
+
+
+def _fid_reference(args: argparse.Namespace) -> None:
+    from cmt.stages import fid_reference
+
+    p = _params(args)
+    fid_reference.run(p["evaluate"]["fid"], p["data"], args.out, args.work, p["device"])
 
 
 def _ingest(args: argparse.Namespace) -> None:
@@ -163,12 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help)
         cmd.add_argument("--params", required=True, help="JSON object: the config subtree of this stage")
         for path in paths:
-            cmd.add_argument(f"--{path}", required=path in ("out", "work", "teacher", "featnet", "model"))
+            cmd.add_argument(f"--{path}", required=path in ("out", "work", "teacher", "model"))
         cmd.set_defaults(func=func)
         return cmd
 
     verb("teacher", _teacher, "train or fetch the diffusion teacher", "out", "work")
     verb("featnet", _featnet, "train the offline metric's feature net", "out")
+    verb("dataset", _dataset, "build the EDM-format zip of data.build", "out", "record")
+    verb("fid-reference", _fid_reference, "FID reference statistics of the training set", "out", "work")
     verb("trajectories", _trajectories, "generate a stored trajectory set", "teacher", "out")
     verb("midtrain", _midtrain, "CMT mid-training", "teacher", "traj", "featnet", "out", "work")
     post = verb(
@@ -176,7 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     post.add_argument("--method", required=True, choices=["ect", "ecd", "meanflow"])
     post.add_argument("--init", required=True, choices=["random", "diffusion", "cmt"])
-    ev = verb("evaluate", _evaluate, "1-/2-step (or teacher) sampling, FD/KID, grids", "model", "featnet", "out")
+    ev = verb(
+        "evaluate",
+        _evaluate,
+        "1-/2-step (or teacher) sampling, FD/KID/FID, grids",
+        "model",
+        "featnet",
+        "fid-ref",
+        "out",
+    )
     ev.add_argument("--label", required=True)
 
     ing = sub.add_parser("ingest", help="log job records into the MLflow store (serial)")

@@ -9,6 +9,9 @@ from MLflow tags, never from paths):
     mid/<variant>/<solver>-nfe<NFE>/s<seed>            CMT: a variant (named midtrain overrides) on a set
     post/<method>-<init>/<variant>/it<iters>/s<seed>   post-training; <variant>: the CMT init's, else `none`
     eval/<job>                                         the evaluation of a trained job
+    featnet                                            the offline metric's feature net
+    dataset/images.zip, dataset/build.json             the EDM zip built from ``data.build`` and its record
+    fid-ref/<mode>.npz                                 FID reference statistics of the training set
 
 The main run (target ``all``) is the sweep's reference point: the ``base`` CMT variant on the default
 trajectory set and every configured method x init at the configured iterations, with the config's seed.
@@ -22,6 +25,8 @@ import sys
 from collections.abc import Mapping
 
 TEACHER = "teacher"
+FEATNET = "featnet"
+DATASET = "dataset"
 NO_VARIANT = "none"  # the variant axis of a post-training job that does not start from CMT
 BASE = "base"  # the CMT variant that overrides nothing: the main run's CMT
 ABLATION_TABLES = ("method_init", "nfe_solver", "cmt_variants", "loss", "slow_fast", "trajectory_count", "budget_split")
@@ -53,6 +58,15 @@ def post_path(method: str, init: str, variant: str, iterations: int | str, seed:
 
 def eval_path(job: str) -> str:
     return f"eval/{job}"
+
+
+def fid_ref_path(mode: str) -> str:
+    return f"fid-ref/{mode}.npz"
+
+
+def uses_featnet(config: Mapping) -> bool:
+    """Whether jobs are scored with the offline feature net (its FD along training and in evaluation)."""
+    return "featnet" in config["evaluate"]["metrics"]
 
 
 def default_set(config: Mapping) -> tuple[str, int]:
@@ -202,7 +216,7 @@ def job_tables(config: Mapping) -> dict[str, list[str]]:
 def record_folders(config: Mapping, scope: str) -> list[str]:
     """Record folders (below the results folder) of a scope: every job, its evaluation, the feature net."""
     jobs = sorted(scope_jobs(config, scope))
-    return ["featnet", *jobs, *(eval_path(job) for job in jobs)]
+    return [*([FEATNET] if uses_featnet(config) else []), *jobs, *(eval_path(job) for job in jobs)]
 
 
 def record_groups(config: Mapping) -> dict[str, list[str]]:

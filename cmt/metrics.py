@@ -1,15 +1,13 @@
-"""Sample-quality metrics: a dataset-native feature net (offline) or Inception (clean-fid), FD and KID.
+"""The offline sample-quality metric: FD and KID in the feature space of a dataset-native classifier.
 
-Offline, FD is the Frechet distance of a small classifier's penultimate features, trained on the
-dataset's own labels by its own workflow rule; with Inception weights present (cluster) the same
-code computes FID with clean-fid's TorchScript Inception (legacy_tensorflow mode, as EDM/ECT/CMT).
+FD is the Frechet distance of a small classifier's penultimate features, trained on the dataset's own
+labels by its own workflow rule (``featnet``); FID with Inception, the paper's metric, is ``cmt.fid``.
 FD and KID come from clean-fid (``frechet_distance``, ``kernel_distance``).
 """
 
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +18,6 @@ from tqdm.auto import tqdm
 
 from cmt.atomic import atomic_save_tensors
 from cmt.data import ImageDataset
-
-INCEPTION_FILE = "inception-2015-12-05.pt"
 
 
 class ClassifierFeatureNet(nn.Module):
@@ -116,31 +112,6 @@ def extract(net: ClassifierFeatureNet, images: Tensor, batch_size: int = 1024) -
         .double()
         .numpy()
     )
-
-
-def inception_path() -> Path:
-    """Where clean-fid keeps its TorchScript Inception (a hard-coded folder; environment.md 4)."""
-    return Path("./" if platform.system() == "Windows" else "/tmp") / INCEPTION_FILE
-
-
-@torch.no_grad()
-def inception_features(images: Tensor, device: torch.device, batch_size: int = 100) -> np.ndarray:
-    """2048-d Inception features of images in [-1, 1] (clean-fid, legacy_tensorflow mode); no downloads."""
-    path = inception_path()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"FID needs clean-fid's Inception weights at {path} (no download is attempted); "
-            f"place {INCEPTION_FILE} there or use evaluate.features: classifier"
-        )
-    from cleanfid.features import build_feature_extractor
-
-    model = build_feature_extractor("legacy_tensorflow", device=device, use_dataparallel=False)
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = ((images[i : i + batch_size].float() + 1) * 127.5).clamp(0, 255).to(device)
-        x = x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
-        out.append(model(x).double().cpu())
-    return torch.cat(out).numpy()
 
 
 def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from cmt.atomic import atomic_save_tensors, atomic_write_json
 from cmt.checkpoints import read_json
-from cmt.data import ImageDataset
+from cmt.data import Images
 from cmt.fetch import file_sha256
 from cmt.labels import conditioned, dataset_labels, label_dim_of
 from cmt.precond import Denoiser
@@ -63,7 +63,7 @@ class Trajectories(NamedTuple):
 
 
 def start_points(
-    spec: TrajectorySpec, n: int, gen: torch.Generator, data: ImageDataset | None, label_dim: int = 0
+    spec: TrajectorySpec, n: int, gen: torch.Generator, data: Images | None, label_dim: int = 0
 ) -> tuple[Tensor, Tensor | None]:
     """x_T for ``n`` trajectories (method.md 3.3) and, for a class-conditional teacher, their labels: the label of
     the image a ``data_plus_noise`` start was built on, else uniform draws."""
@@ -74,7 +74,7 @@ def start_points(
             raise ValueError("trajectory start 'data_plus_noise' needs the training images")
         picked = torch.randint(len(data), (n,), generator=gen, device=gen.device)
         labels = dataset_labels(data.labels, label_dim, f"trajectories on {data.name}")
-        return x_T + data.images.to(x_T.device)[picked], None if labels is None else labels.to(x_T.device)[picked]
+        return x_T + data.read(picked).to(x_T.device), None if labels is None else labels.to(x_T.device)[picked]
     if spec.start != "prior":
         raise ValueError(f"unknown trajectory start {spec.start!r}; valid: prior, data_plus_noise")
     labels = torch.randint(label_dim, (n,), generator=gen, device=gen.device) if label_dim else None
@@ -87,7 +87,7 @@ def generate(
     spec: TrajectorySpec,
     n: int,
     gen: torch.Generator,
-    data: ImageDataset | None,
+    data: Images | None,
     batch_size: int = 256,
 ) -> Trajectories:
     """``n`` trajectories (n, S + 1, C, H, W) in float32 with their labels; the teacher runs in eval mode,
@@ -113,7 +113,7 @@ def write_set(
     count: int,
     shard_size: int,
     seed: int,
-    data: ImageDataset | None,
+    data: Images | None,
     provenance: dict,
 ) -> dict:
     """Generate ``count`` trajectories in shards of ``shard_size`` and write them plus ``index.json``."""
@@ -278,7 +278,7 @@ class StoredTrajectories:
 class OnlineTrajectories:
     """Teacher and solver in the loop: fresh trajectories every call, as in the authors' code."""
 
-    def __init__(self, teacher: Denoiser, spec: TrajectorySpec, data: ImageDataset | None):
+    def __init__(self, teacher: Denoiser, spec: TrajectorySpec, data: Images | None):
         self.teacher, self.spec, self.data = teacher, spec, data
         self.sigmas = spec.sigmas
         self._count = 0

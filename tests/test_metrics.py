@@ -14,8 +14,6 @@ from cmt.metrics import (
     classifier_scores,
     extract,
     frechet_distance,
-    inception_features,
-    inception_path,
     kernel_distance,
     load_feature_net,
     save_feature_net,
@@ -80,10 +78,3 @@ def test_classifier_scores_detect_mode_collapse(featnet):
     collapsed = classifier_scores(net, holdout.images[:1].repeat(300, 1, 1, 1))
     assert varied["class_entropy"] > 0.95 and collapsed["class_entropy"] == 0.0
     assert 0.8 < varied["confidence"] <= 1.0
-
-
-@pytest.mark.skipif(inception_path().exists(), reason="real Inception weights present on this machine")
-def test_inception_is_never_downloaded():
-    with pytest.raises(FileNotFoundError, match=str(inception_path())):
-        inception_features(torch.zeros(2, 1, 8, 8), torch.device("cpu"))
-    assert not inception_path().exists()

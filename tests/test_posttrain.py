@@ -103,12 +103,17 @@ def test_every_method_gives_a_class_conditional_student_and_teacher_each_images_
     losses = []
     for labels in (data.labels, (data.labels + 3) % 10):
         loss_fn = runner.make_loss(
-            method, cfg, ImageDataset(data.images, labels, "noise"), 10, tmp_path / "teacher", "cpu"
+            method, cfg, ImageDataset(data.images, labels, "noise"), LOADER, 10, 0, tmp_path / "teacher", "cpu"
         )
         losses.append(float(loss_fn(student, 0, torch.Generator().manual_seed(0)).detach()))
     assert all(map(math.isfinite, losses)) and losses[0] != losses[1]
     with pytest.raises(ValueError, match="class-conditional .* no labels"):
-        runner.make_loss(method, cfg, ImageDataset(data.images, None, "bare"), 10, tmp_path / "teacher", "cpu")
+        runner.make_loss(
+            method, cfg, ImageDataset(data.images, None, "bare"), LOADER, 10, 0, tmp_path / "teacher", "cpu"
+        )
+
+
+LOADER = resolve({"name": "x"}, "test")["data"]["loader"]
 
 
 def add_second_time_if(denoiser, second_time: bool):

@@ -34,7 +34,9 @@ def test_training_lowers_the_edm_loss(cfg, tmp_path):
 
     before = eval_loss(den)
     train_cfg = {**cfg["teacher"]["train"], "iterations": 60, "warmup_iterations": 10, "ema_halflife_images": 500}
-    result = train_teacher(den, data, train_cfg, seed=0, device=torch.device("cpu"), work_dir=tmp_path)
+    result = train_teacher(
+        den, data, train_cfg, cfg["data"]["loader"], seed=0, device=torch.device("cpu"), work_dir=tmp_path
+    )
     assert [h["step"] for h in result.history] == list(range(1, 61))
     assert eval_loss(result.ema) < 0.8 * before
 

@@ -12,14 +12,14 @@ from torch import Tensor
 
 from cmt.atomic import atomic_write_json
 from cmt.checkpoints import load_denoiser
-from cmt.data import ImageDataset, train_holdout
+from cmt.data import Images, train_holdout
+from cmt.fid import InceptionFeatures, fid, load_statistics
 from cmt.images import save_grid
 from cmt.labels import class_grid_order, conditioned, draw_labels, label_dim_of
 from cmt.metrics import (
     class_probs,
     extract,
     frechet_distance,
-    inception_features,
     kernel_distance,
     load_feature_net,
     probs_scores,
@@ -33,36 +33,62 @@ from cmt.tracking import write_record
 
 @dataclass
 class Scorer:
-    """Scores generated images against held-out data in the feature net's (or Inception's) space."""
+    """Scores generated images: FD/KID (and class scores) in the offline feature net's space against the held-out
+    images, and FID against reference Inception statistics; either or both (config ``evaluate.metrics``)."""
 
-    featnet_path: Path
-    reference: ImageDataset
-    features: str = "classifier"  # classifier | inception
+    featnet_path: Path | None
+    reference: Images | None
+    fid_reference: Path | None = None
+    fid_mode: str = "legacy_tensorflow"
     device: torch.device = torch.device("cpu")
 
     def __post_init__(self) -> None:
-        self.net = load_feature_net(self.featnet_path)
-        self.ref_feats = self._features(self.reference.images)
-
-    def _features(self, images: Tensor) -> np.ndarray:
-        if self.features == "inception":
-            return inception_features(images, self.device)
-        return extract(self.net, images.cpu())
+        if self.featnet_path is None and self.fid_reference is None:
+            raise ValueError("nothing to score with: give a feature net, FID reference statistics, or both")
+        self.net = self.inception = self.fid_stats = None
+        if self.featnet_path is not None:
+            if self.reference is None or len(self.reference) == 0:
+                raise ValueError(
+                    "the feature-net FD needs held-out images: set data.holdout_fraction > 0, "
+                    "or score with FID only (evaluate.metrics: [fid])"
+                )
+            self.net = load_feature_net(self.featnet_path)
+            self.ref_feats = extract(self.net, self.reference.images)
+        if self.fid_reference is not None:
+            self.inception = InceptionFeatures(self.fid_mode, self.device)
+            self.fid_stats = load_statistics(self.fid_reference)
+            if self.fid_stats["mode"] != self.fid_mode:
+                raise ValueError(
+                    f"{self.fid_reference}: statistics of mode {self.fid_stats['mode']!r}, "
+                    f"evaluate.fid.mode is {self.fid_mode!r} (never compare across modes)"
+                )
 
     def fd(self, images: Tensor) -> float:
-        return frechet_distance(self._features(images.clamp(-1, 1)), self.ref_feats)
+        """Feature-net FD of a set of images (the training-time evaluation)."""
+        return frechet_distance(extract(self.net, images.clamp(-1, 1).cpu()), self.ref_feats)
 
-    def measure(self, images: Tensor) -> tuple[np.ndarray, Tensor]:
-        """One batch's features and class probabilities (what the scores are computed from)."""
-        images = images.clamp(-1, 1).cpu()
-        return self._features(images), class_probs(self.net, images)
+    def measure(self, images: Tensor) -> dict:
+        """One batch's features (feature net and/or Inception) and class probabilities: what the scores come from."""
+        images = images.clamp(-1, 1)
+        measured = {}
+        if self.net is not None:
+            measured["featnet"] = extract(self.net, images.cpu())
+            measured["probs"] = class_probs(self.net, images.cpu())
+        if self.inception is not None:
+            measured["inception"] = self.inception(images)
+        return measured
 
-    def score(self, feats: np.ndarray, probs: Tensor) -> dict:
-        return {
-            "fd": frechet_distance(feats, self.ref_feats),  # FID when features == "inception"
-            "kid": kernel_distance(feats, self.ref_feats),
-            **probs_scores(probs),
-        }
+    def score(self, batches: list[dict]) -> dict:
+        """Scores of all measured batches: fd, kid, confidence, class_entropy (feature net), fid (Inception)."""
+        scores = {}
+        if self.net is not None:
+            feats = np.concatenate([m["featnet"] for m in batches])
+            scores["fd"] = frechet_distance(feats, self.ref_feats)
+            scores["kid"] = kernel_distance(feats, self.ref_feats)
+            scores.update(probs_scores(torch.cat([m["probs"] for m in batches])))
+        if self.inception is not None:
+            scores["fid"] = fid(np.concatenate([m["inception"] for m in batches]), self.fid_stats)
+        return scores
 
 
 def few_step_fd_callback(
@@ -134,23 +160,26 @@ def save_sample_grid(images: Tensor, labels: Tensor | None, label_dim: int, path
 
 
 def score_samples(
-    model: Denoiser, named: dict[str, Sampler], cfg: dict, scorer: Scorer, device: torch.device, out: Path
+    model: Denoiser,
+    named: dict[str, Sampler],
+    cfg: dict,
+    scorer: Scorer,
+    shape: tuple[int, ...],
+    device: torch.device,
+    out: Path,
 ) -> dict:
     """Scores per sampler over all samples, measured batch by batch; one grid per sampler (per class if
     class-conditional) from the first samples."""
     label_dim = label_dim_of(model)
     keep = 20 * label_dim or 100  # enough for a 10-deep per-class grid
-    feats, probs, grids = ({name: [] for name in named} for _ in range(3))
-    for name, images, labels in sample_batches(model, named, cfg, scorer.reference.shape, device):
-        batch_feats, batch_probs = scorer.measure(images)
-        feats[name].append(batch_feats)
-        probs[name].append(batch_probs)
+    measured, grids = ({name: [] for name in named} for _ in range(2))
+    for name, images, labels in sample_batches(model, named, cfg, shape, device):
+        measured[name].append(scorer.measure(images))
         if sum(len(images) for images, _ in grids[name]) < keep:
             grids[name].append((images.cpu(), None if labels is None else labels.cpu()))
     scores = {}
     for name in named:
-        measured = scorer.score(np.concatenate(feats[name]), torch.cat(probs[name]))
-        scores.update({f"{k}_{name}": v for k, v in measured.items()})
+        scores.update({f"{k}_{name}": v for k, v in scorer.score(measured[name]).items()})
         images = torch.cat([images for images, _ in grids[name]])
         labels = torch.cat([labels for _, labels in grids[name]]) if label_dim else None
         save_sample_grid(images, labels, label_dim, out / f"grid-{name}.png")
@@ -165,11 +194,11 @@ def training_cost(meta: dict) -> dict:
 
 def run(
     model_dir: str | Path,
-    featnet: str | Path,
+    featnet: str | Path | None,
+    fid_reference: str | Path | None,
     cfg: dict,
     data_cfg: dict,
     precond: dict,
-    seed: int,
     label: str,
     out_dir: str | Path,
     device: torch.device,
@@ -178,22 +207,39 @@ def run(
     out = Path(out_dir)
     model, meta = load_denoiser(model_dir)
     _, holdout = train_holdout(data_cfg)
-    scorer = Scorer(Path(featnet), holdout, cfg["features"], device)
-    scores = score_samples(model.to(device).eval(), samplers(model, meta, cfg, precond), cfg, scorer, device, out)
+    fid_mode = cfg["fid"]["mode"]
+    scorer = Scorer(
+        None if featnet is None else Path(featnet),
+        holdout,
+        None if fid_reference is None else Path(fid_reference),
+        fid_mode,
+        device,
+    )
+    shape = model.model.cfg.image_shape
+    scores = score_samples(
+        model.to(device).eval(), samplers(model, meta, cfg, precond), cfg, scorer, shape, device, out
+    )
     result = {
         "label": label,
         "model": str(model_dir),
         "model_kind": meta.get("model_kind"),
         "num_samples": cfg["num_samples"],
         "reference_count": len(holdout),
+        **({"fid_mode": fid_mode, "fid_reference_count": scorer.fid_stats["count"]} if scorer.fid_stats else {}),
         **scores,
     }
     atomic_write_json(out / "scores.json", result)
+    params = {
+        "label": label,
+        "t_mid": cfg["t_mid"],
+        "metrics": ",".join(cfg["metrics"]),
+        "num_samples": cfg["num_samples"],
+    }
     write_record(
         out,
         stage="evaluate",
         run_name=f"eval/{label}",
-        params={"label": label, "t_mid": cfg["t_mid"], "features": cfg["features"], "num_samples": cfg["num_samples"]},
+        params={**params, **({"fid_mode": fid_mode} if scorer.fid_stats else {})},
         tags={**meta.get("tags", {}), "label": label},
         metrics={**scores, **training_cost(meta)},
         artifacts=sorted(p.name for p in out.glob("grid-*.png")),

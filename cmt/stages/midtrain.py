@@ -16,7 +16,7 @@ from torch import Tensor
 
 from cmt.checkpoints import load_denoiser
 from cmt.config import config_hash
-from cmt.data import ImageDataset, train_holdout
+from cmt.data import Images, train_holdout
 from cmt.labels import conditioned
 from cmt.losses import Distance, make_distance, squared_l2
 from cmt.meanflow import mean_velocity
@@ -97,7 +97,7 @@ def trajectory_source(
     traj_cfg: dict,
     traj_dir: str | Path | None,
     teacher_dir: str | Path,
-    train: ImageDataset,
+    train: Images,
     device: torch.device,
     limit: int | None = None,
 ) -> TrajectorySource:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from cmt.checkpoints import load_denoiser, save_denoiser
-from cmt.data import ImageDataset
+from cmt.data import Images
 from cmt.images import save_grid
 from cmt.labels import class_columns, label_dim_of
 from cmt.nets import UNetBlock, add_second_time, build_network
@@ -30,7 +30,7 @@ class StudentJob:
     precond: dict
     seed: int
     teacher_dir: Path
-    featnet: Path
+    featnet: Path | None  # None: no FD along training (the feature net is not among evaluate.metrics)
     out_dir: Path
     work_dir: Path
     device: str
@@ -83,7 +83,7 @@ def fit_student(
     loss_fn: LossFn,
     loop: LoopConfig,
     job: StudentJob,
-    holdout: ImageDataset,
+    holdout: Images,
     t_mid: float,
     eval_samples: int,
     desc: str,
@@ -91,14 +91,17 @@ def fit_student(
     fingerprint: str = "",
     extra: Stateful | None = None,
 ) -> tuple[FitResult, dict]:
-    """``fit`` with FD of 1- and 2-step samples along training; returns the result and the last FDs.
+    """``fit`` with feature-net FD of 1- and 2-step samples along training (when the job has a feature net); returns
+    the result and the last FDs.
 
     ``fingerprint`` identifies the run's settings, so a resume checkpoint of other settings is not used.
     """
-    scorer = Scorer(Path(job.featnet), holdout)
-    evaluate = few_step_fd_callback(
-        scorer, kind, eval_samples, job.precond["sigma_max"], t_mid, job.seed, holdout.shape
-    )
+    evaluate = None
+    if job.featnet is not None:  # FD along training needs the feature net (evaluate.metrics includes featnet)
+        scorer = Scorer(Path(job.featnet), holdout)
+        evaluate = few_step_fd_callback(
+            scorer, kind, eval_samples, job.precond["sigma_max"], t_mid, job.seed, holdout.shape
+        )
     result = fit(
         student,
         loss_fn,

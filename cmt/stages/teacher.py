@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
 
+from cmt.batches import make_batches
 from cmt.checkpoint_import import load_any
 from cmt.checkpoints import save_denoiser
 from cmt.config import config_hash
-from cmt.data import ImageDataset, train_holdout
+from cmt.data import Images, train_holdout
 from cmt.fetch import fetch
 from cmt.images import save_grid
 from cmt.labels import class_columns, conditioned, dataset_labels, label_dim_of
@@ -54,19 +56,23 @@ def build_denoiser(network: dict, precond: dict, seed: int) -> Denoiser:
 
 
 def train_teacher(
-    denoiser: Denoiser, train_set: ImageDataset, cfg: dict, seed: int, device: torch.device, work_dir: str | Path
+    denoiser: Denoiser,
+    train_set: Images,
+    cfg: dict,
+    loader: dict,
+    seed: int,
+    device: torch.device,
+    work_dir: str | Path,
 ) -> FitResult:
     """EDM training: Adam, linear LR warm-up, EDM's ramped half-life EMA; resumable from ``work_dir``."""
     loop = LoopConfig.from_dict(cfg)
-    images = train_set.images.to(device)
     labels = dataset_labels(train_set.labels, label_dim_of(denoiser), f"teacher on {train_set.name}")
-    labels = None if labels is None else labels.to(device)
-    pixels = images[0].numel()
+    batches = make_batches(train_set, labels, loop.batch_size, seed, device, loader)
+    pixels = math.prod(train_set.shape)
 
     def loss_fn(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
-        idx = torch.randint(len(images), (loop.batch_size,), generator=gen, device=device)
-        batch_labels = None if labels is None else labels[idx]
-        loss = edm_loss(model, images[idx], cfg["p_mean"], cfg["p_std"], gen, batch_labels)
+        images, batch_labels = batches(step, gen)
+        loss = edm_loss(model, images, cfg["p_mean"], cfg["p_std"], gen, batch_labels)
         return loss / pixels  # logged per pixel, as EDM
 
     fingerprint = config_hash({"train": cfg, "architecture": denoiser.model.cfg.to_dict(), "seed": seed})
@@ -105,7 +111,7 @@ def run(
         ema, run_facts = ema.to(device), {"wall_seconds": 0.0, "resumed_from": 0}
     else:
         denoiser = build_denoiser(network, precond, seed)
-        result = train_teacher(denoiser, train_set, cfg["train"], seed, device, work_dir)
+        result = train_teacher(denoiser, train_set, cfg["train"], data_cfg["loader"], seed, device, work_dir)
         ema, losses = result.ema, [h["loss"] for h in result.history]
         meta = {
             "source": "train",

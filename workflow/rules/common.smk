@@ -11,6 +11,14 @@ CONFIG_FILES = [str(f) for f in workflow.configfiles]
 resolve(config, ", ".join(CONFIG_FILES) or "config", [(f, read_yaml(f) or {}) for f in CONFIG_FILES])
 
 RESULTS = f"results/{config['name']}"
+# data.build: the workflow builds an EDM zip (rule `dataset`) and every data-reading job reads it
+DATASET = f"{RESULTS}/{jobs.DATASET}/images.zip" if config["data"]["build"] else None
+if DATASET:
+    config["data"] = {**config["data"], "source": "edm_zip", "path": DATASET}
+DATA = [DATASET] if DATASET else []  # the input of every job that reads the dataset
+FEATNET = f"{RESULTS}/{jobs.FEATNET}/featnet.safetensors"
+FEATNET_INPUT = [FEATNET] if jobs.uses_featnet(config) else []  # FD along training and in evaluation
+FID_REF = f"{RESULTS}/{jobs.fid_ref_path(config['evaluate']['fid']['mode'])}"
 WORK = f"work/{config['name']}"  # resume checkpoints: never a declared output, so never deleted by Snakemake
 MLFLOW_DB = f"{RESULTS}/mlflow.db"
 # Jobs run `${CMT_LAUNCH:-python} -m cmt <verb>`: set CMT_LAUNCH to wrap training, e.g.
@@ -39,6 +47,11 @@ def resources_of(group):
         "mem_mb": lambda wildcards, attempt: scaled_resources(entry, attempt)["mem_mb"],
         "runtime": lambda wildcards, attempt: scaled_resources(entry, attempt)["runtime"],
     }
+
+
+def optional(flag, paths):
+    """``--flag path`` for an input that a config may leave out (empty when it does)."""
+    return f"--{flag} {paths[0]}" if paths else ""
 
 
 def result(path, name):

@@ -1,10 +1,33 @@
+rule fid_reference:
+    """FID reference statistics of the full training set (or the published file of evaluate.fid.reference)."""
+    conda:
+        "../../envs/cmt.yaml"
+    input:
+        data=DATA,
+    output:
+        FID_REF,
+    params:
+        cfg=subtree("data", *DEVICE, evaluate={"fid": config["evaluate"]["fid"]}),
+        work=f"{WORK}/fid-ref",
+    threads: threads_of("evaluate")
+    resources:
+        **resources_of("evaluate"),
+    log:
+        f"{RESULTS}/logs/fid-reference.log",
+    shell:
+        "OMP_NUM_THREADS={threads} python -m cmt fid-reference --params {params.cfg:q}"
+        " --out {output} --work {params.work} > {log} 2>&1"
+
+
 rule evaluate:
-    """1- and 2-step sampling (the teacher: its own sampler), FD/KID and grids of one trained job."""
+    """1- and 2-step sampling (the teacher: its own sampler), FD/KID/FID and grids of one trained job."""
     conda:
         "../../envs/cmt.yaml"
     input:
         model=result("{job}", "model.safetensors"),
-        featnet=rules.featnet.output.net,
+        featnet=FEATNET_INPUT,
+        fid_ref=FID_REF if "fid" in config["evaluate"]["metrics"] else [],
+        data=DATA,
     output:
         scores=result(jobs.eval_path("{job}"), "scores.json"),
         record=result(jobs.eval_path("{job}"), "run.json"),
@@ -12,6 +35,7 @@ rule evaluate:
         cfg=subtree("evaluate", "precond", "data", "seed", *DEVICE, teacher={"sample": config["teacher"]["sample"]}),
         out=subpath(output.scores, parent=True),
         model=subpath(input.model, parent=True),
+        scoring=lambda wildcards, input: f"{optional('featnet', input.featnet)} {optional('fid-ref', input.fid_ref)}",
     threads: threads_of("evaluate")
     resources:
         **resources_of("evaluate"),
@@ -21,4 +45,4 @@ rule evaluate:
         f"{RESULTS}/benchmarks/{jobs.eval_path('{job}')}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt evaluate --params {params.cfg:q}"
-        " --model {params.model} --featnet {input.featnet} --label {wildcards.job:q} --out {params.out} > {log} 2>&1"
+        " --model {params.model} {params.scoring} --label {wildcards.job:q} --out {params.out} > {log} 2>&1"

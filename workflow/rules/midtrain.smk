@@ -7,8 +7,9 @@ rule midtrain:
         "../../envs/cmt.yaml"
     input:
         teacher=rules.teacher.output.model,
-        featnet=rules.featnet.output.net,
+        featnet=FEATNET_INPUT,
         traj=stored_trajectories,
+        data=DATA,
     output:
         model=result(MID_JOB, "model.safetensors"),
         record=result(MID_JOB, "run.json"),
@@ -18,6 +19,7 @@ rule midtrain:
         work=f"{WORK}/{MID_JOB}",
         teacher=subpath(input.teacher, parent=True),
         traj=lambda wildcards, input: f"--traj {os.path.dirname(input.traj)}" if input.traj else "",
+        featnet=lambda wildcards, input: optional("featnet", input.featnet),
     threads: threads_of("midtrain")
     priority: 10  # on the critical path to ECT-from-CMT: schedule before independent runs
     resources:
@@ -28,5 +30,5 @@ rule midtrain:
         f"{RESULTS}/benchmarks/{MID_JOB}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt midtrain --params {params.cfg:q}"
-        " --teacher {params.teacher} {params.traj} --featnet {input.featnet}"
+        " --teacher {params.teacher} {params.traj} {params.featnet}"
         " --out {params.out} --work {params.work} > {log} 2>&1"

@@ -7,8 +7,9 @@ rule posttrain:
         "../../envs/cmt.yaml"
     input:
         teacher=rules.teacher.output.model,
-        featnet=rules.featnet.output.net,
+        featnet=FEATNET_INPUT,
         init=init_model,
+        data=DATA,
     output:
         model=result(POST_JOB, "model.safetensors"),
         record=result(POST_JOB, "run.json"),
@@ -18,6 +19,7 @@ rule posttrain:
         work=f"{WORK}/{POST_JOB}",
         teacher=subpath(input.teacher, parent=True),
         init=lambda wildcards, input: f"--init-dir {os.path.dirname(input.init)}" if input.init else "",
+        featnet=lambda wildcards, input: optional("featnet", input.featnet),
     threads: threads_of("posttrain")
     resources:
         **resources_of("posttrain"),
@@ -28,4 +30,4 @@ rule posttrain:
     shell:
         "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt posttrain --params {params.cfg:q}"
         " --method {wildcards.method} --init {wildcards.init} {params.init} --teacher {params.teacher}"
-        " --featnet {input.featnet} --out {params.out} --work {params.work} > {log} 2>&1"
+        " {params.featnet} --out {params.out} --work {params.work} > {log} 2>&1"

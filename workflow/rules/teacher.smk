@@ -1,6 +1,8 @@
 rule teacher:
     conda:
         "../../envs/cmt.yaml"
+    input:
+        data=DATA,
     output:
         model=result(jobs.TEACHER, "model.safetensors"),
         meta=result(jobs.TEACHER, "meta.json"),
@@ -24,9 +26,11 @@ rule teacher:
 rule featnet:
     conda:
         "../../envs/cmt.yaml"
+    input:
+        data=DATA,
     output:
-        net=result("featnet", "featnet.safetensors"),
-        record=result("featnet", "run.json"),
+        net=FEATNET,
+        record=result(jobs.FEATNET, "run.json"),
     params:
         cfg=subtree("featnet", "data", "seed"),
     threads: threads_of("featnet")

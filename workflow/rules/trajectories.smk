@@ -6,6 +6,7 @@ rule trajectories:
         "../../envs/cmt.yaml"
     input:
         teacher=rules.teacher.output.model,
+        data=DATA,
     output:
         index=result(TRAJ_SET, "index.json"),
         shards=shard_files(f"{RESULTS}/{TRAJ_SET}"),

@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cmt.batches import make_batches
 from cmt.checkpoints import load_denoiser
 from cmt.config import config_hash
-from cmt.data import ImageDataset, train_holdout
+from cmt.data import Images, train_holdout
 from cmt.labels import conditioned, dataset_labels, label_dim_of
 from cmt.losses import make_distance
 from cmt.meanflow import meanflow_loss
@@ -23,20 +24,25 @@ METHODS = ("ect", "ecd", "meanflow")
 
 
 def make_loss(
-    method: str, cfg: dict, data: ImageDataset, label_dim: int, teacher_dir: str | Path, device: torch.device
+    method: str,
+    cfg: dict,
+    data: Images,
+    loader: dict,
+    label_dim: int,
+    seed: int,
+    teacher_dir: str | Path,
+    device: torch.device,
 ) -> LossFn:
     """The minibatch loss of one method, drawing images (and, for a student of ``label_dim`` classes, their labels)
-    from ``data``; the student and ECD's teacher see each image's class."""
+    from ``data`` (``cmt.batches``); the student and ECD's teacher see each image's class."""
     if method not in METHODS:
         raise ValueError(f"unknown post-training method {method!r}; valid: {', '.join(METHODS)}")
-    batch = cfg["batch_size"]
-    images = data.images.to(device)
     labels = dataset_labels(data.labels, label_dim, f"post-training on {data.name}")
-    labels = None if labels is None else labels.to(device)
+    batches = make_batches(data, labels, cfg["batch_size"], seed, device, loader)
     if method == "meanflow":
 
         def meanflow(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
-            y, lab = _batch(images, labels, batch, gen)
+            y, lab = batches(step, gen)
             return meanflow_loss(conditioned(model, lab), y, gen, cfg)
 
         return meanflow
@@ -48,23 +54,17 @@ def make_loss(
     if method == "ect":
 
         def ect(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
-            y, lab = _batch(images, labels, batch, gen)
+            y, lab = batches(step, gen)
             return ect_loss(conditioned(model, lab), y, gen, cfg, stage(step), distance)
 
         return ect
     teacher = load_denoiser(teacher_dir)[0].to(device).eval().requires_grad_(False)
 
     def ecd(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
-        y, lab = _batch(images, labels, batch, gen)
+        y, lab = batches(step, gen)
         return ecd_loss(conditioned(model, lab), conditioned(teacher, lab), y, gen, cfg, stage(step), distance)
 
     return ecd
-
-
-def _batch(images: Tensor, labels: Tensor | None, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
-    """A minibatch of images and their labels (None for an unconditional student)."""
-    idx = torch.randint(len(images), (n,), generator=gen, device=images.device)
-    return images[idx], None if labels is None else labels[idx]
 
 
 def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: StudentJob) -> dict:
@@ -82,7 +82,9 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
         second_time=kind == "meanflow",
     )
     student: Denoiser = student.to(device)
-    loss_fn = make_loss(method, cfg, train, label_dim_of(student), job.teacher_dir, device)
+    loss_fn = make_loss(
+        method, cfg, train, job.data["loader"], label_dim_of(student), job.seed, job.teacher_dir, device
+    )
     loop = LoopConfig.from_dict(cfg)
     result, last_fd = fit_student(
         student,

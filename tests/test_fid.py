@@ -1,0 +1,123 @@
+"""FID through clean-fid's Inception wrapper and resizers, on a TorchScript stand-in placed where the weights are
+looked for: missing weights fail at once naming the file, statistics of the full training set, the mode recorded
+and checked, published statistics sha256-checked, scores independent of the batch size."""
+
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from image_standins import write_image_folder, write_inception
+
+from cmt.data import load_edm_zip
+from cmt.dataset_tool import build
+from cmt.fetch import FetchError
+from cmt.fid import (
+    INCEPTION_DIR_ENV,
+    InceptionFeatures,
+    fid,
+    frechet_distance,
+    load_statistics,
+    reference_statistics,
+    save_statistics,
+    statistics,
+)
+from cmt.stages import fid_reference
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def inception(tmp_path, monkeypatch):
+    write_inception(tmp_path / "weights")
+    monkeypatch.setenv(INCEPTION_DIR_ENV, str(tmp_path / "weights"))
+    return tmp_path / "weights"
+
+
+@pytest.fixture
+def images_zip(tmp_path):
+    write_image_folder(tmp_path / "src", 40, 8)
+    build({"from": "image_folder", "archive": str(tmp_path / "src")}, tmp_path / "d.zip")
+    return tmp_path / "d.zip"
+
+
+def test_missing_weights_fail_naming_the_file_and_nothing_is_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv(INCEPTION_DIR_ENV, str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty" / "inception-2015-12-05.pt")):
+        InceptionFeatures("legacy_tensorflow", CPU)
+    assert not (tmp_path / "empty").exists()
+
+
+def test_the_rule_fails_before_reading_the_dataset(tmp_path):
+    params = '{"data": {"source": "edm_zip", "path": "/nowhere/d.zip"}}'
+    env = {"PATH": "/usr/bin:/bin", INCEPTION_DIR_ENV: str(tmp_path)}
+    cmd = [sys.executable, "-m", "cmt", "fid-reference", "--params", params, "--out", str(tmp_path / "r.npz")]
+    done = subprocess.run([*cmd, "--work", str(tmp_path / "w")], capture_output=True, text=True, env=env)
+    assert done.returncode != 0 and f"{tmp_path}/inception-2015-12-05.pt" in done.stderr
+    assert "/nowhere" not in done.stderr and not (tmp_path / "r.npz").exists()
+
+
+def test_frechet_distance_agrees_with_clean_fid_sqrtm():
+    from cleanfid.fid import frechet_distance as clean_fid_fd
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((100, 256)), rng.standard_normal((300, 256)) @ rng.standard_normal((256, 256)) * 0.2
+    (mu1, s1), (mu2, s2) = statistics(a), statistics(b + 0.1)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(clean_fid_fd(mu1, s1, mu2, s2), rel=1e-7)
+    assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-7 * np.trace(s1)  # rank-deficient: rounding only
+
+
+def test_reference_of_the_training_set_scores_itself_zero_and_others_higher(inception, images_zip):
+    data = load_edm_zip(images_zip)
+    stats = reference_statistics(data, "legacy_tensorflow", CPU, batch_size=7, workers=0)
+    assert stats["count"] == 40 and stats["mu"].shape == (2048,) and stats["sigma"].shape == (2048, 2048)
+    features = InceptionFeatures("legacy_tensorflow", CPU)
+    same = np.concatenate([features(data.read(torch.arange(k, min(k + 16, 40)))) for k in range(0, 40, 16)])
+    shifted = features((data.images * 0.5).clamp(-1, 1))
+    assert abs(fid(same, stats)) < 1e-3 * fid(shifted, stats)  # 0 up to sqrtm of a rank-39 covariance
+
+
+def test_modes_differ_and_a_mismatch_is_refused(inception, images_zip, tmp_path):
+    from cmt.stages.evaluate import Scorer
+
+    data = load_edm_zip(images_zip)
+    legacy = reference_statistics(data, "legacy_tensorflow", CPU, 40, 0)
+    clean = reference_statistics(data, "clean", CPU, 40, 0)
+    assert not np.allclose(legacy["mu"], clean["mu"])  # clean-fid's PIL bicubic resize outside the network
+    save_statistics(tmp_path / "clean.npz", clean)
+    assert load_statistics(tmp_path / "clean.npz")["mode"] == "clean"
+    with pytest.raises(ValueError, match="statistics of mode 'clean', evaluate.fid.mode is 'legacy_tensorflow'"):
+        Scorer(None, None, tmp_path / "clean.npz", "legacy_tensorflow")
+
+
+def test_published_statistics_are_sha256_checked_and_validated(inception, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cifar10-32x32.npz", mu=rng.standard_normal(2048), sigma=np.eye(2048))
+    digest = hashlib.sha256((tmp_path / "cifar10-32x32.npz").read_bytes()).hexdigest()
+    cfg = {"mode": "legacy_tensorflow", "batch_size": 10}
+    url = (tmp_path / "cifar10-32x32.npz").as_uri()
+    fid_reference.run(
+        {**cfg, "reference": {"url": url, "sha256": digest}}, {}, tmp_path / "ref.npz", tmp_path / "w", "cpu"
+    )
+    stats = load_statistics(tmp_path / "ref.npz")
+    assert stats["mode"] == "legacy_tensorflow" and np.array_equal(stats["sigma"], np.eye(2048))
+    with pytest.raises(FetchError, match="sha256 mismatch"):
+        fid_reference.run(
+            {**cfg, "reference": {"url": url, "sha256": "0" * 64}}, {}, tmp_path / "x.npz", tmp_path / "w", "cpu"
+        )
+    with pytest.raises(ValueError, match="published statistics are legacy_tensorflow mode"):
+        fid_reference.run(
+            {**cfg, "mode": "clean", "reference": {"url": url, "sha256": digest}},
+            {},
+            tmp_path / "y.npz",
+            tmp_path / "w",
+            "cpu",
+        )
+    np.savez(tmp_path / "bad.npz", mu=np.zeros(2048))
+    with pytest.raises(ValueError, match="bad.npz: no array 'sigma'"):
+        load_statistics(tmp_path / "bad.npz")
+    np.savez(tmp_path / "small.npz", mu=np.zeros(64), sigma=np.eye(64))
+    with pytest.raises(ValueError, match=r"small.npz: mu must be finite of shape \(2048,\)"):
+        load_statistics(tmp_path / "small.npz")
