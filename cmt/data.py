@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,17 +56,17 @@ class _ZipReader:
     """Images of an EDM dataset zip, decoded on demand; each process (DataLoader worker) opens its own handle."""
 
     def __init__(self, path: Path, names: list[str]):
-        self.path, self.names, self._zip = path, names, None
+        self.path, self.names, self._zip, self._pid = path, names, None, None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_zip": None}
+        return {**self.__dict__, "_zip": None, "_pid": None}
 
     def __len__(self) -> int:
         return len(self.names)
 
     def get(self, row: int) -> np.ndarray:
-        if self._zip is None:
-            self._zip = zipfile.ZipFile(self.path)
+        if self._pid != os.getpid():  # a forked worker must not share its parent's file offset
+            self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
         return _decode(self._zip.read(self.names[row]), f"{self.path}: {self.names[row]}")
 
 
