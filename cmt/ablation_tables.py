@@ -9,13 +9,26 @@ CMT init, so every row carries what its whole student lineage spent (mid + post)
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from cmt.atomic import atomic_write_bytes
 from cmt.jobs import ABLATION_TABLES
-from cmt.tables import INIT_NAMES, METHOD_NAMES, _runs, lineage, lineage_sum, log_tables, split_runs, tag, to_markdown
+from cmt.tables import (
+    INIT_NAMES,
+    METHOD_NAMES,
+    SCORE_NOTE,
+    SCORES,
+    _runs,
+    lineage,
+    lineage_sum,
+    log_tables,
+    split_runs,
+    tag,
+    to_markdown,
+)
 
 COSTS = ("images", "teacher_nfe")
 STUDENT = ("mid", "post")  # the stages whose costs a row carries (the teacher is shared by every init but random)
@@ -24,8 +37,7 @@ FRAME_COLUMNS = [
     *AXES,
     "model",
     "tables",
-    "fd_1step",
-    "fd_2step",
+    *(f"{prefix}_{steps}step" for prefix in SCORES for steps in (1, 2)),
     "distinct_trajectories",
     "train_run",
     "stage_images",
@@ -70,8 +82,7 @@ def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
                 "iterations": int(source["params.iterations"]),
                 "seed": int(tag(ev, "seed")),
                 "tables": tables,
-                "fd_1step": ev["metrics.fd_1step"],
-                "fd_2step": ev["metrics.fd_2step"],
+                **{f"{p}_{k}step": ev.get(f"metrics.{p}_{k}step", math.nan) for p in SCORES for k in (1, 2)},
                 "distinct_trajectories": source.get("metrics.distinct_trajectories"),
                 "train_run": source["run_id"],
                 "stage_images": float(source["metrics.images"]),
@@ -82,14 +93,16 @@ def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarise(df: pd.DataFrame, by: list[str], extra: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Mean +- std over seeds of the FDs (and mean of ``extra`` cost columns), one row per ``by`` group."""
+    """Mean +- std over seeds of the scores the runs carry (FD, FID) and mean of ``extra`` cost columns, one row
+    per ``by`` group."""
     out = []
+    scored = [p for p in SCORES if df[f"{p}_1step"].notna().any()]
     for keys, group in df.groupby(by, sort=False, dropna=False):
         row = dict(zip(by, keys if isinstance(keys, tuple) else (keys,)))
-        for metric in ("fd_1step", "fd_2step"):
-            values = group[metric].astype(float)
+        for prefix, steps in ((p, k) for p in scored for k in (1, 2)):
+            values = group[f"{prefix}_{steps}step"].astype(float)
             std = f" ± {values.std(ddof=1):.1f}" if len(values) > 1 else ""
-            row[metric.replace("fd_", "FD ").replace("step", "-step")] = f"{values.mean():.1f}{std}"
+            row[f"{SCORES[prefix]} {steps}-step"] = f"{values.mean():.1f}{std}"
         row["seeds"] = len(group)
         for col in extra:
             row[col] = float(group[col].astype(float).mean())
@@ -154,8 +167,8 @@ def ablation_report(db: str | Path, experiment: str, out_dir: str | Path) -> dic
     for name, table in result.items():
         atomic_write_bytes(out / f"{name}.csv", table.to_csv(index=False).encode())
         md = (
-            f"# Ablation: {TITLES[name]} ({experiment})\n\nMean ± std over seeds; FD of the feature net against "
-            "held-out data (lower is better); images and teacher NFE are what the student lineage spent "
+            f"# Ablation: {TITLES[name]} ({experiment})\n\nMean ± std over seeds. {SCORE_NOTE}. "
+            "Images and teacher NFE are what the student lineage spent "
             f"(mid + post; the teacher's own training, shared by every init but random, is not counted). "
             f"From MLflow store {Path(db).name}.\n\n" + to_markdown(table)
         )

@@ -20,6 +20,18 @@ from cmt.jobs import eval_path
 METHOD_NAMES = {"ect": "ECT", "ecd": "ECD", "meanflow": "MeanFlow"}
 INIT_NAMES = {"random": "random init", "diffusion": "diffusion init", "cmt": "CMT init"}
 KINDS = ("teacher", "mid", "post")
+# score prefix -> column name: the offline feature net's FD (cmt.metrics), Inception FID (cmt.fid)
+SCORES = {"fd": "FD", "fid": "FID"}
+SCORE_NOTE = (
+    "FD: Frechet distance in the feature space of the offline evaluation net, against held-out data. "
+    "FID: Frechet distance of Inception features against the full training set's statistics (clean-fid; the mode "
+    "is each evaluation run's `fid_mode` param). Lower is better for both"
+)
+
+
+def scores_present(columns) -> list[str]:
+    """The score prefixes (``SCORES``) the runs carry, in ``SCORES`` order."""
+    return [p for p in SCORES if any(str(c).startswith(f"metrics.{p}_") for c in columns)]
 
 
 def _runs(db: str | Path, experiment: str) -> pd.DataFrame:
@@ -89,22 +101,37 @@ def _order(ev: pd.Series) -> tuple:
     )
 
 
+def teacher_sampler(columns) -> str:
+    """The teacher's multi-step sampler (``<n>nfe``) among the runs' score columns, or ""."""
+    for column in columns:
+        prefix, _, sampler = str(column).removeprefix("metrics.").partition("_")
+        if prefix in SCORES and sampler.endswith("nfe"):
+            return sampler
+    return ""
+
+
 def main_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per job of the main run: FD of its samplers, the images each stage of its lineage trained on,
     teacher NFE and wall time of the lineage."""
     train, evals = split_runs(runs)
     evals = in_table(evals, "main")
-    multi = next((c[len("metrics.") :] for c in runs.columns if c.startswith("metrics.fd_") and c.endswith("nfe")), "")
+    multi = teacher_sampler(runs.columns)
     rows = []
     for _, ev in sorted(evals.iterrows(), key=lambda item: _order(item[1])):
         chain = lineage(train, tag(ev, "job"))
+        scores = {}
+        for prefix in scores_present(runs.columns):
+            name = SCORES[prefix]
+            scores[f"{name} 1-step"] = _metric(ev, f"{prefix}_1step")
+            scores[f"{name} 2-step"] = _metric(ev, f"{prefix}_2step")
+            if multi:
+                scores[f"{name} teacher {multi[:-3]} NFE"] = _metric(ev, f"{prefix}_{multi}")
+        if "metrics.kid_2step" in runs.columns:
+            scores["KID 2-step"] = _metric(ev, "kid_2step")
         rows.append(
             {
                 "model": model_name(ev),
-                "FD 1-step": _metric(ev, "fd_1step"),
-                "FD 2-step": _metric(ev, "fd_2step"),
-                f"FD teacher {multi[3:-3]} NFE": _metric(ev, multi) if multi else math.nan,
-                "KID 2-step": _metric(ev, "kid_2step"),
+                **scores,
                 **{f"images {kind}": int(lineage_sum(chain, "images", (kind,))) for kind in KINDS},
                 "teacher NFE (training)": int(lineage_sum(chain, "teacher_nfe")),
                 "wall s (training)": lineage_sum(chain, "wall_seconds"),
@@ -221,8 +248,7 @@ def main_report(db: str | Path, experiment: str, out_dir: str | Path) -> pd.Data
     notes = [iterations_to_match(curves, f"{m}-diffusion", f"{m}-cmt") for m in METHOD_NAMES if f"{m}-cmt" in curves]
     md = (
         f"# Main comparison ({experiment})\n\nBuilt from the MLflow store {Path(db).name} "
-        f"(experiment `{experiment}`). FD: Frechet distance in the feature space of the evaluation net, "
-        "against held-out data (lower is better).\n\n" + to_markdown(table) + "".join(f"\n{n}.\n" for n in notes)
+        f"(experiment `{experiment}`). {SCORE_NOTE}.\n\n" + to_markdown(table) + "".join(f"\n{n}.\n" for n in notes)
     ) + samples_section(runs, out)
     atomic_write_bytes(out / "main.md", md.encode())
     plot_curves(curves, out / "fd_vs_iterations.png")

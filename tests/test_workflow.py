@@ -21,6 +21,7 @@ import torch
 import yaml
 from conftest import ROOT, SNAKEMAKE, copy_project, planned_jobs, snakemake
 from edm_standin import edm_snapshot, write_pickle
+from image_standins import write_image_folder, write_inception
 from PIL import Image
 from safetensors.torch import load_file
 from test_edm_pickle import denoised, random_denoiser
@@ -384,3 +385,32 @@ def test_a_class_conditional_smoke_run_carries_labels_through_every_stage(smoke,
     assert (results / "tables" / "main.md").read_text().count("\n| ") == 6  # header + 5 models
     for grid in assert_sample_links(results / "tables" / "main.md", 5):  # the report shows per-class grids
         assert Image.open(grid).width == 4 * (10 * (8 + 1) + 1)  # ten columns of 8-pixel digits, 1-pixel borders
+
+
+def test_a_dataset_built_from_an_image_folder_is_streamed_and_scored_with_fid_and_fd(tmp_path, monkeypatch):
+    """`data.build` on an image folder: the `dataset` rule writes the EDM zip and its sha256 record, every job reads
+    the zip through the DataLoader, `fid_reference` computes the training set's statistics once (stand-in Inception
+    at $CMT_INCEPTION_DIR), and the table carries FD and FID under distinct names, with the FID mode recorded."""
+    write_image_folder(tmp_path / "images", 240, 10, classes=3)
+    write_inception(tmp_path / "inception")
+    monkeypatch.setenv("CMT_INCEPTION_DIR", str(tmp_path / "inception"))
+    project = copy_project(tmp_path / "files")
+    build = {"from": "image_folder", "archive": str(tmp_path / "images"), "resolution": 8, "labels": "subfolders"}
+    overlay = {
+        "name": "files",
+        "data": {"build": build, "loader": {"workers": 1}},
+        "network": {"in_channels": 3, "out_channels": 3},
+        "evaluate": {"metrics": ["featnet", "fid"]},
+    }
+    (project / "config" / "files.yaml").write_text(yaml.safe_dump(overlay))
+    snakemake(project, "--cores", "2", "all", "--configfile", "config/smoke.yaml", "config/files.yaml")
+    results = project / "results" / "files"
+    record = json.loads((results / "dataset" / "build.json").read_text())
+    assert record["count"] == 240 and record["shape"] == [3, 8, 8] and record["classes"] == 3
+    assert record["sha256"] == hashlib.sha256((results / "dataset" / "images.zip").read_bytes()).hexdigest()
+    assert (results / "fid-ref" / "legacy_tensorflow.npz").is_file()
+    scores = json.loads((results / "eval" / "post" / "ect-cmt" / "base" / "it40" / "s0" / "scores.json").read_text())
+    assert scores["fid_mode"] == "legacy_tensorflow" and scores["fid_reference_count"] == 240
+    assert scores["fid_2step"] > 0 and scores["fd_2step"] > 0
+    header = (results / "tables" / "main.md").read_text().split("\n| model")[1].split("\n")[0]
+    assert "| FD 1-step | FD 2-step |" in header and "| FID 1-step | FID 2-step |" in header

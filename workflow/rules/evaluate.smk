@@ -26,7 +26,7 @@ rule evaluate:
     input:
         model=result("{job}", "model.safetensors"),
         featnet=FEATNET_INPUT,
-        fid_ref=FID_REF if "fid" in config["evaluate"]["metrics"] else [],
+        fid_ref=[FID_REF] if "fid" in config["evaluate"]["metrics"] else [],
         data=DATA,
     output:
         scores=result(jobs.eval_path("{job}"), "scores.json"),
