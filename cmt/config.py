@@ -24,6 +24,7 @@ import yaml
 
 SCHEMA_NAME = "config.schema.json"
 JOB_KEY = "job"  # in --params only: the job's axes (cmt/jobs.py), written as MLflow tags
+EXTENDS = "extends"  # in config files only: the files a config builds on (``config_layers``)
 
 
 class ConfigError(ValueError):
@@ -153,16 +154,44 @@ def resolve(cfg: Any, source: str, layers: list[tuple[str, Any]] | None = None, 
     return cfg
 
 
-def load_config(*paths: str | Path) -> dict:
-    """Read config files as layers (later ones override), fill defaults and validate; returns the plain dict."""
-    layers = [(str(p), read_yaml(p) or {}) for p in paths]
-    for source, data in layers:
+def config_layers(paths: list[str | Path]) -> list[tuple[str, dict]]:
+    """Config files as (file, mapping) layers in merge order. A file may name others under ``extends`` (paths
+    relative to its own folder): they come in just before it, recursively, each file once, so a dataset's paper
+    config holds only what differs from the recipe it extends."""
+    layers: list[tuple[str, dict]] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, chain: tuple[Path, ...]) -> None:
+        key = path.resolve()
+        if key in chain:
+            raise ConfigError(f"{path}: extends itself through {' -> '.join(map(str, chain))}")
+        if key in seen:
+            return
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+        extends = data.pop(EXTENDS, [])
+        for parent in [extends] if isinstance(extends, str) else extends:
+            add(path.parent / parent, (*chain, key))
+        seen.add(key)
+        layers.append((str(path), data))
+
+    for path in paths:
+        add(Path(path), ())
+    return layers
+
+
+def merge_layers(layers: list[tuple[str, dict]]) -> dict:
     cfg: dict = {}
     for _, data in layers:
         cfg = merge(cfg, data)
-    return resolve(cfg, ", ".join(str(p) for p in paths), layers)
+    return cfg
+
+
+def load_config(*paths: str | Path) -> dict:
+    """Read config files as layers (later ones override), fill defaults and validate; returns the plain dict."""
+    layers = config_layers(list(paths))
+    return resolve(merge_layers(layers), ", ".join(str(p) for p in paths), layers)
 
 
 def params_schema() -> dict:

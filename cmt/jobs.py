@@ -88,12 +88,14 @@ def variant_overrides(config: Mapping, variant: str) -> dict:
 
 
 def runnable_variants(config: Mapping) -> dict:
-    """The sweep's CMT variants, less those with the LPIPS loss while its ImageNet trunk is not in the torch hub cache
-    (nothing is downloaded): those are left out of the sweep, with a note naming the missing file."""
+    """The sweep's CMT variants, less those that switch to the LPIPS loss while its ImageNet trunk is not in the torch
+    hub cache (nothing is downloaded): those are left out of the sweep, with a note naming the missing file. Where
+    LPIPS is the configured loss itself (the paper configs) every variant stays, and a job fails at once naming
+    the file."""
     variants = {}
     for name, overrides in entries(config["ablations"]["cmt"]).items():
         settings = {**config["midtrain"], **overrides}
-        if settings["loss"] == "lpips":
+        if settings["loss"] == "lpips" and config["midtrain"]["loss"] != "lpips":  # only variants that switch to it
             from cmt.losses import lpips_trunk_path
 
             trunk = lpips_trunk_path(settings["lpips_net"])

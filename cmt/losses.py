@@ -58,6 +58,17 @@ def lpips_trunk_path(net: str) -> Path:
     return torch_hub_checkpoints() / LPIPS_TRUNK_FILES[net]
 
 
+def require_lpips_trunk(net: str) -> Path:
+    """The LPIPS trunk's path; raises at once, naming the file, when it is not in the torch hub cache."""
+    trunk = lpips_trunk_path(net)
+    if not trunk.is_file():
+        raise FileNotFoundError(
+            f"LPIPS-{net} needs the pretrained ImageNet trunk at {trunk} (no downloads are attempted); "
+            f"copy torchvision's {LPIPS_TRUNK_FILES[net]} there or set TORCH_HOME"
+        )
+    return trunk
+
+
 class LPIPSDistance(torch.nn.Module):
     """The ``lpips`` package's LPIPS (v0.1 heads) on the pretrained ImageNet trunk, frozen.
 
@@ -68,12 +79,7 @@ class LPIPSDistance(torch.nn.Module):
 
     def __init__(self, net: str = "vgg", resize_to: int | None = None):
         super().__init__()
-        trunk = lpips_trunk_path(net)
-        if not trunk.is_file():
-            raise FileNotFoundError(
-                f"LPIPS-{net} needs the pretrained ImageNet trunk at {trunk} (no downloads are attempted); "
-                f"copy torchvision's {LPIPS_TRUNK_FILES[net]} there or set TORCH_HOME"
-            )
+        require_lpips_trunk(net)
         import lpips
 
         self.net_name, self.resize_to = net, resize_to

@@ -2,6 +2,7 @@
 a job's --params with the same messages (file or source, dotted key, what was expected)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,11 @@ from cmt.cli import main
 from cmt.config import (
     ConfigError,
     config_hash,
+    config_layers,
+    fill_defaults,
     load_config,
     load_schema,
+    merge_layers,
     properties,
     read_yaml,
     resolve,
@@ -24,6 +28,8 @@ from cmt.config import (
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "config" / "config.yaml"
 OVERLAYS = sorted(p for p in (ROOT / "config").glob("*.yaml") if p != DEFAULT)
+RECIPE = ROOT / "config" / "paper.yaml"  # the paper's recipe: states every value with its source, defaults too
+PAPER = [RECIPE, *(p for p in OVERLAYS if (read_yaml(p) or {}).get("extends") == RECIPE.name)]
 
 
 def write(tmp_path, cfg, name="cfg.yaml"):
@@ -49,17 +55,43 @@ def lookup(tree, path):
     return tree
 
 
-@pytest.mark.parametrize("overlay", [None, *OVERLAYS], ids=lambda p: p.name if p else "config.yaml")
+@pytest.mark.parametrize("overlay", [None, *(p for p in OVERLAYS if p != RECIPE)], ids=lambda p: p.name if p else "-")
 def test_shipped_configs_validate(overlay):
     cfg = load_config(DEFAULT, *([overlay] if overlay else []))
-    assert cfg["name"] and cfg["midtrain"]["optimizer"] == "radam"  # a default filled in
+    assert cfg["name"] and cfg["evaluate"]["seed"] == 123  # a default filled in
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+@pytest.mark.parametrize("overlay", [p for p in OVERLAYS if p != RECIPE], ids=lambda p: p.name)
 def test_overlays_hold_only_what_differs(overlay):
-    base, raw = load_config(DEFAULT), read_yaml(overlay)
+    """From config.yaml and whatever the overlay extends (a paper dataset config: from config/paper.yaml)."""
+    raw = read_yaml(overlay)
+    extended = [overlay.parent / raw.pop("extends")] if "extends" in raw else []
+    schema = load_schema()
+    base = fill_defaults(merge_layers(config_layers([DEFAULT, *extended])), schema, schema)  # not a run by itself
     same = [".".join(path) for path, value in leaves(raw) if path[0] != "name" and lookup(base, path) == value]
     assert not same, f"{overlay.name} repeats the default of {same}"
+
+
+@pytest.mark.parametrize("config", PAPER, ids=lambda p: p.name)
+def test_every_value_of_a_paper_config_carries_its_source(config):
+    """A line that sets a value (not a section header, name or extends) ends with a comment: its method.md section,
+    our derivation [D], or UNKNOWN."""
+    bare = [
+        line
+        for line in config.read_text().splitlines()
+        if re.match(r"\s*[\w-]+: \S", line) and "#" not in line and not re.match(r"(name|extends):", line)
+    ]
+    assert not bare, f"{config.name}: values without a source comment: {bare}"
+
+
+def test_a_dataset_config_extends_the_recipe_and_overrides_it(tmp_path):
+    cfg = load_config(DEFAULT, ROOT / "config" / "cifar10.yaml")
+    assert cfg["midtrain"]["loss"] == "lpips" and cfg["posttrain"]["ect"]["q"] == 4096  # recipe, then dataset
+    assert cfg["evaluate"]["num_samples"] == 50000 and "extends" not in cfg
+    loop = write(tmp_path, {"extends": "b.yaml", "name": "a"}, "a.yaml")
+    write(tmp_path, {"extends": "a.yaml"}, "b.yaml")
+    with pytest.raises(ConfigError, match="a.yaml: extends itself through"):
+        load_config(loop)
 
 
 def test_default_config_repeats_no_schema_default():

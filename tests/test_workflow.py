@@ -107,6 +107,35 @@ def test_resources_come_from_config_and_an_overlay_changes_only_its_rule(project
     assert all("gpu=1" in res for rule, res in changed.values() if rule == "midtrain")
 
 
+PAPER_CONFIGS = ["cifar10", "ffhq64", "afhqv2-64", "imagenet64"]
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_paper_configs_plan_their_whole_pipeline_on_gpus(project, name):
+    """Each paper config, with its placeholder archive and teacher, plans: dataset preparation (EDM zips we can
+    build), the teacher fetch, the FID reference, online CMT (no stored trajectories), the post-training method
+    and 50k-sample evaluations; training and sampling jobs ask for a GPU, the serial rules for none."""
+    dry = snakemake(project, "-n", "-p", "--forceall", "all_ablations", "--configfile", "config/config.yaml",
+                    f"config/{name}.yaml").stdout  # fmt: skip
+    jobs = planned_jobs(dry)
+    assert jobs.get("dataset", 0) == (0 if name == "imagenet64" else 1)
+    assert jobs["teacher"] == jobs["fid_reference"] == 1 and "trajectories" not in jobs and "featnet" not in jobs
+    assert (
+        jobs["midtrain"] >= 1
+        and jobs["posttrain"] >= 2
+        and jobs["evaluate"] == 1 + jobs["midtrain"] + jobs["posttrain"]
+    )
+    commands = [line for line in dry.splitlines() if " -m cmt " in line]
+    method = "ecd" if name == "imagenet64" else "ect"
+    assert all(f"--method {method}" in c for c in commands if "cmt posttrain" in c)
+    assert all('"source": "online"' in c and '"loss": "lpips"' in c for c in commands if "cmt midtrain" in c)
+    evaluations = [c for c in commands if "cmt evaluate" in c]
+    assert evaluations and all('"num_samples": 50000' in c and '"metrics": ["fid"]' in c for c in evaluations)
+    for rule, res in job_resources(dry).values():
+        gpus = 1 if rule in ("teacher", "midtrain", "posttrain", "evaluate", "fid_reference") else 0
+        assert (f"gpu={gpus}" in res) or (gpus == 0 and "gpu=" not in res), (rule, res)
+
+
 def test_smoke_run_produces_tables_from_mlflow(smoke):
     results = smoke / "results" / "smoke"
     rows = list(csv.DictReader((results / "tables" / "main.csv").open()))

@@ -5,10 +5,15 @@ import os
 import sys
 
 from cmt import jobs
-from cmt.config import read_yaml, resolve, scaled_resources
+from cmt.config import config_layers, merge_layers, resolve, scaled_resources
 
 CONFIG_FILES = [str(f) for f in workflow.configfiles]
-resolve(config, ", ".join(CONFIG_FILES) or "config", [(f, read_yaml(f) or {}) for f in CONFIG_FILES])
+# the files' layers with what each `extends` in front of it, then any --config values on top
+LAYERS = [*config_layers(CONFIG_FILES), ("--config", dict(workflow.config_settings.config))]
+MERGED = merge_layers(LAYERS)
+config.clear()
+config.update(MERGED)
+resolve(config, ", ".join(CONFIG_FILES) or "config", LAYERS)
 
 RESULTS = f"results/{config['name']}"
 # data.build: the workflow builds an EDM zip (rule `dataset`) and every data-reading job reads it

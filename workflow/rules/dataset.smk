@@ -5,7 +5,8 @@ if DATASET:
         conda:
             "../../envs/cmt.yaml"
         input:
-            archive=config["data"]["build"]["archive"],
+            # tracked when present; a missing archive fails the job at once naming it (a dry run still plans it)
+            archive=[a for a in [config["data"]["build"]["archive"]] if os.path.exists(a)],
         output:
             zip=DATASET,
             record=result(jobs.DATASET, "build.json"),
