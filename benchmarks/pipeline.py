@@ -5,14 +5,16 @@
     .venv/bin/python benchmarks/pipeline.py --results results/default          # summarise an existing run
 
 Targets: the embedded default `all` within 15 minutes (issue 3) and `all_ablations` within 90 minutes
-(issue 4) on a 2-core machine. The scratch copy carries its own `cmt/`, so editing the checkout while a
-long run goes on does not change the jobs.
+(issue 4) on a 2-core machine. The scratch copy carries its own `cmt/`, which both Snakemake and the jobs
+import, so editing the checkout while a long run goes on changes nothing in it, and an older commit's
+checkout benchmarks its own code.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -52,7 +54,8 @@ def main() -> None:
         t0 = time.perf_counter()
         layers = ["config/config.yaml", *([args.overlay] if args.overlay else [])]
         command = [str(snakemake), "--cores", "2", args.target, "--configfile", *layers]
-        subprocess.run(command, cwd=scratch, check=True)
+        env = {**os.environ, "PYTHONPATH": str(scratch)}  # Snakemake itself imports the copy's cmt, as the jobs do
+        subprocess.run(command, cwd=scratch, check=True, env=env)
         print(f"total wall time: {time.perf_counter() - t0:.0f} s ({args.target}, {' + '.join(layers)}, 2 cores)")
         results = scratch / "results" / load_config(*(scratch / layer for layer in layers))["name"]
     if results is None:

@@ -13,38 +13,54 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import yaml
 
 from cmt.config import JOB_KEY, ConfigError, load_config, resolve_params
+from cmt.weights import MissingWeights, require_inception, require_lpips_trunk
 
 if TYPE_CHECKING:
     from cmt.stages.student import StudentJob
 
 
-def _params(args: argparse.Namespace) -> dict:
-    """A torch job's resolved ``--params``; sets the process's kernel determinism (config ``deterministic``)."""
+def _params(args: argparse.Namespace, needs: Callable[[dict], object] | None = None) -> dict:
+    """A torch job's resolved ``--params``; sets the process's kernel determinism (config ``deterministic``).
+
+    ``needs(params)`` checks the pretrained files the job reads (``cmt.weights``) before torch is imported, so a
+    missing one stops the job at once."""
+    params = resolve_params(args.params)
+    if needs is not None:
+        needs(params)
     from cmt.train import set_determinism
 
-    params = resolve_params(args.params)
     set_determinism(params["deterministic"])
     return params
 
 
+def _lpips_trunk(p: dict) -> None:
+    if p["midtrain"]["loss"] == "lpips":
+        require_lpips_trunk(p["midtrain"]["lpips_net"])
+
+
+def _inception(p: dict) -> None:
+    if "fid" in p["evaluate"]["metrics"]:
+        require_inception()
+
+
 def _teacher(args: argparse.Namespace) -> None:
+    p = _params(args)
     from cmt.stages import teacher
 
-    p = _params(args)
     teacher.run(
         p["teacher"], p["network"], p["precond"], p["data"], p["seed"], args.out, args.work, p["device"], p.get(JOB_KEY)
     )
 
 
 def _featnet(args: argparse.Namespace) -> None:
+    p = _params(args)
     from cmt.stages import featnet
 
-    p = _params(args)
     featnet.run(p["featnet"], p["data"], p["seed"], args.out)
 
 
@@ -54,9 +70,9 @@ def _trajectory_cfg(p: dict) -> dict:
 
 
 def _trajectories(args: argparse.Namespace) -> None:
+    p = _params(args)
     from cmt.stages import trajectories
 
-    p = _params(args)
     trajectories.run(_trajectory_cfg(p), p["data"], p["seed"], args.teacher, args.out, p["device"])
 
 
@@ -78,24 +94,24 @@ def _student_job(p: dict, args: argparse.Namespace) -> StudentJob:
 
 
 def _midtrain(args: argparse.Namespace) -> None:
+    p = _params(args, needs=_lpips_trunk)
     from cmt.stages import midtrain
 
-    p = _params(args)
     midtrain.run(p["midtrain"], _trajectory_cfg(p), args.traj or None, _student_job(p, args))
 
 
 def _posttrain(args: argparse.Namespace) -> None:
+    p = _params(args)
     from cmt.stages.posttrain import runner
 
-    p = _params(args)
     runner.run(args.method, p["posttrain"][args.method], args.init, args.init_dir or None, _student_job(p, args))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    p = _params(args, needs=_inception)
     from cmt.stages import evaluate
     from cmt.train import resolve_device
 
-    p = _params(args)
     cfg = {**p["evaluate"], "sample": p["teacher"]["sample"]}
     evaluate.run(
         args.model,
@@ -126,9 +142,9 @@ def _dataset(args: argparse.Namespace) -> None:
 
 
 def _fid_reference(args: argparse.Namespace) -> None:
+    p = _params(args, needs=lambda p: p["evaluate"]["fid"]["reference"] or require_inception())
     from cmt.stages import fid_reference
 
-    p = _params(args)
     fid_reference.run(p["evaluate"]["fid"], p["data"], args.out, args.work, p["device"])
 
 
@@ -250,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error:\n{err}", file=sys.stderr)
         return 2
+    except MissingWeights as err:
+        print(f"missing weights: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,14 +8,12 @@ Modes (recorded with every result; never compare across them):
 * ``clean``: clean-fid's default, a PIL bicubic resize to 299 x 299 outside the network, without re-quantising.
 
 The weights are read from ``$CMT_INCEPTION_DIR/inception-2015-12-05.pt``, by default clean-fid's own cache
-folder (the system temp folder ``/tmp``, ``./`` on Windows). Nothing is downloaded: a missing file fails at
-once, naming the path and where the file comes from.
+folder (``cmt.weights``). Nothing is downloaded: a missing file fails at once, naming the path and where the
+file comes from.
 """
 
 from __future__ import annotations
 
-import os
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -27,34 +25,10 @@ from tqdm.auto import tqdm
 from cmt.atomic import writing
 from cmt.data import ImageDataset, Images
 from cmt.images import to_uint8
+from cmt.weights import require_inception
 
-INCEPTION_FILE = "inception-2015-12-05.pt"
-INCEPTION_URL = f"https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/{INCEPTION_FILE}"
-INCEPTION_DIR_ENV = "CMT_INCEPTION_DIR"
 MODES = ("legacy_tensorflow", "clean")
 FEATURES = 2048
-
-
-def inception_dir() -> Path:
-    """``$CMT_INCEPTION_DIR``, else clean-fid's cache folder (``/tmp``; ``./`` on Windows)."""
-    default = "./" if platform.system() == "Windows" else "/tmp"
-    return Path(os.environ.get(INCEPTION_DIR_ENV) or default)
-
-
-def inception_file() -> Path:
-    return inception_dir() / INCEPTION_FILE
-
-
-def require_inception() -> Path:
-    """The Inception weights' path; raises at once, naming the file, when they are not there."""
-    path = inception_file()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"FID needs the Inception weights at {path} (nothing is downloaded). Put {INCEPTION_FILE} there "
-            f"(from {INCEPTION_URL}) or point {INCEPTION_DIR_ENV} at the folder holding it; "
-            "or score with the offline feature net only (evaluate.metrics: [featnet])"
-        )
-    return path
 
 
 class InceptionFeatures:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
+from cmt.weights import lpips_trunk_path
+
 TEACHER = "teacher"
 FEATNET = "featnet"
 DATASET = "dataset"
@@ -96,8 +98,6 @@ def runnable_variants(config: Mapping) -> dict:
     for name, overrides in entries(config["ablations"]["cmt"]).items():
         settings = {**config["midtrain"], **overrides}
         if settings["loss"] == "lpips" and config["midtrain"]["loss"] != "lpips":  # only variants that switch to it
-            from cmt.losses import lpips_trunk_path
-
             trunk = lpips_trunk_path(settings["lpips_net"])
             if not trunk.is_file():
                 print(f"ablations.cmt.{name}: left out of the sweep, no LPIPS trunk at {trunk}", file=sys.stderr)

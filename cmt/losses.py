@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cmt.weights import require_lpips_trunk
+
 Distance = Callable[[Tensor, Tensor], Tensor]
 
-# torchvision's file names for the ImageNet trunks the lpips package loads (environment.md 5.1)
-LPIPS_TRUNK_FILES = {
-    "alex": "alexnet-owt-7be5be79.pth",
-    "vgg": "vgg16-397923af.pth",
-    "squeeze": "squeezenet1_1-b8a52dc0.pth",
-}
 LPIPS_MIN_SIZE = {"alex": 31, "vgg": 16, "squeeze": 16}
 
 
@@ -44,29 +39,6 @@ def pseudo_huber(a: Tensor, b: Tensor, c: float | None = None) -> Tensor:
     """sqrt(||a - b||^2 + c^2) - c over all values of a sample; c from the dimension rule if None."""
     c = pseudo_huber_c(a[0].numel()) if c is None else c
     return (squared_l2(a, b) + c**2).sqrt() - c
-
-
-def torch_hub_checkpoints() -> Path:
-    """Where torchvision looks for pretrained trunks: <torch hub dir>/checkpoints ($TORCH_HOME aware)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def lpips_trunk_path(net: str) -> Path:
-    """The torchvision file an LPIPS trunk loads from (environment.md 5.1)."""
-    if net not in LPIPS_TRUNK_FILES:
-        raise ValueError(f"unknown LPIPS net {net!r}; valid: {', '.join(LPIPS_TRUNK_FILES)}")
-    return torch_hub_checkpoints() / LPIPS_TRUNK_FILES[net]
-
-
-def require_lpips_trunk(net: str) -> Path:
-    """The LPIPS trunk's path; raises at once, naming the file, when it is not in the torch hub cache."""
-    trunk = lpips_trunk_path(net)
-    if not trunk.is_file():
-        raise FileNotFoundError(
-            f"LPIPS-{net} needs the pretrained ImageNet trunk at {trunk} (no downloads are attempted); "
-            f"copy torchvision's {LPIPS_TRUNK_FILES[net]} there or set TORCH_HOME"
-        )
-    return trunk
 
 
 class LPIPSDistance(torch.nn.Module):

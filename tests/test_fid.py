@@ -15,7 +15,6 @@ from cmt.data import load_edm_zip
 from cmt.dataset_tool import build
 from cmt.fetch import FetchError
 from cmt.fid import (
-    INCEPTION_DIR_ENV,
     InceptionFeatures,
     fid,
     frechet_distance,
@@ -25,6 +24,7 @@ from cmt.fid import (
     statistics,
 )
 from cmt.stages import fid_reference
+from cmt.weights import INCEPTION_DIR_ENV
 
 CPU = torch.device("cpu")
 
@@ -50,13 +50,19 @@ def test_missing_weights_fail_naming_the_file_and_nothing_is_downloaded(tmp_path
     assert not (tmp_path / "empty").exists()
 
 
-def test_the_rule_fails_before_reading_the_dataset(tmp_path):
-    params = '{"data": {"source": "edm_zip", "path": "/nowhere/d.zip"}}'
+def test_the_jobs_stop_naming_the_file_before_importing_torch_or_reading_data(tmp_path):
+    """`fid-reference` and `evaluate` check the Inception file first: no torch import, no dataset, no output."""
+    data = '"data": {"source": "edm_zip", "path": "/nowhere/d.zip"}'
     env = {"PATH": "/usr/bin:/bin", INCEPTION_DIR_ENV: str(tmp_path)}
-    cmd = [sys.executable, "-m", "cmt", "fid-reference", "--params", params, "--out", str(tmp_path / "r.npz")]
-    done = subprocess.run([*cmd, "--work", str(tmp_path / "w")], capture_output=True, text=True, env=env)
-    assert done.returncode != 0 and f"{tmp_path}/inception-2015-12-05.pt" in done.stderr
-    assert "/nowhere" not in done.stderr and not (tmp_path / "r.npz").exists()
+    verbs = {
+        "fid-reference": ["--params", "{%s}" % data, "--work", str(tmp_path / "w")],
+        "evaluate": ["--params", '{%s, "evaluate": {"metrics": ["fid"]}}' % data, "--model", "m", "--label", "x"],
+    }
+    for verb, args in verbs.items():
+        cmd = [sys.executable, "-X", "importtime", "-m", "cmt", verb, *args, "--out", str(tmp_path / "r.npz")]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert done.returncode == 1 and f"missing weights: FID needs the Inception weights at {tmp_path}" in done.stderr
+        assert "| torch" not in done.stderr and "/nowhere" not in done.stderr and not (tmp_path / "r.npz").exists()
 
 
 def test_frechet_distance_agrees_with_clean_fid_sqrtm():

@@ -24,8 +24,8 @@ from cmt.jobs import (
     sweep_jobs,
     variant_tables,
 )
-from cmt.losses import lpips_trunk_path
 from cmt.tracking import ingest, search, write_history, write_record
+from cmt.weights import lpips_trunk_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

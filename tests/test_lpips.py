@@ -5,10 +5,15 @@ dict under torchvision's file name (environment.md 5.1): the loading path is the
 the numbers are not the published metric.
 """
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from cmt.losses import LPIPS_TRUNK_FILES, LPIPSDistance, make_distance, torch_hub_checkpoints
+from cmt.losses import LPIPSDistance, make_distance
+from cmt.weights import LPIPS_TRUNK_FILES, torch_hub_checkpoints
 
 
 @pytest.fixture
@@ -27,6 +32,31 @@ def test_missing_trunk_fails_fast_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'empty'}.*{LPIPS_TRUNK_FILES['vgg']}"):
         LPIPSDistance("vgg")
+
+
+def test_a_cmt_job_stops_naming_the_trunk_before_importing_torch(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path / "torch")}
+    params = '{"midtrain": {"loss": "lpips", "source": "online"}}'
+    cmd = [sys.executable, "-X", "importtime", "-m", "cmt", "midtrain", "--params", params, "--teacher", "t"]
+    done = subprocess.run(
+        [*cmd, "--out", str(tmp_path), "--work", str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    trunk = tmp_path / "torch" / "hub" / "checkpoints" / LPIPS_TRUNK_FILES["vgg"]
+    assert (
+        done.returncode == 1
+        and f"missing weights: LPIPS-vgg needs the pretrained ImageNet trunk at {trunk}" in done.stderr
+    )
+    assert "| torch" not in done.stderr
+
+
+@pytest.mark.parametrize("env", [{"TORCH_HOME": "/a/th"}, {"XDG_CACHE_HOME": "/b/xdg"}, {}])
+def test_the_hub_folder_is_torchs_own(monkeypatch, env):
+    """``cmt.weights`` finds torchvision's folder without importing torch: the same path as torch.hub."""
+    for var in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert torch_hub_checkpoints() == Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def test_lpips_distance_properties(planted_squeeze):

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from cmt.data import load_dataset
 from cmt.fetch import fetch
-from cmt.fid import load_statistics, reference_statistics, require_inception, save_statistics
+from cmt.fid import load_statistics, reference_statistics, save_statistics
 from cmt.train import resolve_device
 
 PUBLISHED_MODE = "legacy_tensorflow"  # EDM's fid-refs come from its metric code: the TF-compatible Inception
@@ -27,7 +27,6 @@ def run(fid_cfg: dict, data_cfg: dict, out: str | Path, work_dir: str | Path, de
         path = fetch(published["url"], published["sha256"], Path(work_dir) / name)
         stats = {**load_statistics(path), "mode": PUBLISHED_MODE}
     else:
-        require_inception()  # before the dataset is opened: a missing file fails at once
         stats = reference_statistics(
             load_dataset(data_cfg),
             fid_cfg["mode"],

@@ -18,7 +18,7 @@ from cmt.checkpoints import load_denoiser
 from cmt.config import config_hash
 from cmt.data import Images, train_holdout
 from cmt.labels import conditioned
-from cmt.losses import Distance, make_distance, require_lpips_trunk, squared_l2
+from cmt.losses import Distance, make_distance, squared_l2
 from cmt.meanflow import mean_velocity
 from cmt.precond import Denoiser
 from cmt.solvers import denoiser_calls
@@ -114,8 +114,6 @@ def trajectory_source(
 
 def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob) -> dict:
     """CMT mid-training from the teacher in ``job``: a stored set in ``traj_dir`` or online trajectories."""
-    if cfg["loss"] == "lpips":
-        require_lpips_trunk(cfg["lpips_net"])  # before the data and the teacher load: a missing file fails at once
     device = resolve_device(job.device)
     train, holdout = train_holdout(job.data)
     source = trajectory_source(

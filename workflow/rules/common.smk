@@ -10,9 +10,8 @@ from cmt.config import config_layers, merge_layers, resolve, scaled_resources
 CONFIG_FILES = [str(f) for f in workflow.configfiles]
 # the files' layers with what each `extends` in front of it, then any --config values on top
 LAYERS = [*config_layers(CONFIG_FILES), ("--config", dict(workflow.config_settings.config))]
-MERGED = merge_layers(LAYERS)
 config.clear()
-config.update(MERGED)
+config.update(merge_layers(LAYERS))
 resolve(config, ", ".join(CONFIG_FILES) or "config", LAYERS)
 
 RESULTS = f"results/{config['name']}"

@@ -1,0 +1,76 @@
+"""Memory per training job at paper scale, estimated from the code: the parameter state (weights, gradients,
+optimiser moments, EMA, teacher) counted exactly, and the activation memory of one training step measured per
+sample on the CPU at small batches and projected to the paper's batch of 128 (fp32, as on a GPU without
+activation checkpointing).
+
+    .venv/bin/python benchmarks/memory_estimate.py                     # CIFAR-10 DDPM++ (ddpmpp-cifar10)
+    .venv/bin/python benchmarks/memory_estimate.py --preset ddpmpp-64  # FFHQ-64 / AFHQv2-64
+
+Each measurement runs in a fresh process (peak RSS is per process); CPU kernels keep a little workspace, so the
+projection is an upper estimate of a GPU's activation memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+MB = 2**20
+
+
+def step_peak(preset: str, batch: int) -> float:
+    """Peak RSS (MB) of a process that builds the network and runs one student forward + backward at ``batch``."""
+    code = f"""
+import resource, torch
+from cmt.nets import build_network, network_config
+from cmt.precond import Denoiser
+torch.manual_seed(0)
+net = Denoiser(build_network(network_config({{"preset": "{preset}"}}))).train()
+shape = net.model.cfg.image_shape
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+x, sigma = torch.randn({batch}, *shape), torch.rand({batch}) * 10 + 0.01
+net(x, sigma).square().mean().backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def parameters(preset: str) -> int:
+    from cmt.nets import build_network, network_config
+
+    return sum(p.numel() for p in build_network(network_config({"preset": preset})).parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="ddpmpp-cifar10")
+    parser.add_argument("--batches", type=int, nargs=2, default=(2, 6), help="two small batches to fit the slope")
+    parser.add_argument("--target-batch", type=int, default=128)
+    args = parser.parse_args()
+    params = parameters(args.preset)
+    weights = params * 4 / MB
+    small, large = (step_peak(args.preset, b) for b in args.batches)
+    per_sample = (large - small) / (args.batches[1] - args.batches[0])
+    activations = per_sample * args.target_batch
+    state = {
+        "weights": weights,
+        "CMT (student, grads, RAdam 2 moments, EMA, teacher)": 6 * weights,
+        "ECT (student, grads, RAdam 2 moments, EMA)": 5 * weights,
+    }
+    report = {
+        "preset": args.preset,
+        "parameters": params,
+        "activation MB per sample (forward + backward)": round(per_sample, 1),
+        f"activation MB at batch {args.target_batch}": round(activations),
+        **{f"{k} MB": round(v) for k, v in state.items()},
+        "peak RSS of this process MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
