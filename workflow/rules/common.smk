@@ -7,8 +7,11 @@ import sys
 from cmt import jobs
 from cmt.config import config_layers, merge_layers, resolve, scaled_resources
 
-CONFIG_FILES = [str(f) for f in workflow.configfiles]
-# the files' layers with what each `extends` in front of it, then any --config values on top
+# Snakemake's order: the Snakefile's `configfile:`, then each --configfile, then --config values; every file's
+# layers with what it `extends` in front of it
+_CLI_FILES = [str(f) for f in workflow.config_settings.configfiles]
+_OWN = {os.path.realpath(f) for f in _CLI_FILES}
+CONFIG_FILES = [str(f) for f in workflow.configfiles if os.path.realpath(f) not in _OWN] + _CLI_FILES
 LAYERS = [*config_layers(CONFIG_FILES), ("--config", dict(workflow.config_settings.config))]
 config.clear()
 config.update(merge_layers(LAYERS))
