@@ -1,4 +1,5 @@
-"""Evaluation: 1- and 2-step sampling (or the teacher's multi-step sampler), FD/KID against held-out data, grids."""
+"""Evaluation: 1- and 2-step sampling (or the teacher's multi-step sampler), feature-net FD/KID against held-out data
+and FID against training-set statistics, grids."""
 
 from __future__ import annotations
 
