@@ -162,11 +162,6 @@ def _files(reader, labels: Tensor | None, name: str) -> ImageFiles:
     return ImageFiles(reader, np.arange(len(reader)), labels, name, (first.shape[2], *first.shape[:2]))
 
 
-def uint8_to_unit(images: np.ndarray) -> Tensor:
-    """uint8 NHWC or NCHW array -> float32 NCHW in [-1, 1] (x / 127.5 - 1, as EDM)."""
-    return torch.from_numpy(np.ascontiguousarray(_nhwc(images).transpose(0, 3, 1, 2))).to(torch.float32) / 127.5 - 1
-
-
 def _nhwc(images: np.ndarray) -> np.ndarray:
     arr = np.asarray(images)
     if arr.ndim == 3:

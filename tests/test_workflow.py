@@ -416,6 +416,7 @@ def test_a_class_conditional_smoke_run_carries_labels_through_every_stage(smoke,
         assert Image.open(grid).width == 4 * (10 * (8 + 1) + 1)  # ten columns of 8-pixel digits, 1-pixel borders
 
 
+@pytest.mark.slow  # a real workflow run
 def test_a_dataset_built_from_an_image_folder_is_streamed_and_scored_with_fid_and_fd(tmp_path, monkeypatch):
     """`data.build` on an image folder: the `dataset` rule writes the EDM zip and its sha256 record, every job reads
     the zip through the DataLoader, `fid_reference` computes the training set's statistics once (stand-in Inception
