@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
-from cmt.data import ImageDataset, ImageFiles, Images
+from cmt.data import ImageDataset, ImageFiles, Images, to_unit
 from cmt.seeds import derived_seed
 
 Batch = tuple[Tensor, Tensor | None]  # images (n, C, H, W) float32 in [-1, 1] on the device, labels or None
@@ -110,7 +110,7 @@ class StreamedBatches:
             self._rows = self._open(step)
         images, rows = next(self._rows)
         self._next_step = step + 1
-        images = images.to(self.device, non_blocking=True).to(torch.float32) / 127.5 - 1  # EDM: x / 127.5 - 1
+        images = to_unit(images.to(self.device, non_blocking=True))
         return images, None if self.labels is None else self.labels[rows].to(self.device)
 
 

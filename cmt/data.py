@@ -137,8 +137,8 @@ class ImageFiles(torch.utils.data.Dataset):
         )
 
     def read(self, index: Tensor) -> Tensor:
-        """Images ``index`` as float32 in [-1, 1] (x / 127.5 - 1, as EDM)."""
-        return self.uint8(index.cpu()).to(torch.float32) / 127.5 - 1
+        """Images ``index`` as float32 in [-1, 1]."""
+        return to_unit(self.uint8(index.cpu()))
 
     @property
     def images(self) -> Tensor:
@@ -160,6 +160,11 @@ def _files(reader, labels: Tensor | None, name: str) -> ImageFiles:
         raise ValueError(f"dataset {name!r}: {len(labels)} labels for {len(reader)} images")
     first = reader.get(0)
     return ImageFiles(reader, np.arange(len(reader)), labels, name, (first.shape[2], *first.shape[:2]))
+
+
+def to_unit(pixels: Tensor) -> Tensor:
+    """uint8 images -> float32 in [-1, 1]: x / 127.5 - 1, as EDM."""
+    return pixels.to(torch.float32) / 127.5 - 1
 
 
 def _nhwc(images: np.ndarray) -> np.ndarray:

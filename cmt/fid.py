@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cmt.atomic import writing
-from cmt.data import ImageDataset, Images
+from cmt.data import ImageDataset, Images, to_unit
 from cmt.images import to_uint8
 from cmt.weights import require_inception
 
@@ -89,7 +89,7 @@ def _all_images(data: Images, batch_size: int, workers: int):
             yield data.images[first : first + batch_size]
         return
     for images, _ in DataLoader(data, batch_size=batch_size, num_workers=workers):
-        yield images.to(torch.float32) / 127.5 - 1
+        yield to_unit(images)
 
 
 def reference_statistics(data: Images, mode: str, device: torch.device, batch_size: int, workers: int) -> dict:
