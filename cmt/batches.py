@@ -4,7 +4,8 @@ Every trainer that reads data (teacher, ECT, ECD, MeanFlow) asks ``batches(step,
 ``step``'s images. In memory (the embedded digits) the rows are drawn with the loss's generator. Streamed
 (``ImageFiles``) the rows and x-flips of step s come from a generator seeded by (seed, s) alone, so a resumed
 run reads exactly the batches an uninterrupted one would, whatever the worker count; workers decode images
-ahead of the step and the main process only copies uint8 batches to the device.
+ahead of the step and the main process only copies uint8 batches to the device. With several processes
+(``cmt.parallel``) every rank draws the global batch's rows and reads its own share of them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
+from cmt import parallel
 from cmt.data import ImageDataset, ImageFiles, Images, to_unit
 from cmt.seeds import derived_seed
 
@@ -30,20 +32,22 @@ class MemoryBatches:
     """Rows of an in-memory dataset on the device, drawn with the loss's generator (the embedded default)."""
 
     def __init__(self, data: ImageDataset, labels: Tensor | None, batch_size: int, device: torch.device, xflip: bool):
-        self.images, self.batch_size, self.xflip = data.images.to(device), batch_size, xflip
+        self.images, self.xflip = data.images.to(device), xflip
+        self.local = parallel.local_count(batch_size, "batch_size")
         self.labels = None if labels is None else labels.to(device)
 
     def __call__(self, step: int, gen: torch.Generator) -> Batch:
-        idx = torch.randint(len(self.images), (self.batch_size,), generator=gen, device=self.images.device)
+        idx = parallel.randint(len(self.images), (self.local,), gen).to(self.images.device)
         images = self.images[idx]
         if self.xflip:
-            images = flip_rows(images, torch.randint(2, idx.shape, generator=gen, device=gen.device).bool())
+            images = flip_rows(images, parallel.randint(2, idx.shape, gen).bool())
         return images, None if self.labels is None else self.labels[idx]
 
 
 class StepRows(Sampler[list[int]]):
     """Each step's dataset rows from step ``first`` on, without end: step s's rows are uniform draws (with
-    replacement) of a generator seeded by (seed, s); a flipped image is row ``-1 - r`` (decoded by ``FlipRows``)."""
+    replacement) of a generator seeded by (seed, s), this process's share of them; a flipped image is row ``-1 - r``
+    (decoded by ``FlipRows``)."""
 
     def __init__(self, count: int, batch_size: int, seed: int, first: int, xflip: bool):
         self.count, self.batch_size, self.seed, self.first, self.xflip = count, batch_size, seed, first, xflip
@@ -53,7 +57,7 @@ class StepRows(Sampler[list[int]]):
         rows = torch.randint(self.count, (self.batch_size,), generator=gen)
         if self.xflip:
             rows = torch.where(torch.randint(2, rows.shape, generator=gen).bool(), -1 - rows, rows)
-        return rows
+        return parallel.share(rows)
 
     def __iter__(self) -> Iterator[list[int]]:
         step = self.first

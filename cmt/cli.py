@@ -3,13 +3,15 @@
 Each verb takes the config sections its rule passes (``--params``, a JSON object shaped like the config,
 plus the job's axes under ``job``), fills the schema defaults of everything absent and validates it
 exactly as the workflow validates a config file, then calls the stage function with plain paths;
-nothing here knows about Snakemake.  Training verbs are plain ``python -m`` programs, so
-``accelerate launch -m cmt ...`` can wrap them.
+nothing here knows about Snakemake.  Training verbs are plain ``python -m`` programs: ``accelerate launch
+--multi_gpu --num_processes N -m cmt <verb>`` runs one as N data-parallel processes (``cmt.parallel``) that
+write one set of outputs.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import sys
 from pathlib import Path
@@ -38,6 +40,22 @@ def _params(args: argparse.Namespace, needs: Callable[[dict], object] | None = N
     return params
 
 
+def _training(args: argparse.Namespace, needs: Callable[[dict], object] | None = None) -> dict:
+    """``_params`` of a training verb, which joins the job's process group when launched as several processes."""
+    params = _params(args, needs)
+    from cmt import parallel
+
+    parallel.start(params["device"])
+    atexit.register(parallel.stop)
+    return params
+
+
+def _compute(p: dict):
+    from cmt.train import Compute
+
+    return Compute.from_dict(p["compute"])
+
+
 def _lpips_trunk(p: dict) -> None:
     if p["midtrain"]["loss"] == "lpips":
         require_lpips_trunk(p["midtrain"]["lpips_net"])
@@ -49,19 +67,28 @@ def _inception(p: dict) -> None:
 
 
 def _teacher(args: argparse.Namespace) -> None:
-    p = _params(args)
+    p = _training(args)
     from cmt.stages import teacher
 
     teacher.run(
-        p["teacher"], p["network"], p["precond"], p["data"], p["seed"], args.out, args.work, p["device"], p.get(JOB_KEY)
+        p["teacher"],
+        p["network"],
+        p["precond"],
+        p["data"],
+        p["seed"],
+        args.out,
+        args.work,
+        p["device"],
+        p.get(JOB_KEY),
+        _compute(p),
     )
 
 
 def _featnet(args: argparse.Namespace) -> None:
-    p = _params(args)
+    p = _training(args)
     from cmt.stages import featnet
 
-    featnet.run(p["featnet"], p["data"], p["seed"], args.out)
+    featnet.run(p["featnet"], p["data"], p["seed"], args.out, _compute(p))
 
 
 def _trajectory_cfg(p: dict) -> dict:
@@ -89,19 +116,20 @@ def _student_job(p: dict, args: argparse.Namespace) -> StudentJob:
         Path(args.out),
         Path(args.work),
         p["device"],
+        _compute(p),
         p.get(JOB_KEY),
     )
 
 
 def _midtrain(args: argparse.Namespace) -> None:
-    p = _params(args, needs=_lpips_trunk)
+    p = _training(args, needs=_lpips_trunk)
     from cmt.stages import midtrain
 
     midtrain.run(p["midtrain"], _trajectory_cfg(p), args.traj or None, _student_job(p, args))
 
 
 def _posttrain(args: argparse.Namespace) -> None:
-    p = _params(args)
+    p = _training(args)
     from cmt.stages.posttrain import runner
 
     runner.run(args.method, p["posttrain"][args.method], args.init, args.init_dir or None, _student_job(p, args))

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp
 
+from cmt import parallel
 from cmt.precond import Denoiser, fm_to_edm
 
 T_MIN = 0.002 / 1.002  # the EDM teacher's sigma range [0.002, 80] in FM time (numerics.md 6.1)
@@ -49,20 +50,20 @@ def adaptive_loss(u: Tensor, target: Tensor, p: float, c: float) -> Tensor:
 
 
 def sample_times(
-    n: int, p_mean: float, p_std: float, frac_r_neq_t: float, gen: torch.Generator, device: torch.device
+    n: int, p_mean: float, p_std: float, frac_r_neq_t: float, gen: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """(r, t): t, r i.i.d. logit-normal, sorted so t >= r; a fraction 1 - frac_r_neq_t gets r = t;
-    t clipped to the teacher's range [T_MIN, T_MAX] (numerics.md 6.1, 9.2)."""
-    draws = torch.sigmoid(p_mean + p_std * torch.randn((2, n), generator=gen, device=device))
+    """(r, t) of this process's ``n`` rows: t, r i.i.d. logit-normal, sorted so t >= r; a fraction 1 - frac_r_neq_t
+    gets r = t; t clipped to the teacher's range [T_MIN, T_MAX] (numerics.md 6.1, 9.2)."""
+    draws = torch.sigmoid(p_mean + p_std * parallel.randn((2, n), gen, dim=1))
     t, r = draws.max(0).values.clamp(T_MIN, T_MAX), draws.min(0).values
-    keep = torch.rand(n, generator=gen, device=device) < frac_r_neq_t
+    keep = parallel.rand((n,), gen) < frac_r_neq_t
     return torch.where(keep, r.clamp(max=t), t), t
 
 
 def meanflow_loss(model: Denoiser, x: Tensor, gen: torch.Generator, cfg: dict) -> Tensor:
     """One MeanFlow minibatch loss on data x in [-1, 1] (method.md 8.4)."""
-    r, t = sample_times(x.shape[0], cfg["p_mean"], cfg["p_std"], cfg["frac_r_neq_t"], gen, x.device)
-    eps = torch.randn(x.shape, generator=gen, device=x.device)
+    r, t = sample_times(x.shape[0], cfg["p_mean"], cfg["p_std"], cfg["frac_r_neq_t"], gen)
+    eps = parallel.randn(x.shape, gen)
     z = (1 - _col(t, x)) * x + _col(t, x) * eps
     u, target = meanflow_target(model, z, r, t, eps - x)
     return adaptive_loss(u, target, cfg["p"], cfg["c"])

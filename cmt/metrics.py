@@ -14,10 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from cmt import parallel
 from cmt.atomic import atomic_save_tensors
 from cmt.data import ImageDataset
+from cmt.train import Compute, LoopConfig, fit
 
 
 class ClassifierFeatureNet(nn.Module):
@@ -52,27 +53,35 @@ class ClassifierFeatureNet(nn.Module):
 
 
 def train_feature_net(
-    train: ImageDataset, holdout: ImageDataset, epochs: int, seed: int, batch_size: int = 128, lr: float = 2e-3
+    train: ImageDataset,
+    holdout: ImageDataset,
+    epochs: int,
+    seed: int,
+    work_dir: str | Path,
+    compute: Compute | None = None,
+    batch_size: int = 128,
+    lr: float = 2e-3,
 ) -> tuple[ClassifierFeatureNet, float]:
-    """Train the classifier on real labels (light Gaussian-noise augmentation); returns (net, held-out accuracy)."""
+    """Train the classifier on real labels (light Gaussian-noise augmentation) with the shared loop (Adam, constant
+    LR, no EMA); returns (net, held-out accuracy)."""
     if train.labels is None:
         raise ValueError(
             f"dataset {train.name!r} has no labels: the offline feature net needs them "
-            "(set evaluate.features: inception with Inception weights present)"
+            "(set evaluate.metrics: [fid] with Inception weights present)"
         )
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    net = ClassifierFeatureNet(train.shape[0], int(train.labels.max()) + 1)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ClassifierFeatureNet(train.shape[0], int(train.labels.max()) + 1)
     steps = epochs * max(1, len(train) // batch_size)
-    for _ in tqdm(range(steps), desc="feature net", leave=False):
-        idx = torch.randint(len(train), (batch_size,), generator=gen)
-        x = train.images[idx] + 0.1 * torch.randn(train.images[idx].shape, generator=gen)
-        loss = F.cross_entropy(net(x), train.labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
+    loop = LoopConfig(steps, batch_size, lr, "adam", (0.9, 0.999), "constant", 0, 0, 0, ema_beta=0.0)
+    local = parallel.local_count(batch_size, "the feature net's batch")
+
+    def loss_fn(model: nn.Module, step: int, gen: torch.Generator) -> Tensor:
+        idx = parallel.randint(len(train), (local,), gen)
+        x = train.images[idx] + 0.1 * parallel.randn(train.images[idx].shape, gen)
+        return F.cross_entropy(model(x), train.labels[idx])
+
+    net = fit(net, loss_fn, loop, work_dir, desc="feature net", seed=seed, compute=compute).ema
     with torch.no_grad():
         accuracy = float((net(holdout.images).argmax(1) == holdout.labels).float().mean())
     return net, accuracy

@@ -66,6 +66,7 @@ class Denoiser(nn.Module):
         self.model = model
         self.sigma_data = sigma_data
         self.sigma_min = sigma_min
+        self.amp_dtype: torch.dtype | None = None  # bf16: the network under autocast, preconditioning in fp32
         self.set_mode(mode)
 
     def set_mode(self, mode: str) -> "Denoiser":
@@ -85,7 +86,8 @@ class Denoiser(nn.Module):
         """D(x, sigma); ``second_time`` (B,) is fed raw to the network's optional second time input, and
         ``class_labels`` (B, label_dim), one-hot, to a class-conditional network (EDM's convention).
 
-        Computes in fp32 at least (EDM casts to fp32; fp64 inputs stay fp64) and returns x's dtype.
+        Computes in fp32 at least (EDM casts to fp32; fp64 inputs stay fp64) and returns x's dtype; with
+        ``amp_dtype`` set only the network runs under autocast (config compute.precision).
         """
         dtype = torch.promote_types(x.dtype, torch.float32)
         sigma = torch.as_tensor(sigma, device=x.device).to(dtype).reshape(-1)
@@ -93,7 +95,8 @@ class Denoiser(nn.Module):
             sigma = sigma.expand(x.shape[0])
         c = self.scalings(sigma.reshape(-1, *([1] * (x.ndim - 1))))
         xc = x.to(dtype)
-        f = self.model(c.c_in * xc, c.c_noise.reshape(-1), second_time, class_labels)
+        with torch.autocast(x.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
+            f = self.model(c.c_in * xc, c.c_noise.reshape(-1), second_time, class_labels)
         return (c.c_skip * xc + c.c_out * f.to(dtype)).to(x.dtype)
 
 

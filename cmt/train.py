@@ -1,10 +1,16 @@
-"""The one training loop shared by every trainer (teacher, CMT, ECT, ...).
+"""The one training loop shared by every trainer (teacher, CMT, ECT, ECD, MeanFlow, the feature net).
 
 ``fit`` runs an objective's ``loss(model, step, generator)`` under an optimiser, an EMA and an LR
 schedule, with: a progress bar (loss, images/s); periodic resume checkpoints in a work folder that
 is *not* a declared workflow output (a rerun after a kill continues from the last one); atomic
 writes; gradient hygiene (NaN -> 0, +-inf -> +-1e5, as the authors); and a stop with a message
 naming the step when the loss itself is NaN/inf, leaving the last good checkpoint in place.
+
+Launched as N processes (``cmt.parallel``), each computes its share of the global batch, gradients are averaged
+over the processes after the backward pass, so weights, optimiser state and EMA stay identical on every rank;
+only rank 0 evaluates and writes checkpoints. The ``compute`` section's fast paths (bf16 autocast of the network,
+channels_last, torch.compile, fused or foreach optimiser kernels, foreach EMA, loss read back every k steps) are
+switches of ``Compute``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from cmt import parallel
 from cmt.atomic import atomic_write_bytes, remove_stale_temporaries
+from cmt.config import fill_defaults, load_schema
+from cmt.seeds import derived_seed
 
 RESUME_FILE = "resume.pt"
 
@@ -55,10 +64,58 @@ def set_determinism(enabled: bool) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device (with several processes on CUDA, this
+    process's GPU)."""
+    return parallel.local_device(name)
+
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # config compute.precision -> the network's autocast dtype
+OPTIMIZER_KERNELS = ("auto", "loop", "foreach", "fused")
+
+
+@dataclass(frozen=True)
+class Compute:
+    """How a trainer runs, not what it computes (config ``compute``, described in the schema)."""
+
+    precision: str  # fp32 | bf16: autocast of the network only; loss, EMA and solver arithmetic stay fp32
+    channels_last: bool
+    compile: bool  # torch.compile of the network
+    optimizer_kernel: str  # auto (torch's choice) | loop | foreach | fused
+    ema_foreach: bool
+    sync_every: int  # read the loss back (and check it is finite) every k steps
+    teacher_precision: str  # online trajectories' teacher: fp32 | bf16
+
+    @classmethod
+    def from_dict(cls, d: dict | None = None) -> "Compute":
+        """From a config ``compute`` section; absent keys (all, for ``None``) take the schema's defaults."""
+        schema = load_schema()
+        full = fill_defaults(dict(d or {}), schema["properties"]["compute"], schema)
+        return cls(**{k: full[k] for k in cls.__dataclass_fields__})
+
+    def params(self) -> dict:
+        """The switches as a run's params (``compute.<name>``), plus the process count."""
+        return {**{f"compute.{k}": getattr(self, k) for k in self.__dataclass_fields__}, "processes": parallel.world()}
+
+
+def set_precision(model: nn.Module, precision: str) -> None:
+    """Autocast dtype of every preconditioned network in ``model`` (``Denoiser.amp_dtype``); others run fp32."""
+    if precision not in AMP_DTYPES:
+        raise ValueError(f"unknown compute.precision {precision!r}; valid: {', '.join(AMP_DTYPES)}")
+    for module in model.modules():
+        if hasattr(module, "amp_dtype"):
+            module.amp_dtype = AMP_DTYPES[precision]
+
+
+def prepare_model(model: nn.Module, compute: Compute) -> None:
+    """The network's fast paths, in place (parameters stay the same objects, so the optimiser keeps them)."""
+    set_precision(model, compute.precision)
+    if compute.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compute.compile:
+        import torch._inductor.config as inductor
+
+        inductor.fallback_random = True  # dropout draws from torch's RNG, so fork_rng replays the mask (ECT)
+        model.compile()
 
 
 @dataclass(frozen=True)
@@ -106,9 +163,14 @@ def ema_decay(cfg: LoopConfig, step: int) -> float:
 
 
 @torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - beta)
+def ema_update(ema: nn.Module, model: nn.Module, beta: float, foreach: bool = True) -> None:
+    """ema <- beta ema + (1 - beta) model, in one foreach call or tensor by tensor; buffers copied."""
+    targets, sources = list(ema.parameters()), [p.detach() for p in model.parameters()]
+    if foreach:
+        torch._foreach_lerp_(targets, sources, 1 - beta)
+    else:
+        for e, p in zip(targets, sources):
+            e.lerp_(p, 1 - beta)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
 
@@ -128,11 +190,17 @@ def clean_gradients(model: nn.Module) -> None:
             torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
 
 
-def make_optimizer(cfg: LoopConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: LoopConfig, params, kernel: str = "auto") -> torch.optim.Optimizer:
+    """Adam or RAdam with the loop's betas; ``kernel`` (compute.optimizer_kernel) picks torch's implementation."""
     optimizers = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}
     if cfg.optimizer not in optimizers:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(optimizers)}")
-    return optimizers[cfg.optimizer](params, lr=cfg.lr, betas=cfg.betas, eps=1e-8)
+    if kernel not in OPTIMIZER_KERNELS:
+        raise ValueError(f"unknown compute.optimizer_kernel {kernel!r}; valid: {', '.join(OPTIMIZER_KERNELS)}")
+    if kernel == "fused" and cfg.optimizer != "adam":
+        raise ValueError(f"compute.optimizer_kernel 'fused' exists for adam only, not {cfg.optimizer!r}")
+    options = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}.get(kernel, {})
+    return optimizers[cfg.optimizer](params, lr=cfg.lr, betas=cfg.betas, eps=1e-8, **options)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -145,6 +213,7 @@ class FitResult:
     history: list[dict]
     wall_seconds: float
     resumed_from: int
+    replica_spread: float = 0.0  # several processes: how far the ranks' weights drifted apart (cmt.parallel)
 
 
 def fit(
@@ -157,69 +226,120 @@ def fit(
     evaluate: EvalFn | None = None,
     fingerprint: str = "",
     extra: Stateful | None = None,
+    compute: Compute | None = None,
 ) -> FitResult:
     """Train ``model`` in place; returns its EMA copy and the metric history (one dict per logged step).
 
     A resume checkpoint in ``work_dir`` is used only if it carries the same ``fingerprint`` (a hash of
     the run's configuration): a run whose settings changed starts over instead of resuming.  ``extra``
-    is the objective's own state, saved and restored with the checkpoint.
+    is the objective's own state, saved and restored with the checkpoint.  Any process count resumes any
+    checkpoint: everything in it is the same on every rank.  ``compute``: the fast paths (default: none).
     """
+    compute = compute or Compute.from_dict()
     work = Path(work_dir)
     device = next(model.parameters()).device
     model.train()
+    parallel.broadcast_module(model)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = make_optimizer(cfg, model.parameters())
-    generator = torch.Generator(device=device).manual_seed(seed)
-    torch.manual_seed(seed)
+    optimizer = make_optimizer(cfg, model.parameters(), compute.optimizer_kernel)
+    generator = torch.Generator(device=device).manual_seed(seed)  # the same on every rank: global-batch draws
+    torch.manual_seed(_rank_seed(seed, 0))  # dropout: each rank its own stream
     history: list[dict] = []
     train_state = _TrainState(model, ema, optimizer, generator, history, fingerprint, extra)
-    for stale in remove_stale_temporaries(work / RESUME_FILE):
-        print(f"{desc}: removed {stale}, a checkpoint write cut short", file=sys.stderr)
+    if parallel.is_main():
+        for stale in remove_stale_temporaries(work / RESUME_FILE):
+            print(f"{desc}: removed {stale}, a checkpoint write cut short", file=sys.stderr)
     start = train_state.resume(work / RESUME_FILE)
     if start:
-        print(f"{desc}: resumed from step {start} (checkpoint {work / RESUME_FILE})", file=sys.stderr)
-    if evaluate is not None and cfg.eval_every and start == 0:  # the initial weights: where every FD curve starts
+        if not parallel.is_main():  # rank 0 continues the RNG state it saved
+            torch.manual_seed(_rank_seed(seed, start))
+        _say(f"{desc}: resumed from step {start} (checkpoint {work / RESUME_FILE})")
+    prepare_model(model, compute)
+    main = parallel.is_main()
+    if main and evaluate is not None and cfg.eval_every and start == 0:  # the initial weights: where FD curves start
         history.append({"step": 0, "images": 0, **evaluate(ema, 0)})
         model.train()
-    images, t0 = 0, time.perf_counter()
-    bar = tqdm(range(start, cfg.iterations), desc=desc, initial=start, total=cfg.iterations, mininterval=1.0)
-    for step in bar:
+    log = _LossLog(cfg, desc, work / RESUME_FILE, history, start)
+    for step in log.bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         before_training_step(model)
         loss = loss_fn(model, step, generator)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            kept = (
-                f"last good checkpoint kept at {work / RESUME_FILE}"
-                if (work / RESUME_FILE).exists()
-                else "no checkpoint was written yet"
-            )
-            raise NonFiniteLoss(f"{desc}: loss is {value} at step {step}; training stopped ({kept})")
+        done = step + 1
+        evaluating = evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.iterations)
+        saving = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations
+        log.add(step, loss.detach(), optimizer.param_groups[0]["lr"])
+        if done % compute.sync_every == 0 or done == cfg.iterations or evaluating or saving:
+            log.flush()  # host sync: stops at a non-finite loss before this step updates the weights
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        parallel.average_gradients(model)
         clean_gradients(model)
         optimizer.step()
-        ema_update(ema, model, ema_decay(cfg, step))
-        images += cfg.batch_size
-        seconds = time.perf_counter() - t0
-        history.append(
-            {
-                "step": step + 1,
-                "loss": value,
-                "lr": optimizer.param_groups[0]["lr"],
-                "images": (step + 1) * cfg.batch_size,
-            }
-        )
-        bar.set_postfix(loss=f"{value:.4g}", img_s=f"{images / max(seconds, 1e-9):.0f}", refresh=False)
-        done = step + 1
-        if evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.iterations):
+        ema_update(ema, model, ema_decay(cfg, step), compute.ema_foreach)
+        if main and evaluating:
             history.append({"step": done, "images": done * cfg.batch_size, **evaluate(ema, done)})
             model.train()
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+        if main and saving:
             atomic_write_bytes(work / RESUME_FILE, train_state.to_bytes(done))
-    bar.close()
-    return FitResult(ema=ema, history=history, wall_seconds=time.perf_counter() - t0, resumed_from=start)
+    log.bar.close()
+    spread = parallel.replica_spread(model, ema)
+    if spread:
+        _say(f"{desc}: the {parallel.world()} replicas differ by up to {spread:.3g} (they should agree exactly)")
+    return FitResult(ema, history, log.seconds(), start, spread)
+
+
+def _rank_seed(seed: int, step: int) -> int:
+    """Torch's global RNG (dropout) of this rank: ``seed`` itself on rank 0 from the start, as a single process."""
+    if parallel.rank() == 0 and step == 0:
+        return seed
+    return derived_seed(seed, f"rank/{parallel.rank()}/step/{step}")
+
+
+def _say(message: str) -> None:
+    if parallel.is_main():
+        print(message, file=sys.stderr)
+
+
+class _LossLog:
+    """The losses of the steps since the last host sync: read back together, averaged over the processes, checked
+    finite (a stop names the step) and appended to the history; the progress bar shows loss and images/s."""
+
+    def __init__(self, cfg: LoopConfig, desc: str, checkpoint: Path, history: list[dict], start: int):
+        self.cfg, self.desc, self.checkpoint, self.history, self.start = cfg, desc, checkpoint, history, start
+        self.pending: list[tuple[int, Tensor, float]] = []
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(
+            range(start, cfg.iterations),
+            desc=desc,
+            initial=start,
+            total=cfg.iterations,
+            mininterval=1.0,
+            disable=not parallel.is_main(),
+        )
+
+    def add(self, step: int, loss: Tensor, lr: float) -> None:
+        self.pending.append((step, loss.float(), lr))
+
+    def flush(self) -> None:
+        values = parallel.average(torch.stack([loss for _, loss, _ in self.pending])).tolist()
+        for (step, _, lr), value in zip(self.pending, values):
+            if not math.isfinite(value):
+                kept = (
+                    f"last good checkpoint kept at {self.checkpoint}"
+                    if self.checkpoint.exists()
+                    else "no checkpoint was written yet"
+                )
+                raise NonFiniteLoss(f"{self.desc}: loss is {value} at step {step}; training stopped ({kept})")
+            images = (step + 1) * self.cfg.batch_size
+            self.history.append({"step": step + 1, "loss": value, "lr": lr, "images": images})
+        done = self.pending[-1][0] + 1
+        rate = (done - self.start) * self.cfg.batch_size / max(self.seconds(), 1e-9)
+        self.bar.set_postfix(loss=f"{values[-1]:.4g}", img_s=f"{rate:.0f}", refresh=False)
+        self.pending = []
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
 
 
 @dataclass

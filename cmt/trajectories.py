@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from cmt import parallel
 from cmt.atomic import atomic_save_tensors, atomic_write_json
 from cmt.checkpoints import read_json
 from cmt.data import Images
@@ -66,18 +67,19 @@ def start_points(
     spec: TrajectorySpec, n: int, gen: torch.Generator, data: Images | None, label_dim: int = 0
 ) -> tuple[Tensor, Tensor | None]:
     """x_T for ``n`` trajectories (method.md 3.3) and, for a class-conditional teacher, their labels: the label of
-    the image a ``data_plus_noise`` start was built on, else uniform draws."""
-    noise = torch.randn((n, *spec.shape), generator=gen, device=gen.device)
+    the image a ``data_plus_noise`` start was built on, else uniform draws. With several processes, this process's
+    share of the global draws (``cmt.parallel``)."""
+    noise = parallel.randn((n, *spec.shape), gen)
     x_T = float(spec.sigmas[0]) * noise
     if spec.start == "data_plus_noise":
         if data is None:
             raise ValueError("trajectory start 'data_plus_noise' needs the training images")
-        picked = torch.randint(len(data), (n,), generator=gen, device=gen.device)
+        picked = parallel.randint(len(data), (n,), gen)
         labels = dataset_labels(data.labels, label_dim, f"trajectories on {data.name}")
         return x_T + data.read(picked).to(x_T.device), None if labels is None else labels.to(x_T.device)[picked]
     if spec.start != "prior":
         raise ValueError(f"unknown trajectory start {spec.start!r}; valid: prior, data_plus_noise")
-    labels = torch.randint(label_dim, (n,), generator=gen, device=gen.device) if label_dim else None
+    labels = parallel.randint(label_dim, (n,), gen) if label_dim else None
     return x_T, labels
 
 
@@ -104,6 +106,21 @@ def generate(
 
         chunks.append(sample_trajectory(denoise, x_T[i : i + batch_size], sigmas, spec.solver).transpose(0, 1))
     return Trajectories(torch.cat(chunks).to(torch.float32), labels)
+
+
+def precision_error(
+    teacher: Denoiser, spec: TrajectorySpec, data: Images | None, dtype: torch.dtype, n: int = 64
+) -> float:
+    """Relative difference ||x_dtype - x_fp32|| / ||x_fp32|| of the endpoints (CMT's targets) of ``n`` trajectories
+    solved from the same start points with the teacher's network under autocast to ``dtype`` and in fp32 (what
+    reduced precision costs the online trajectories)."""
+    device, kept = next(teacher.parameters()).device, teacher.amp_dtype
+    solved = {}
+    for name, amp in (("fp32", None), ("low", dtype)):
+        teacher.amp_dtype = amp
+        solved[name] = generate(teacher, spec, n, torch.Generator(device=device).manual_seed(0), data).states[:, -1]
+    teacher.amp_dtype = kept
+    return float((solved["low"] - solved["fp32"]).norm() / solved["fp32"].norm())
 
 
 def write_set(
@@ -260,9 +277,10 @@ class StoredTrajectories:
         )
 
     def sample(self, n: int, gen: torch.Generator) -> Trajectories:
-        idx = torch.randint(self.count, (n,), generator=gen, device=gen.device).cpu()
+        """``n`` trajectories for this process: its share of the global draw (every rank counts all as seen)."""
+        idx = torch.randint(self.count, (n * parallel.world(),), generator=gen, device=gen.device).cpu()
         self._seen[idx] = True
-        return self.read(idx)
+        return self.read(parallel.share(idx))
 
     @property
     def distinct_seen(self) -> int:
@@ -284,8 +302,9 @@ class OnlineTrajectories:
         self._count = 0
 
     def sample(self, n: int, gen: torch.Generator) -> Trajectories:
-        self._count += n
-        return generate(self.teacher, self.spec, n, gen, self.data)
+        """``n`` fresh trajectories for this process, solved on the teacher's device in one batch."""
+        self._count += n * parallel.world()
+        return generate(self.teacher, self.spec, n, gen, self.data, batch_size=n)
 
     @property
     def distinct_seen(self) -> int:

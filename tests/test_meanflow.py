@@ -83,6 +83,6 @@ def test_sampling_with_the_exact_field_is_the_exact_flow_map(steps):
 
 
 def test_time_sampling_semantics():
-    r, t = sample_times(20000, -0.4, 1.0, 0.25, torch.Generator().manual_seed(4), torch.device("cpu"))
+    r, t = sample_times(20000, -0.4, 1.0, 0.25, torch.Generator().manual_seed(4))
     assert bool((t >= r).all()) and float(t.min()) >= T_MIN and float(t.max()) <= T_MAX
     assert float((r != t).float().mean()) == pytest.approx(0.25, abs=0.02)

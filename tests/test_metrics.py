@@ -39,9 +39,9 @@ def test_kid_near_zero_for_same_distribution_and_positive_otherwise():
 
 
 @pytest.fixture(scope="module")
-def featnet():
+def featnet(tmp_path_factory):
     train, holdout = split(load_digits(), 0.2, seed=0)
-    net, accuracy = train_feature_net(train, holdout, epochs=8, seed=0)
+    net, accuracy = train_feature_net(train, holdout, epochs=8, seed=0, work_dir=tmp_path_factory.mktemp("featnet"))
     return net, accuracy, holdout
 
 

@@ -13,12 +13,14 @@ from torch import nn
 from cmt.atomic import PART_SUFFIX
 from cmt.train import (
     RESUME_FILE,
+    Compute,
     LoopConfig,
     NonFiniteLoss,
     clean_gradients,
     ema_beta_halflife,
     fit,
     learning_rate,
+    make_optimizer,
     set_determinism,
 )
 
@@ -250,3 +252,47 @@ def test_deterministic_kernels_change_no_bit_on_cpu(tmp_path, monkeypatch):
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     for name, value in runs[0].items():
         assert torch.equal(value, runs[1][name]) and torch.equal(value, runs[2][name])
+
+
+def fast(**switches) -> Compute:
+    return Compute.from_dict(switches)
+
+
+def test_reading_the_loss_back_every_k_steps_changes_no_bit(tmp_path):
+    runs = {}
+    for k in (1, 4, 7):
+        model, loss_fn = regression_problem()
+        runs[k] = fit(model, loss_fn, CFG, tmp_path / str(k), "k", seed=2, compute=fast(sync_every=k))
+    for k in (4, 7):
+        assert runs[k].history == runs[1].history
+        assert all(torch.equal(a, b) for a, b in zip(runs[k].ema.parameters(), runs[1].ema.parameters()))
+
+
+def test_a_nan_loss_read_back_late_still_names_its_step_and_keeps_the_checkpoint_before_it(tmp_path):
+    model, loss_fn = regression_problem()
+
+    def exploding(net, step, gen):
+        loss = loss_fn(net, step, gen)
+        return loss * float("nan") if step == 13 else loss
+
+    with pytest.raises(NonFiniteLoss, match="at step 13.*last good checkpoint kept"):
+        fit(model, exploding, CFG, tmp_path, "boom", seed=0, compute=fast(sync_every=4))
+    assert torch.load(tmp_path / RESUME_FILE, weights_only=True)["step"] == 10
+
+
+def test_foreach_ema_is_the_tensor_by_tensor_ema_and_optimiser_kernels_agree(tmp_path):
+    results = {}
+    for name, switches in {
+        "plain": {"optimizer_kernel": "loop", "ema_foreach": False},
+        "foreach": {"optimizer_kernel": "foreach", "ema_foreach": True},
+        "fused": {"optimizer_kernel": "fused"},
+    }.items():
+        model, loss_fn = regression_problem()
+        results[name] = fit(model, loss_fn, CFG, tmp_path / name, name, seed=4, compute=fast(**switches)).ema
+    for name in ("foreach", "fused"):
+        for a, b in zip(results[name].parameters(), results["plain"].parameters()):
+            assert torch.allclose(a, b, atol=1e-6), name
+    with pytest.raises(ValueError, match="optimizer_kernel 'fused' exists for adam only"):
+        make_optimizer(
+            loop(iterations=1, batch_size=1, lr=1.0, optimizer="radam"), [nn.Parameter(torch.ones(1))], "fused"
+        )

@@ -444,3 +444,58 @@ def test_a_dataset_built_from_an_image_folder_is_streamed_and_scored_with_fid_an
     assert scores["fid_2step"] > 0 and scores["fd_2step"] > 0
     header = (results / "tables" / "main.md").read_text().split("\n| model")[1].split("\n")[0]
     assert "| FD 1-step | FD 2-step |" in header and "| FID 1-step | FID 2-step |" in header
+
+
+def two_gpu_overlay(folder: Path) -> Path:
+    """Every training rule given two GPUs (the launch comes from resources, cmt/launch.py), and smaller budgets
+    where they are not part of a job's path (fewer steps and evaluations: the same files)."""
+    overlay = folder / "two-gpus.yaml"
+    entry = {"gpu": 2, "cpus": 1, "mem_mb": 4000, "runtime": "1h"}
+    small = {"batch_size": 32, "eval_every": 40, "eval_samples": 50}
+    settings = {
+        "resources": {rule: entry for rule in ("teacher", "featnet", "midtrain", "posttrain")},
+        "teacher": {"train": {"iterations": 20, "batch_size": 32, "checkpoint_every": 10}},
+        "midtrain": {**small, "iterations": 20, "checkpoint_every": 10, "eval_every": 20},
+        "posttrain": {"ect": small},
+        "evaluate": {"num_samples": 100},
+    }
+    overlay.write_text(yaml.safe_dump(settings))
+    return overlay
+
+
+def test_a_training_rule_given_two_gpus_starts_under_accelerate_and_serial_rules_never(project, tmp_path, monkeypatch):
+    monkeypatch.delenv("CMT_LAUNCH", raising=False)
+    overlay = tmp_path / "mid.yaml"
+    overlay.write_text(
+        "resources: {midtrain: {gpu: 2, cpus: 2, mem_mb: 4000, runtime: 2h}}\ncompute: {precision: bf16}\n"
+    )
+    commands = [line for line in dry_run(project, "all", "-p", "--configfile", str(overlay)).splitlines()]
+    starts = {re.search(r"-m cmt ([\w-]+)", c)[1]: c.split(" -m cmt ")[0] for c in commands if " -m cmt " in c}
+    assert starts["midtrain"].endswith(
+        "${CMT_LAUNCH:-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --main_process_port 0"
+        " --mixed_precision bf16 --dynamo_backend no}"
+    )
+    assert starts["teacher"].endswith("${CMT_LAUNCH:-python}") and starts["posttrain"].endswith("${CMT_LAUNCH:-python}")
+    for serial in ("ingest", "report", "evaluate", "trajectories"):
+        assert starts[serial].endswith(" python") and "CMT_LAUNCH" not in starts[serial], starts[serial]
+
+
+@pytest.mark.slow  # a real workflow run, every training job as two processes
+def test_a_two_process_smoke_run_writes_the_files_of_a_one_process_run(smoke, tmp_path, monkeypatch):
+    monkeypatch.delenv("CMT_LAUNCH", raising=False)
+    project = copy_project(tmp_path / "two")
+    overlay = two_gpu_overlay(tmp_path)  # one job at a time, one thread per process: two processes on two cores
+    snakemake(project, "--cores", "1", "all", "--configfile", "config/smoke.yaml", str(overlay))
+    two, one = project / "results" / "smoke", smoke / "results" / "smoke"
+
+    def files(results: Path) -> set[str]:  # MLflow's artifact folders are named by random run ids
+        return {str(f.relative_to(results)) for f in results.rglob("*") if f.is_file() and "mlartifacts" not in f.parts}
+
+    assert files(two) <= files(one)  # nothing written twice or elsewhere (the smoke project may hold more jobs)
+    for record in two.rglob("run.json"):
+        job = record.parent
+        assert sorted(p.name for p in job.iterdir()) == sorted(p.name for p in (one / job.relative_to(two)).iterdir())
+        run = json.loads(record.read_text())
+        if run["stage"] in ("teacher", "midtrain", "posttrain"):
+            assert run["params"]["processes"] == 2 and run["metrics"]["replica_spread"] == 0.0, record
+    assert (two / "tables" / "main.md").exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cmt import parallel
 from cmt.checkpoints import load_denoiser
 from cmt.config import config_hash
 from cmt.data import Images, train_holdout
@@ -23,8 +24,14 @@ from cmt.meanflow import mean_velocity
 from cmt.precond import Denoiser
 from cmt.solvers import denoiser_calls
 from cmt.stages.student import StudentJob, finish, fit_student, init_student, job_label
-from cmt.train import LoopConfig, LossFn, resolve_device
-from cmt.trajectories import OnlineTrajectories, StoredTrajectories, TrajectorySource, trajectory_spec
+from cmt.train import LoopConfig, LossFn, resolve_device, set_precision
+from cmt.trajectories import (
+    OnlineTrajectories,
+    StoredTrajectories,
+    TrajectorySource,
+    precision_error,
+    trajectory_spec,
+)
 
 
 def cmt_loss(
@@ -56,12 +63,13 @@ def with_labels(student: Denoiser, labels: Tensor | None, rows: Tensor) -> Calla
 
 
 def state_points(variant: str, n: int, states: int, gen: torch.Generator) -> Tensor | None:
-    """Which states regress onto the endpoint: ``all`` (CMT), ``one`` random state per trajectory
-    (our reading of the paper's endpoint-only 'slow' CMT), or ``noise`` (x_T only: knowledge distillation)."""
+    """Which states of this process's ``n`` trajectories regress onto the endpoint: ``all`` (CMT), ``one`` random state
+    per trajectory (our reading of the paper's endpoint-only 'slow' CMT), or ``noise`` (x_T only: knowledge
+    distillation)."""
     if variant == "all":
         return None
     if variant == "one":
-        return torch.randint(states, (n, 1), generator=gen, device=gen.device)
+        return parallel.randint(states, (n, 1), gen)
     if variant == "noise":
         return torch.zeros((n, 1), dtype=torch.long, device=gen.device)
     raise ValueError(f"unknown CMT variant {variant!r}; valid: all, one, noise")
@@ -100,16 +108,27 @@ def trajectory_source(
     train: Images,
     device: torch.device,
     limit: int | None = None,
+    teacher_precision: str = "fp32",
 ) -> TrajectorySource:
     """A stored set (``traj_dir``, its first ``limit`` trajectories) or, with ``source: online``, the
-    teacher and solver in the loop."""
+    teacher (its network in ``teacher_precision``) and solver in the loop."""
     if source == "stored":
         if traj_dir is None:
             raise ValueError("midtrain.source 'stored' needs a trajectory folder")
         return StoredTrajectories(traj_dir, device, limit=limit)
     teacher, _ = load_denoiser(teacher_dir)
+    set_precision(teacher, teacher_precision)
     spec = trajectory_spec(traj_cfg, train.shape)
     return OnlineTrajectories(teacher.to(device).eval(), spec, train)
+
+
+def online_precision_error(source: TrajectorySource) -> dict:
+    """For an online teacher in reduced precision: the relative error of its trajectories against fp32 (a metric)."""
+    if not isinstance(source, OnlineTrajectories) or source.teacher.amp_dtype is None:
+        return {}
+    error = precision_error(source.teacher, source.spec, source.data, source.teacher.amp_dtype)
+    print(f"online teacher in {source.teacher.amp_dtype}: trajectory error {error:.2e} relative to fp32")
+    return {"teacher_precision_error": error}
 
 
 def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob) -> dict:
@@ -117,8 +136,16 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
     device = resolve_device(job.device)
     train, holdout = train_holdout(job.data)
     source = trajectory_source(
-        cfg["source"], traj_cfg, traj_dir, job.teacher_dir, train, device, cfg["max_trajectories"]
+        cfg["source"],
+        traj_cfg,
+        traj_dir,
+        job.teacher_dir,
+        train,
+        device,
+        cfg["max_trajectories"],
+        job.compute.teacher_precision,
     )
+    precision_facts = online_precision_error(source)
     form, points = cfg["form"], cfg["points"]
     kind = "meanflow" if form == "flowmap" else "consistency"
     student, teacher_meta = init_student(
@@ -164,6 +191,7 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
         "trajectories_seen": trajectories_seen,
         "distinct_trajectories": source.distinct_seen,
         "teacher_nfe": teacher_nfe(source, trajectories_seen),
+        **precision_facts,
         **last_fd,
     }
     tags.update(teacher=teacher_meta.get("config_hash", "?"), **(job.tags or {}))
@@ -176,7 +204,7 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
         job.precond["sigma_max"],
         cfg["eval_t_mid"],
         f"midtrain/{label}",
-        params={**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "seed": job.seed},
+        params={**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "seed": job.seed, **job.compute.params()},
         tags=tags,
         final=final,
         kind=kind,
@@ -196,16 +224,18 @@ def trajectories_per_step(batch_size: int, steps: int, form: str, points: str) -
 def make_loss(
     cfg: dict, form: str, points: str, source: TrajectorySource, steps: int, per_step: int, device: torch.device
 ) -> LossFn:
-    """The minibatch loss of the consistency form (with its state variant) or the flow-map form."""
+    """The minibatch loss of the consistency form (with its state variant) or the flow-map form; ``per_step``
+    trajectories a step over all processes."""
     sigmas = source.sigmas.to(device)
+    local = parallel.local_count(per_step, "midtrain.batch_size's trajectories per step")
     if form == "flowmap":
         if cfg["loss"] != "l2":
             raise ValueError("midtrain.form 'flowmap' uses the l2 loss (method.md 4); set midtrain.loss: l2")
         pairs = state_pairs(steps, device)
 
         def flowmap(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
-            chosen = pairs[torch.randint(len(pairs), (per_step, steps), generator=gen, device=gen.device).to(device)]
-            batch = source.sample(per_step, gen).to(device)
+            chosen = pairs[parallel.randint(len(pairs), (local, steps), gen).to(device)]
+            batch = source.sample(local, gen).to(device)
             return cmt_flowmap_loss(model, batch.states, sigmas, chosen, batch.labels)
 
         return flowmap
@@ -220,8 +250,8 @@ def make_loss(
     )
 
     def consistency(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
-        chosen = state_points(points, per_step, steps, gen)
-        batch = source.sample(per_step, gen).to(device)
+        chosen = state_points(points, local, steps, gen)
+        batch = source.sample(local, gen).to(device)
         return cmt_loss(
             model, batch.states, sigmas, distance, None if chosen is None else chosen.to(device), batch.labels
         )

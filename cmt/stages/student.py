@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from cmt import parallel
 from cmt.checkpoints import load_denoiser, save_denoiser
 from cmt.data import Images
 from cmt.images import save_grid
@@ -19,12 +20,13 @@ from cmt.sampling import sample_few_step
 from cmt.seeds import seeded
 from cmt.stages.evaluate import Scorer, few_step_fd_callback
 from cmt.tracking import write_history, write_record
-from cmt.train import FitResult, LoopConfig, LossFn, Stateful, clear_resume, fit
+from cmt.train import Compute, FitResult, LoopConfig, LossFn, Stateful, clear_resume, fit
 
 
 @dataclass(frozen=True)
 class StudentJob:
-    """What every student-training job shares: data, preconditioning, seed, files, device, extra MLflow tags."""
+    """What every student-training job shares: data, preconditioning, seed, files, device, how it computes (config
+    ``compute``), extra MLflow tags."""
 
     data: dict
     precond: dict
@@ -34,6 +36,7 @@ class StudentJob:
     out_dir: Path
     work_dir: Path
     device: str
+    compute: Compute = field(default_factory=Compute.from_dict)
     tags: dict | None = None  # the job's axes (cmt/jobs.py), written as MLflow tags
 
 
@@ -97,7 +100,7 @@ def fit_student(
     ``fingerprint`` identifies the run's settings, so a resume checkpoint of other settings is not used.
     """
     evaluate = None
-    if job.featnet is not None:  # FD along training needs the feature net (evaluate.metrics includes featnet)
+    if job.featnet is not None and parallel.is_main():  # FD along training: the feature net is among evaluate.metrics
         scorer = Scorer(Path(job.featnet), holdout)
         evaluate = few_step_fd_callback(
             scorer, kind, eval_samples, job.precond["sigma_max"], t_mid, job.seed, holdout.shape
@@ -112,6 +115,7 @@ def fit_student(
         evaluate=evaluate,
         fingerprint=fingerprint,
         extra=extra,
+        compute=job.compute,
     )
     evals = [h for h in result.history if "fd_1step" in h]
     return result, {k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("fd_")}
@@ -130,7 +134,10 @@ def finish(
     final: dict,
     kind: str = "consistency",
 ) -> None:
-    """Write EMA checkpoint, metric history, loss curve, 1-/2-step grids and the MLflow record."""
+    """Write EMA checkpoint, metric history, loss curve, 1-/2-step grids and the MLflow record (the main process's
+    job: the others return at once)."""
+    if not parallel.is_main():
+        return
     out = Path(out_dir)
     ema = result.ema.cpu().set_mode("boundary" if kind == "consistency" else "edm")
     save_denoiser(out, ema, {**meta, "model_kind": kind, "tags": tags})
@@ -151,7 +158,12 @@ def finish(
         run_name=run_name,
         params=params,
         tags=tags,
-        metrics={**final, "wall_seconds": result.wall_seconds, "resumed_from": result.resumed_from},
+        metrics={
+            **final,
+            "wall_seconds": result.wall_seconds,
+            "resumed_from": result.resumed_from,
+            "replica_spread": result.replica_spread,
+        },
         artifacts=["loss.png", "grid-1step.png", "grid-2step.png"],
     )
     clear_resume(work_dir)

@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor
 
+from cmt import parallel
 from cmt.batches import make_batches
 from cmt.checkpoint_import import load_any
 from cmt.checkpoints import save_denoiser
@@ -24,7 +25,7 @@ from cmt.sampling import sample_diffusion
 from cmt.seeds import seeded
 from cmt.solvers import sigma_grid
 from cmt.tracking import write_history, write_record
-from cmt.train import FitResult, LoopConfig, clear_resume, fit, resolve_device
+from cmt.train import Compute, FitResult, LoopConfig, clear_resume, fit, resolve_device
 
 
 def edm_loss(
@@ -32,16 +33,16 @@ def edm_loss(
     images: Tensor,
     p_mean: float,
     p_std: float,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator,
     labels: Tensor | None = None,
 ) -> Tensor:
     """EDM loss: lambda(sigma) ||D(y + sigma n, sigma; labels) - y||^2, ln sigma ~ N(p_mean, p_std^2) (EDM eq. 2, 8).
 
-    Per-sample sum over pixels, mean over the batch (numerics.md 2.2); ``labels``: integer class labels.
+    Per-sample sum over pixels, mean over the batch (numerics.md 2.2); ``labels``: integer class labels. ``images`` are
+    this process's share of the batch; sigma and noise are drawn for the global batch (``cmt.parallel``).
     """
-    b = images.shape[0]
-    sigma = (torch.randn(b, generator=generator, device=images.device) * p_std + p_mean).exp()
-    noise = torch.randn(images.shape, generator=generator, device=images.device)
+    sigma = (parallel.randn((images.shape[0],), generator) * p_std + p_mean).exp()
+    noise = parallel.randn(images.shape, generator)
     denoised = conditioned(denoiser, labels)(images + sigma.reshape(-1, 1, 1, 1) * noise, sigma)
     per_sample = (denoised - images).square().flatten(1).sum(1)
     return (edm_loss_weight(sigma) * per_sample).mean()
@@ -63,6 +64,7 @@ def train_teacher(
     seed: int,
     device: torch.device,
     work_dir: str | Path,
+    compute: Compute | None = None,
 ) -> FitResult:
     """EDM training: Adam, linear LR warm-up, EDM's ramped half-life EMA; resumable from ``work_dir``."""
     loop = LoopConfig.from_dict(cfg)
@@ -76,7 +78,8 @@ def train_teacher(
         return loss / pixels  # logged per pixel, as EDM
 
     fingerprint = config_hash({"train": cfg, "architecture": denoiser.model.cfg.to_dict(), "seed": seed})
-    return fit(denoiser.to(device), loss_fn, loop, work_dir, desc="teacher", seed=seed, fingerprint=fingerprint)
+    denoiser = denoiser.to(device)
+    return fit(denoiser, loss_fn, loop, work_dir, desc="teacher", seed=seed, fingerprint=fingerprint, compute=compute)
 
 
 def sample_grid_images(
@@ -101,17 +104,23 @@ def run(
     work_dir: str | Path,
     device_name: str,
     job: dict | None = None,
+    compute: Compute | None = None,
 ) -> dict:
-    """Teacher stage: train (``source: train``) or fetch a checkpoint; writes our format, a grid and a record."""
-    out, device = Path(out_dir), resolve_device(device_name)
+    """Teacher stage: train (``source: train``) or fetch a checkpoint; writes our format, a grid and a record (the
+    main process; with several processes the others only train)."""
+    out, device, compute = Path(out_dir), resolve_device(device_name), compute or Compute.from_dict()
     tags = {"label": "teacher", **(job or {})}
     train_set, _ = train_holdout(data_cfg)
     if cfg["source"] == "fetch":
+        if not parallel.is_main():  # one download
+            return {}
         ema, meta, losses = _fetched(cfg["fetch"], work_dir)
         ema, run_facts = ema.to(device), {"wall_seconds": 0.0, "resumed_from": 0}
     else:
         denoiser = build_denoiser(network, precond, seed)
-        result = train_teacher(denoiser, train_set, cfg["train"], data_cfg["loader"], seed, device, work_dir)
+        result = train_teacher(denoiser, train_set, cfg["train"], data_cfg["loader"], seed, device, work_dir, compute)
+        if not parallel.is_main():
+            return {}
         ema, losses = result.ema, [h["loss"] for h in result.history]
         meta = {
             "source": "train",
@@ -121,7 +130,11 @@ def run(
                 "final_loss": sum(losses[-50:]) / len(losses[-50:]),
             },
         }
-        run_facts = {"wall_seconds": result.wall_seconds, "resumed_from": result.resumed_from}
+        run_facts = {
+            "wall_seconds": result.wall_seconds,
+            "resumed_from": result.resumed_from,
+            "replica_spread": result.replica_spread,
+        }
         save_loss_curve(losses, out / "loss.png", title="EDM teacher loss (per pixel)")
     samples = sample_grid_images(ema, cfg["sample"], precond, seed + 1, train_set.shape, device)
     save_grid(samples, out / "samples.png", nrow=label_dim_of(ema) or None, scale=4)
@@ -147,6 +160,7 @@ def run(
             "seed": seed,
             "parameters": meta["parameters"],
             **{f"train.{k}": v for k, v in cfg["train"].items()},
+            **compute.params(),
         },
         tags=tags,
         metrics={"images": meta.get("train", {}).get("images", 0), **run_facts},

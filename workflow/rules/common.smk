@@ -5,6 +5,7 @@ import os
 import sys
 
 from cmt import jobs
+from cmt.launch import training_launcher
 from cmt.config import config_layers, merge_layers, resolve, scaled_resources
 
 # Snakemake's order: the Snakefile's `configfile:`, then each --configfile, then --config values; every file's
@@ -28,13 +29,20 @@ FEATNET_INPUT = [FEATNET] if jobs.uses_featnet(config) else []  # FD along train
 FID_REF = f"{RESULTS}/{jobs.fid_ref_path(config['evaluate']['fid']['mode'])}"
 WORK = f"work/{config['name']}"  # resume checkpoints: never a declared output, so never deleted by Snakemake
 MLFLOW_DB = f"{RESULTS}/mlflow.db"
-# Jobs run `${CMT_LAUNCH:-python} -m cmt <verb>`: set CMT_LAUNCH to wrap training, e.g.
-# CMT_LAUNCH="accelerate launch --num_processes 1 --mixed_precision no" on a GPU node.
-# `python` is the interpreter running Snakemake (its folder goes first on PATH for the jobs).
+# Jobs run `python -m cmt <verb>`; a training rule with resources gpu > 1 runs `accelerate launch ... -m cmt <verb>`
+# (launch(group)), and CMT_LAUNCH, when set, replaces either for training rules. `python` is the interpreter running
+# Snakemake (its folder goes first on PATH for the jobs).
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 
 DEVICE = ("device", "deterministic")  # how a torch job runs: every job on the device reads both
+TRAINING = (*DEVICE, "compute")  # a training job also reads its fast paths (recorded in its params)
+
+
+def launch(group):
+    """How the rule group's training verb starts (cmt/launch.py), escaped for Snakemake's shell formatting."""
+    words = training_launcher(config["resources"][group]["gpu"], config["compute"]["precision"])
+    return words.replace("{", "{{").replace("}", "}}")
 
 
 def subtree(*keys, **extra):
@@ -89,7 +97,7 @@ def midtrain_params(wildcards):
     return subtree(
         "precond",
         "data",
-        *DEVICE,
+        *TRAINING,
         midtrain=midtrain_cfg(wildcards),
         trajectories=trajectory_set(wildcards),
         seed=int(wildcards.seed),
@@ -120,7 +128,7 @@ def posttrain_params(wildcards):
     """The chosen method's subtree only (editing ECD settings reruns no ECT job), iterations from the path."""
     method = {**config["posttrain"][wildcards.method], "iterations": int(wildcards.iters)}
     return subtree(
-        "precond", "data", *DEVICE, posttrain={wildcards.method: method}, seed=int(wildcards.seed), job=post_job(wildcards)
+        "precond", "data", *TRAINING, posttrain={wildcards.method: method}, seed=int(wildcards.seed), job=post_job(wildcards)
     )
 
 

@@ -44,5 +44,5 @@ rule evaluate:
     benchmark:
         f"{RESULTS}/benchmarks/{jobs.eval_path('{job}')}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt evaluate --params {params.cfg:q}"
+        "OMP_NUM_THREADS={threads} python -m cmt evaluate --params {params.cfg:q}"
         " --model {params.model} {params.scoring} --label {wildcards.job:q} --out {params.out} > {log} 2>&1"

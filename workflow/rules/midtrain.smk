@@ -29,6 +29,6 @@ rule midtrain:
     benchmark:
         f"{RESULTS}/benchmarks/{MID_JOB}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt midtrain --params {params.cfg:q}"
+        f"OMP_NUM_THREADS={{threads}} {launch('midtrain')} -m cmt midtrain --params {{params.cfg:q}}"
         " --teacher {params.teacher} {params.traj} {params.featnet}"
         " --out {params.out} --work {params.work} > {log} 2>&1"

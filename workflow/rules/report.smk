@@ -20,7 +20,7 @@ rule ingest:
     log:
         f"{RESULTS}/logs/ingest-{{scope}}.log",
     shell:
-        "MLFLOW_DISABLE_TELEMETRY=true ${{CMT_LAUNCH:-python}} -m cmt ingest {params.records} --db {params.db}"
+        "MLFLOW_DISABLE_TELEMETRY=true python -m cmt ingest {params.records} --db {params.db}"
         " --experiment {params.experiment} --artifacts {params.artifacts} --root {params.root} --groups {params.groups:q}"
         " --done {output.done} > {log} 2>&1"
 
@@ -43,7 +43,7 @@ rule report:
     log:
         f"{RESULTS}/logs/report.log",
     shell:
-        "MLFLOW_DISABLE_TELEMETRY=true ${{CMT_LAUNCH:-python}} -m cmt report --db {params.db}"
+        "MLFLOW_DISABLE_TELEMETRY=true python -m cmt report --db {params.db}"
         " --experiment {params.experiment} --out {params.out} > {log} 2>&1"
 
 
@@ -64,5 +64,5 @@ rule report_ablations:
     log:
         f"{RESULTS}/logs/report-ablations.log",
     shell:
-        "MLFLOW_DISABLE_TELEMETRY=true ${{CMT_LAUNCH:-python}} -m cmt report-ablations --db {params.db}"
+        "MLFLOW_DISABLE_TELEMETRY=true python -m cmt report-ablations --db {params.db}"
         " --experiment {params.experiment} --out {params.out} > {log} 2>&1"

@@ -8,7 +8,7 @@ rule teacher:
         meta=result(jobs.TEACHER, "meta.json"),
         record=result(jobs.TEACHER, "run.json"),
     params:
-        cfg=subtree("teacher", "network", "precond", "data", "seed", *DEVICE, job=jobs.teacher_tags()),
+        cfg=subtree("teacher", "network", "precond", "data", "seed", *TRAINING, job=jobs.teacher_tags()),
         out=subpath(output.model, parent=True),
         work=f"{WORK}/{jobs.TEACHER}",
     threads: threads_of("teacher")
@@ -19,7 +19,7 @@ rule teacher:
     benchmark:
         f"{RESULTS}/benchmarks/teacher.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt teacher --params {params.cfg:q}"
+        f"OMP_NUM_THREADS={{threads}} {launch('teacher')} -m cmt teacher --params {{params.cfg:q}}"
         " --out {params.out} --work {params.work} > {log} 2>&1"
 
 
@@ -32,7 +32,7 @@ rule featnet:
         net=FEATNET,
         record=result(jobs.FEATNET, "run.json"),
     params:
-        cfg=subtree("featnet", "data", "seed"),
+        cfg=subtree("featnet", "data", "seed", "compute"),
     threads: threads_of("featnet")
     resources:
         **resources_of("featnet"),
@@ -41,5 +41,5 @@ rule featnet:
     benchmark:
         f"{RESULTS}/benchmarks/featnet.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt featnet --params {params.cfg:q}"
+        f"OMP_NUM_THREADS={{threads}} {launch('featnet')} -m cmt featnet --params {{params.cfg:q}}"
         " --out {output.net} > {log} 2>&1"

@@ -23,5 +23,5 @@ rule trajectories:
     benchmark:
         f"{RESULTS}/benchmarks/{TRAJ_SET}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} ${{CMT_LAUNCH:-python}} -m cmt trajectories --params {params.cfg:q}"
+        "OMP_NUM_THREADS={threads} python -m cmt trajectories --params {params.cfg:q}"
         " --teacher {params.teacher} --out {params.out} > {log} 2>&1"

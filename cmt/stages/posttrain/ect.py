@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from cmt import parallel
 from cmt.losses import Distance
 from cmt.precond import SIGMA_DATA, Denoiser
 
@@ -41,22 +42,17 @@ def consistency_pair_loss(
     model: Denoiser, y: Tensor, gen: torch.Generator, cfg: dict, stage: int, distance: Distance, make_x_r: PairFn
 ) -> Tensor:
     """d(f(x_t, t), sg f(x_r, r)) * w(t, r), batch mean; rows with r = 0 target y (method.md 8.1 steps 1-5)."""
-    b = y.shape[0]
-    t = (cfg["p_mean"] + cfg["p_std"] * torch.randn(b, generator=gen, device=y.device)).exp()
+    t = (cfg["p_mean"] + cfg["p_std"] * parallel.randn((y.shape[0],), gen)).exp()
     r = ect_r(t, cfg["q"], stage, cfg["k"], cfg["b"])
     view = (-1,) + (1,) * (y.ndim - 1)
-    eps = torch.randn(y.shape, generator=gen, device=y.device)
+    eps = parallel.randn(y.shape, gen)
     x_t = y + t.reshape(view) * eps
     has_r = r > 0
     r_eval = torch.where(has_r, r, t)  # rows with r = 0 never use the network output
     with torch.no_grad():
         x_r = make_x_r(y, x_t, t, r_eval) if make_x_r is not None else y + r_eval.reshape(view) * eps
-    cpu_state = torch.get_rng_state()
-    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    f_t = model(x_t, t)
-    torch.set_rng_state(cpu_state)  # replay: same dropout mask for the target pass (numerics.md 8)
-    if cuda_state is not None:
-        torch.cuda.set_rng_state_all(cuda_state)
+    with torch.random.fork_rng(devices=[y.device] if y.device.type == "cuda" else []):
+        f_t = model(x_t, t)  # on leaving, the RNG is back: the target pass draws the same dropout mask (numerics.md 8)
     with torch.no_grad():
         f_r = torch.nan_to_num(model(x_r, r_eval), nan=0.0)
     target = torch.where(has_r.reshape(view), f_r, y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from cmt.precond import Denoiser
 from cmt.stages.posttrain.ecd import ecd_loss, ecd_teacher_nfe
 from cmt.stages.posttrain.ect import ect_loss, ect_stage
 from cmt.stages.student import StudentJob, finish, fit_student, init_student, job_label
-from cmt.train import LoopConfig, LossFn, resolve_device
+from cmt.train import Compute, LoopConfig, LossFn, resolve_device
 
 METHODS = ("ect", "ecd", "meanflow")
 
@@ -67,8 +68,25 @@ def make_loss(
     return ecd
 
 
+FP32_REASONS = {  # why a post-training method ignores compute.precision: bf16 would change what it computes
+    "meanflow": "its JVP and target stay in fp32 (numerics.md 9.4)",
+    "ect": "its target f(x_t) - f(x_r) is O(1/q) of f, below bf16's 2^-8 resolution at the recipe's q (measured)",
+    "ecd": "its target f(x_t) - f(x_r) is O(1/q) of f, below bf16's 2^-8 resolution at the recipe's q (measured)",
+}
+
+
+def method_compute(method: str, compute: Compute) -> Compute:
+    """The compute switches a post-training method trains with: every one of them in fp32 (``FP32_REASONS``); bf16
+    serves the teacher and CMT."""
+    if compute.precision != "fp32":
+        print(f"{method}: compute.precision {compute.precision} does not apply: {FP32_REASONS[method]}; fp32")
+        return replace(compute, precision="fp32")
+    return compute
+
+
 def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: StudentJob) -> dict:
     """Post-train one (method, init) pair; writes the EMA checkpoint, history, grids and record."""
+    job = replace(job, compute=method_compute(method, job.compute))
     device = resolve_device(job.device)
     train, holdout = train_holdout(job.data)
     kind = "meanflow" if method == "meanflow" else "consistency"
@@ -118,7 +136,12 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
         "config": cfg,
         **final,
     }
-    params = {**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "init": init, "seed": job.seed}
+    params = {
+        **{k: v for k, v in cfg.items() if not isinstance(v, dict)},
+        "init": init,
+        "seed": job.seed,
+        **job.compute.params(),
+    }
     finish(
         job.out_dir,
         job.work_dir,

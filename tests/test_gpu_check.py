@@ -1,0 +1,27 @@
+"""benchmarks/gpu_check.py --quick: every row of the GPU table is measured by the real code paths (on CPU)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+@pytest.mark.slow  # bf16 on a CPU without bf16 units is slow: about a minute
+def test_gpu_check_quick_prints_every_row_of_its_table():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    for method in ("cmt", "ect", "ecd", "meanflow"):
+        for label in ("fp32", "fast"):
+            assert re.search(r"\| [0-9.]+ ms \|", rows[f"{method} step, {label}"])
+    assert re.search(r"error vs fp32 [0-9.]+e-0[1-4]", rows["trajectories 16 NFE, teacher bf16"])  # bf16 did run
+    assert "GPU-h" in rows["CIFAR-10 schedule, fast"] and "forward+backward fp32" in rows
