@@ -15,6 +15,7 @@ from cmt.labels import conditioned
 from cmt.nets import PRESETS, build_unet
 from cmt.precond import Denoiser
 from cmt.solvers import logsnr_sigmas, sample_trajectory
+from cmt.stages.midtrain import online_precision_error
 from cmt.trajectories import (
     INDEX,
     OnlineTrajectories,
@@ -166,3 +167,12 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, stored.distin
         int, subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.split()
     )
     assert seen > 100 and grown_kb < 32 * 1024
+
+
+def test_an_online_teacher_in_bf16_reports_its_endpoint_error_against_fp32(teacher):
+    """Midtrain's metric for ``compute.teacher_precision: bf16``: nonzero (bf16 did run), small, and the teacher's
+    own precision is left as it was; an fp32 teacher reports nothing."""
+    online = OnlineTrajectories(teacher, SPEC, None)
+    assert online_precision_error(online, "fp32") == {}
+    error = online_precision_error(online, "bf16")["teacher_precision_error"]
+    assert 1e-5 < error < 5e-2 and teacher.amp_dtype is None

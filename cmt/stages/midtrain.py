@@ -24,7 +24,7 @@ from cmt.meanflow import mean_velocity
 from cmt.precond import Denoiser
 from cmt.solvers import denoiser_calls
 from cmt.stages.student import StudentJob, finish, fit_student, init_student, job_label
-from cmt.train import LoopConfig, LossFn, resolve_device, set_precision
+from cmt.train import AMP_DTYPES, LoopConfig, LossFn, resolve_device, set_precision
 from cmt.trajectories import (
     OnlineTrajectories,
     StoredTrajectories,
@@ -122,12 +122,13 @@ def trajectory_source(
     return OnlineTrajectories(teacher.to(device).eval(), spec, train)
 
 
-def online_precision_error(source: TrajectorySource) -> dict:
-    """For an online teacher in reduced precision: the relative error of its trajectories against fp32 (a metric)."""
-    if not isinstance(source, OnlineTrajectories) or source.teacher.amp_dtype is None:
+def online_precision_error(source: TrajectorySource, precision: str) -> dict:
+    """For an online teacher in reduced ``precision``: the relative error of its trajectories against fp32 (a
+    metric)."""
+    if not isinstance(source, OnlineTrajectories) or AMP_DTYPES[precision] is None:
         return {}
-    error = precision_error(source.teacher, source.spec, source.data, source.teacher.amp_dtype)
-    print(f"online teacher in {source.teacher.amp_dtype}: trajectory error {error:.2e} relative to fp32")
+    error = precision_error(source.teacher, source.spec, source.data, AMP_DTYPES[precision])
+    print(f"online teacher in {precision}: trajectory error {error:.2e} relative to fp32")
     return {"teacher_precision_error": error}
 
 
@@ -145,7 +146,7 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
         cfg["max_trajectories"],
         job.compute.teacher_precision,
     )
-    precision_facts = online_precision_error(source)
+    precision_facts = online_precision_error(source, job.compute.teacher_precision)
     form, points = cfg["form"], cfg["points"]
     kind = "meanflow" if form == "flowmap" else "consistency"
     student, teacher_meta = init_student(
