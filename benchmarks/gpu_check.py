@@ -227,7 +227,8 @@ def main() -> None:
         steps = {}
         for method, (section, build) in objectives(s, data, teacher_dir, cmt_loss).items():
             for label, compute in (("fp32", PLAIN), ("fast", fast)):
-                how = method_compute(method, Compute.from_dict(compute))
+                how = Compute.from_dict(compute)
+                how = method_compute(method, how) if method in METHODS else how
                 seconds, peak = step_seconds(s, section, build, how, Path(tmp) / f"{method}-{label}")
                 steps[method, label] = seconds
                 note = (

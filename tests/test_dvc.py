@@ -22,7 +22,8 @@ def run(cwd: Path, *cmd: str) -> str:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "GIT_CONFIG_NOSYSTEM": "1",
     }
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    # timeout: a hang guard; `dvc repro` reruns the smoke pipeline
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     return proc.stdout + proc.stderr
 
