@@ -107,10 +107,8 @@ class DropoutNet(nn.Module):
 CFG = resolve({"name": "test"}, "schema defaults")["posttrain"]["ect"]  # p_mean -1.1, p_std 2, k 8, b 1, 1/(t - r)
 
 
-def test_ect_target_replays_the_dropout_mask(monkeypatch):
+def assert_replay(net, monkeypatch):
     """x_r is close to x_t (q = 1e4): the same mask keeps f_t - f_r small; other masks make it O(1) / (t - r)."""
-    torch.manual_seed(0)
-    net = DropoutNet().train()
     y = torch.randn(256, 3)
 
     def loss():
@@ -119,6 +117,11 @@ def test_ect_target_replays_the_dropout_mask(monkeypatch):
     shared = loss()
     monkeypatch.setattr(torch, "set_rng_state", lambda state: None)  # break the replay
     assert shared < 50 < 1000 * shared < loss()
+
+
+def test_ect_target_replays_the_dropout_mask(monkeypatch):
+    torch.manual_seed(0)
+    assert_replay(DropoutNet().train(), monkeypatch)
 
 
 def test_ect_rows_with_r_zero_target_the_clean_image():
@@ -211,14 +214,7 @@ def test_ect_target_replays_the_dropout_mask_of_a_compiled_network(monkeypatch):
     torch.manual_seed(0)
     net = DropoutNet().train()
     prepare_model(net, Compute.from_dict({"compile": True}))
-    y = torch.randn(256, 3)
-
-    def loss():
-        return float(ect_loss(net, y, torch.Generator().manual_seed(1), {**CFG, "q": 1e4}, 0, l2_norm).detach())
-
-    shared = loss()
-    monkeypatch.setattr(torch, "set_rng_state", lambda state: None)  # break the replay
-    assert shared < 50 < 1000 * shared < loss()
+    assert_replay(net, monkeypatch)
 
 
 def test_bf16_keeps_cmts_loss_within_1e_3_of_fp32_and_would_swamp_ects_finite_difference():

@@ -107,15 +107,20 @@ def test_resume_checkpoint_of_other_settings_is_not_used(tmp_path):
     assert fit(model4, loss_fn, CFG, tmp_path / "c", "run", seed=3, fingerprint="settings-a").resumed_from == 10
 
 
+def nan_at(bad_step, loss_fn):
+    """The loss function of a run whose loss turns NaN at ``bad_step``."""
+
+    def loss(net, step, gen):
+        value = loss_fn(net, step, gen)
+        return value * float("nan") if step == bad_step else value
+
+    return loss
+
+
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
     model, loss_fn = regression_problem()
-
-    def exploding(net, step, gen):
-        loss = loss_fn(net, step, gen)
-        return loss * float("nan") if step == 15 else loss
-
     with pytest.raises(NonFiniteLoss, match="at step 15.*last good checkpoint kept"):
-        fit(model, exploding, CFG, tmp_path, "boom", seed=0)
+        fit(model, nan_at(15, loss_fn), CFG, tmp_path, "boom", seed=0)
     state = torch.load(tmp_path / RESUME_FILE, weights_only=True)
     assert state["step"] == 10
 
@@ -270,13 +275,8 @@ def test_reading_the_loss_back_every_k_steps_changes_no_bit(tmp_path):
 
 def test_a_nan_loss_read_back_late_still_names_its_step_and_keeps_the_checkpoint_before_it(tmp_path):
     model, loss_fn = regression_problem()
-
-    def exploding(net, step, gen):
-        loss = loss_fn(net, step, gen)
-        return loss * float("nan") if step == 13 else loss
-
     with pytest.raises(NonFiniteLoss, match="at step 13.*last good checkpoint kept"):
-        fit(model, exploding, CFG, tmp_path, "boom", seed=0, compute=fast(sync_every=4))
+        fit(model, nan_at(13, loss_fn), CFG, tmp_path, "boom", seed=0, compute=fast(sync_every=4))
     assert torch.load(tmp_path / RESUME_FILE, weights_only=True)["step"] == 10
 
 
