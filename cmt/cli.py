@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Callable
 import yaml
 
 from cmt.config import JOB_KEY, ConfigError, load_config, resolve_params
+from cmt.preemption import EXIT_CODE as PREEMPTED_EXIT
+from cmt.preemption import Preempted
 from cmt.weights import MissingWeights, require_inception, require_lpips_trunk
 
 if TYPE_CHECKING:
@@ -297,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingWeights as err:
         print(f"missing weights: {err}", file=sys.stderr)
         return 1
+    except Preempted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return PREEMPTED_EXIT
     return 0
 
 

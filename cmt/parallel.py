@@ -117,6 +117,12 @@ def average(values: Tensor) -> Tensor:
     return values / world()
 
 
+def barrier() -> None:
+    """Wait until every process gets here (e.g. until rank 0 has written a checkpoint that all then rely on)."""
+    if world() > 1:
+        dist.barrier()
+
+
 def broadcast_module(module: nn.Module) -> None:
     """Rank 0's parameters and buffers on every process (replicas start identical whatever they loaded)."""
     if world() == 1:

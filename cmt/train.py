@@ -3,8 +3,10 @@
 ``fit`` runs an objective's ``loss(model, step, generator)`` under an optimiser, an EMA and an LR
 schedule, with: a progress bar (loss, images/s); periodic resume checkpoints in a work folder that
 is *not* a declared workflow output (a rerun after a kill continues from the last one); atomic
-writes; gradient hygiene (NaN -> 0, +-inf -> +-1e5, as the authors); and a stop with a message
-naming the step when the loss itself is NaN/inf, leaving the last good checkpoint in place.
+writes; gradient hygiene (NaN -> 0, +-inf -> +-1e5, as the authors); a stop with a message
+naming the step when the loss itself is NaN/inf, leaving the last good checkpoint in place; and, on SIGTERM or
+SIGUSR1 (SLURM's warning before a walltime kill, ``scancel``, preemption), a checkpoint of the step reached and an
+exit with ``cmt.preemption.Preempted``, so the retried job continues from there.
 
 Launched as N processes (``cmt.parallel``), each computes its share of the global batch, gradients are averaged
 over the processes after the backward pass, so weights, optimiser state and EMA stay identical on every rank;
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 from cmt import parallel
 from cmt.atomic import atomic_write_bytes, remove_stale_temporaries
 from cmt.config import fill_defaults, load_schema
+from cmt.preemption import Preempted, StopRequest
 from cmt.seeds import derived_seed
 
 RESUME_FILE = "resume.pt"
@@ -211,7 +214,7 @@ class NonFiniteLoss(RuntimeError):
 class FitResult:
     ema: nn.Module
     history: list[dict]
-    wall_seconds: float
+    wall_seconds: float  # all attempts together (the interrupted ones up to their last checkpoint)
     resumed_from: int
     replica_spread: float = 0.0  # several processes: how far the ranks' weights drifted apart (cmt.parallel)
 
@@ -260,33 +263,42 @@ def fit(
         history.append({"step": 0, "images": 0, **evaluate(ema, 0)})
         model.train()
     log = _LossLog(cfg, desc, work / RESUME_FILE, history, start)
-    for step in log.bar:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        before_training_step(model)
-        loss = loss_fn(model, step, generator)
-        done = step + 1
-        evaluating = evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.iterations)
-        saving = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations
-        log.add(step, loss.detach(), optimizer.param_groups[0]["lr"])
-        if done % compute.sync_every == 0 or done == cfg.iterations or evaluating or saving:
-            log.flush()  # host sync: stops at a non-finite loss before this step updates the weights
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        parallel.average_gradients(model)
-        clean_gradients(model)
-        optimizer.step()
-        ema_update(ema, model, ema_decay(cfg, step), compute.ema_foreach)
-        if main and evaluating:
-            history.append({"step": done, "images": done * cfg.batch_size, **evaluate(ema, done)})
-            model.train()
-        if main and saving:
-            atomic_write_bytes(work / RESUME_FILE, train_state.to_bytes(done))
+    with StopRequest() as stop:
+        for step in log.bar:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+            before_training_step(model)
+            loss = loss_fn(model, step, generator)
+            done = step + 1
+            last = done == cfg.iterations
+            evaluating = evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or last)
+            saving = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and not last
+            stopping = False
+            log.add(step, loss.detach(), optimizer.param_groups[0]["lr"])
+            if done % compute.sync_every == 0 or last or evaluating or saving:
+                # host sync: stops at a non-finite loss before this step updates the weights; every rank learns
+                # whether any of them was signalled, so all stop after the same step
+                stopping = log.flush(stop.requested is not None) and not last
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            parallel.average_gradients(model)
+            clean_gradients(model)
+            optimizer.step()
+            ema_update(ema, model, ema_decay(cfg, step), compute.ema_foreach)
+            if main and evaluating:
+                history.append({"step": done, "images": done * cfg.batch_size, **evaluate(ema, done)})
+                model.train()
+            if main and (saving or stopping):
+                atomic_write_bytes(work / RESUME_FILE, train_state.to_bytes(done, log.seconds()))
+            if stopping:
+                parallel.barrier()  # the checkpoint is on disk before any process exits
+                log.bar.close()
+                raise Preempted(f"{desc}: stopped by a signal after step {done}; checkpoint {work / RESUME_FILE}")
     log.bar.close()
     spread = parallel.replica_spread(model, ema)
     if spread:
         _say(f"{desc}: the {parallel.world()} replicas differ by up to {spread:.3g} (they should agree exactly)")
-    return FitResult(ema, history, log.seconds(), start, spread)
+    return FitResult(ema, history, train_state.seconds + log.seconds(), start, spread)
 
 
 def _rank_seed(seed: int, step: int) -> int:
@@ -321,8 +333,10 @@ class _LossLog:
     def add(self, step: int, loss: Tensor, lr: float) -> None:
         self.pending.append((step, loss.float(), lr))
 
-    def flush(self) -> None:
-        values = parallel.average(torch.stack([loss for _, loss, _ in self.pending])).tolist()
+    def flush(self, stop: bool = False) -> bool:
+        """Read the pending losses back; returns whether any process asked to stop (``stop`` is this one's wish)."""
+        losses = [loss for _, loss, _ in self.pending]
+        *values, stops = parallel.average(torch.stack([*losses, torch.full_like(losses[0], float(stop))])).tolist()
         for (step, _, lr), value in zip(self.pending, values):
             if not math.isfinite(value):
                 kept = (
@@ -337,8 +351,10 @@ class _LossLog:
         rate = (done - self.start) * self.cfg.batch_size / max(self.seconds(), 1e-9)
         self.bar.set_postfix(loss=f"{values[-1]:.4g}", img_s=f"{rate:.0f}", refresh=False)
         self.pending = []
+        return stops > 0
 
     def seconds(self) -> float:
+        """Wall time of this process's part of the run (since start or resume)."""
         return time.perf_counter() - self.t0
 
 
@@ -353,10 +369,13 @@ class _TrainState:
     history: list[dict]
     fingerprint: str
     extra: Stateful | None = None
+    seconds: float = 0.0  # training wall time of the attempts before a resume
 
-    def to_bytes(self, step: int) -> bytes:
+    def to_bytes(self, step: int, seconds: float) -> bytes:
+        """The checkpoint after ``step`` steps, ``seconds`` of them spent since this attempt started."""
         state = {
             "step": step,
+            "seconds": self.seconds + seconds,
             "fingerprint": self.fingerprint,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
@@ -395,6 +414,7 @@ class _TrainState:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.history.extend(state["history"])
+        self.seconds = float(state.get("seconds", 0.0))
         return int(state["step"])
 
 

@@ -3,6 +3,7 @@ resume with another process count, and training jobs launched by ``accelerate la
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from functools import partial
@@ -19,8 +20,9 @@ from cmt import parallel
 from cmt.checkpoints import save_denoiser
 from cmt.config import load_config
 from cmt.launch import launcher
+from cmt.preemption import Preempted
 from cmt.stages.teacher import build_denoiser
-from cmt.train import fit
+from cmt.train import RESUME_FILE, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -115,6 +117,36 @@ def test_a_run_checkpointed_by_one_process_resumes_with_two(tmp_path):
         train_sharded(str(tmp_path / "run"), kill=10)  # last checkpoint: step 8
     resumed = in_processes(2, partial(train_sharded, str(tmp_path / "run")), tmp_path)
     assert resumed["resumed_from"] == 8
+    for a, b in zip(one["ema"], resumed["ema"]):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def _signalled_on_rank_one(work: str):
+    """A two-process fit in which only rank 1 receives SIGTERM (during step 6); what each rank stopped with."""
+    model, loss_fn = sharded_regression()
+
+    def loss(net, step, gen):
+        if step == 5 and parallel.rank() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss_fn(net, step, gen)
+
+    try:
+        fit(model, loss, CFG, work, "p", seed=5)
+        stopped = "finished"
+    except Preempted as err:
+        stopped = str(err)
+    everyone = [None] * parallel.world()
+    dist.all_gather_object(everyone, stopped)
+    return everyone
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_and_the_run_resumes_exactly(tmp_path):
+    one = train_sharded(str(tmp_path / "ref"))
+    stops = in_processes(2, partial(_signalled_on_rank_one, str(tmp_path / "run")), tmp_path)
+    assert all(message.startswith("p: stopped by a signal after step 6;") for message in stops), stops
+    assert torch.load(tmp_path / "run" / RESUME_FILE, weights_only=True)["step"] == 6  # periodic ones: 4, 8
+    resumed = train_sharded(str(tmp_path / "run"))
+    assert resumed["resumed_from"] == 6
     for a, b in zip(one["ema"], resumed["ema"]):
         assert torch.allclose(a, b, atol=1e-6)
 

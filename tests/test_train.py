@@ -1,6 +1,7 @@
 """The shared training loop: schedules, EMA, resume after a kill, NaN stop, gradient hygiene."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from cmt.atomic import PART_SUFFIX
+from cmt.preemption import Preempted
 from cmt.train import (
     RESUME_FILE,
     Compute,
@@ -91,6 +93,64 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, capsys):
     assert resumed.history == ref.history
     for a, b in zip(resumed.ema.parameters(), ref.ema.parameters()):
         assert torch.equal(a, b)
+
+
+def signalled_at(step_hit, loss_fn, signum=signal.SIGTERM):
+    """The loss function of a run that receives ``signum`` (as from SLURM) while computing step ``step_hit``."""
+
+    def loss(net, step, gen):
+        if step == step_hit:
+            os.kill(os.getpid(), signum)
+        return loss_fn(net, step, gen)
+
+    return loss
+
+
+@pytest.mark.parametrize(("signum", "sync_every", "saved"), [(signal.SIGTERM, 1, 23), (signal.SIGUSR1, 4, 24)])
+def test_a_signal_saves_the_step_reached_and_the_resumed_run_ends_on_the_uninterrupted_bytes(
+    tmp_path, capsys, signum, sync_every, saved
+):
+    """A signal during the 23rd step (the last periodic checkpoint holds 20): the run finishes that step, saves 23
+    steps and raises Preempted; reading the loss back every 4 steps, the stop waits for the next read (24)."""
+    compute = fast(sync_every=sync_every)
+    ref_model, loss_fn = regression_problem()
+    ref = fit(ref_model, loss_fn, CFG, tmp_path / "ref", "ref", seed=3, compute=compute)
+    model, loss_fn = regression_problem()
+    with pytest.raises(Preempted, match=f"run: stopped by a signal after step {saved}; checkpoint .*{RESUME_FILE}"):
+        fit(model, signalled_at(22, loss_fn, signum), CFG, tmp_path / "run", "run", seed=3, compute=compute)
+    assert torch.load(tmp_path / "run" / RESUME_FILE, weights_only=True)["step"] == saved
+    assert signal.getsignal(signum) is signal.SIG_DFL  # the default action is back once fit returns
+    model2, loss_fn2 = regression_problem()
+    resumed = fit(model2, loss_fn2, CFG, tmp_path / "run", "run", seed=3, compute=compute)
+    assert resumed.resumed_from == saved
+    assert resumed.history == ref.history
+    assert all(torch.equal(a, b) for a, b in zip(resumed.ema.parameters(), ref.ema.parameters()))
+
+
+def test_a_signal_on_the_last_step_finishes_the_run_instead(tmp_path):
+    model, loss_fn = regression_problem()
+    result = fit(model, signalled_at(CFG.iterations - 1, loss_fn), CFG, tmp_path, "end", seed=3)
+    assert len([h for h in result.history if "loss" in h]) == CFG.iterations
+    assert not (tmp_path / RESUME_FILE).exists() or torch.load(tmp_path / RESUME_FILE)["step"] < CFG.iterations
+
+
+def test_wall_seconds_add_up_over_a_resume(tmp_path):
+    """The record's training time is the interrupted attempt's (to its checkpoint) plus the resumed one's."""
+    model, loss_fn = regression_problem()
+    slow = 0.05
+
+    def sleepy(net, step, gen):
+        time.sleep(slow)
+        return loss_fn(net, step, gen)
+
+    with pytest.raises(Preempted):
+        fit(model, signalled_at(14, sleepy), CFG, tmp_path, "w", seed=3)
+    first = torch.load(tmp_path / RESUME_FILE, weights_only=True)["seconds"]
+    assert first >= 15 * slow
+    model2, _ = regression_problem()
+    resumed = fit(model2, sleepy, CFG, tmp_path, "w", seed=3)
+    assert resumed.resumed_from == 15
+    assert resumed.wall_seconds >= first + (CFG.iterations - 15) * slow
 
 
 def test_resume_checkpoint_of_other_settings_is_not_used(tmp_path):
