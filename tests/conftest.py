@@ -55,8 +55,11 @@ def planned_jobs(output: str) -> dict[str, int]:
 
 
 def copy_project(dest: Path) -> Path:
-    for folder in ("workflow", "config", "envs"):
+    """The workflow's files in ``dest``, the profiles' root links (``--profile slurm``, ``--profile local``) too."""
+    for folder in ("workflow", "config", "envs", "profiles"):
         shutil.copytree(ROOT / folder, dest / folder)
+    for link in ("slurm", "local"):
+        (dest / link).symlink_to(os.readlink(ROOT / link))
     return dest
 
 
@@ -65,6 +68,43 @@ def smoke(tmp_path_factory):
     work = copy_project(tmp_path_factory.mktemp("project"))
     snakemake(work, "--cores", "2", "all", "--configfile", "config/smoke.yaml")
     return work
+
+
+SWEEP = {  # a reduced sweep on the smoke project: two new trajectory sets, three CMT variants, three post-trainings
+    "seeds": [0],
+    "trajectory_sets": {"solvers": ["dpmpp3m_legacy", "heun"], "nfes": [4]},
+    "cmt": {"base": {}, "flowmap": {"form": "flowmap"}, "traj128": {"max_trajectories": 128}},
+    "post": {
+        "methods": ["ecd", "meanflow"],
+        "inits": ["cmt"],
+        "cmt_variant": {"ecd": "base", "meanflow": "flowmap"},
+    },
+    "budget": {"short": ["traj128", 20]},
+    "variant_post": [],
+}
+
+
+def sweep_overlay(folder: Path) -> Path:
+    """``SWEEP`` as a config overlay; the default sweep's other entries are dropped by setting them to null."""
+    import yaml
+
+    sweep = {**SWEEP}
+    default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["ablations"]
+    for name in ("cmt", "budget"):
+        sweep[name] = {**sweep[name], **{key: None for key in default[name] if key not in sweep[name]}}
+    path = folder / "ab-smoke.yaml"
+    path.write_text(yaml.safe_dump({"ablations": sweep}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def swept(smoke, tmp_path_factory):
+    """The smoke project after the reduced sweep's `all_ablations` (run locally); its arguments and the jobs its
+    dry run planned beforehand."""
+    args = ("--configfile", "config/smoke.yaml", str(sweep_overlay(tmp_path_factory.mktemp("sweep"))))
+    planned = planned_jobs(snakemake(smoke, "-n", "all_ablations", *args).stdout)
+    snakemake(smoke, "--cores", "2", "all_ablations", *args)
+    return args, planned
 
 
 class CountingTeacher(torch.nn.Module):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, SNAKEMAKE, copy_project, planned_jobs, snakemake
+from conftest import SNAKEMAKE, copy_project, planned_jobs, snakemake
 from edm_standin import edm_snapshot, write_pickle
 from image_standins import write_image_folder, write_inception
 from PIL import Image
@@ -217,27 +217,10 @@ def test_fetched_teacher_with_wrong_sha256_is_refused(smoke, tmp_path):
     assert (project / "results" / "fetched" / "teacher" / "samples.png").exists()
 
 
-def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, tmp_path):
-    """A reduced sweep on the smoke project: the main run's jobs are reused, every other job runs once."""
-    sweep = {
-        "seeds": [0],
-        "trajectory_sets": {"solvers": ["dpmpp3m_legacy", "heun"], "nfes": [4]},
-        "cmt": {"base": {}, "flowmap": {"form": "flowmap"}, "traj128": {"max_trajectories": 128}},
-        "post": {
-            "methods": ["ecd", "meanflow"],
-            "inits": ["cmt"],
-            "cmt_variant": {"ecd": "base", "meanflow": "flowmap"},
-        },
-        "budget": {"short": ["traj128", 20]},
-        "variant_post": [],
-    }
-    default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["ablations"]
-    for name in ("cmt", "budget"):  # an overlay drops the default sweep's other entries by setting them to null
-        sweep[name] |= {key: None for key in default[name] if key not in sweep[name]}
-    path = tmp_path / "ab-smoke.yaml"
-    path.write_text(yaml.safe_dump({"ablations": sweep}))
-    args = ("--configfile", "config/smoke.yaml", str(path))
-    planned = planned_jobs(snakemake(smoke, "-n", "all_ablations", *args).stdout)
+def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, swept):
+    """A reduced sweep on the smoke project (conftest.SWEEP): the main run's jobs are reused, every other job runs
+    once."""
+    args, planned = swept
     # the main run's teacher, trajectories, base CMT and evaluations are reused; only new jobs are planned
     assert {k: planned[k] for k in ("midtrain", "posttrain", "trajectories")} == {
         "midtrain": 4,  # base on 2 new sets, flowmap, traj128
@@ -245,7 +228,6 @@ def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, tmp_path):
         "trajectories": 2,
     }
     assert "teacher" not in planned
-    snakemake(smoke, "--cores", "2", "all_ablations", *args)
     results = smoke / "results" / "smoke"
     assert (results / "post" / "meanflow-cmt" / "flowmap" / "it40" / "s0" / "model.safetensors").exists()
     assert (results / "eval" / "mid" / "base" / "heun-nfe4" / "s0" / "scores.json").exists()
@@ -361,6 +343,29 @@ def test_the_determinism_switch_reaches_every_job_on_the_device(smoke, tmp_path)
         "report": 1,
         "all": 1,
     }
+
+
+@pytest.mark.parametrize("request_form", ["gpus", "gres"])
+def test_the_slurm_profile_found_from_the_project_root_spells_gpu_jobs_for_the_site(project, monkeypatch, request_form):
+    """`--profile slurm -n` (the root link to profiles/slurm) on a paper config: GPU jobs go to the GPU partition
+    with the site's model, as --gpus (gpu, gpu_model) or --gres; CPU jobs to the default partition, without either;
+    runtime in minutes from the config's units, times the attempt."""
+    site = {"CMT_SLURM_ACCOUNT": "lab", "CMT_SLURM_PARTITION": "cpu", "CMT_SLURM_GPU_PARTITION": "gpu",
+            "CMT_SLURM_GPU_MODEL": "h100", "CMT_SLURM_GPU_REQUEST": request_form}  # fmt: skip
+    for name, value in site.items():
+        monkeypatch.setenv(name, value)
+    proc = snakemake(project, "--profile", "slurm", "-n", "--forceall", "all_ablations", "--configfile",
+                     "config/config.yaml", "config/cifar10.yaml")  # fmt: skip
+    assert "Using profiles slurm and workflow specific profile" in proc.stderr
+    dry = proc.stdout
+    found = job_resources(dry)
+    midtrain = next(res for rule, res in found.values() if rule == "midtrain")
+    dataset = next(res for rule, res in found.values() if rule == "dataset")
+    gpu = "gres=gpu:h100:1" if request_form == "gres" else "gpu=1, gpu_model=h100"
+    assert "slurm_account=lab" in midtrain and "slurm_partition=gpu" in midtrain and gpu in midtrain
+    assert "runtime=2880" in midtrain and "slurm_extra=--signal=TERM@300" in midtrain  # 48h
+    assert ("gpu=1" in midtrain) == (request_form == "gpus")
+    assert "slurm_partition=cpu" in dataset and "gpu_model" not in dataset and "gres" not in dataset
 
 
 def test_the_teacher_rule_fetches_an_edm_pickle_over_http_and_converts_it_once(tmp_path):

@@ -4,7 +4,9 @@ import json
 import os
 import sys
 
-from cmt import jobs
+from snakemake.exceptions import WorkflowError
+
+from cmt import jobs, slurm
 from cmt.launch import training_launcher
 from cmt.config import config_layers, merge_layers, resolve, scaled_resources
 
@@ -30,7 +32,7 @@ FID_REF = f"{RESULTS}/{jobs.fid_ref_path(config['evaluate']['fid']['mode'])}"
 WORK = f"work/{config['name']}"  # resume checkpoints: never a declared output, so never deleted by Snakemake
 MLFLOW_DB = f"{RESULTS}/mlflow.db"
 # Jobs run `python -m cmt <verb>`; a training rule with resources gpu > 1 runs `accelerate launch ... -m cmt <verb>`
-# (launch(group)), and CMT_LAUNCH, when set, replaces either for training rules. `python` is the interpreter running
+# (training(group)), and CMT_LAUNCH, when set, replaces either for training rules. `python` is the interpreter running
 # Snakemake (its folder goes first on PATH for the jobs).
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
@@ -39,10 +41,14 @@ DEVICE = ("device", "deterministic")  # how a torch job runs: every job on the d
 TRAINING = (*DEVICE, "compute")  # a training job also reads its fast paths (recorded in its params)
 
 
-def launch(group):
-    """How the rule group's training verb starts (cmt/launch.py), escaped for Snakemake's shell formatting."""
+def training(group, verb=None):
+    """The start of a training rule's shell command (cmt/launch.py), escaped for Snakemake's shell formatting.
+
+    `exec`: the trainer replaces the shell, so SLURM's SIGTERM (walltime warning, scancel, preemption) reaches it
+    with no shell that would die first; it saves a resume checkpoint and exits, and Snakemake waits for it."""
     words = training_launcher(config["resources"][group]["gpu"], config["compute"]["precision"])
-    return words.replace("{", "{{").replace("}", "}}")
+    start = words.replace("{", "{{").replace("}", "}}")
+    return f"exec env OMP_NUM_THREADS={{threads}} {start} -m cmt {verb or group} --params {{params.cfg:q}}"
 
 
 def subtree(*keys, **extra):
@@ -55,13 +61,30 @@ def threads_of(group):
 
 
 def resources_of(group):
-    """The rule group's resources from config; memory and runtime scale with the attempt."""
+    """The rule group's resources from config; memory and runtime scale with the attempt. A GPU request is spelt
+    as the SLURM site wants it (cmt/slurm.py: partition, model, --gpus or --gres from the environment)."""
     entry = config["resources"][group]
     return {
-        "gpu": entry["gpu"],
+        **slurm.gpu_resources(entry["gpu"], os.environ),
         "mem_mb": lambda wildcards, attempt: scaled_resources(entry, attempt)["mem_mb"],
         "runtime": lambda wildcards, attempt: scaled_resources(entry, attempt)["runtime"],
     }
+
+
+SLURM_PROFILE = "profiles/slurm/config.yaml"  # where a cluster user sets the account and partition
+
+
+def check_slurm_requests():
+    """Before a SLURM run submits its first job: every job's account, partition, GPUs, CPUs, memory and runtime
+    against the cluster (sinfo, sacctmgr); one error lists every cause. Other executors, and dry runs, skip it."""
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name != "slurm" or workflow.dryrun:
+        return
+    remote = [job for job in workflow.dag.needrun_jobs() if not job.is_local]
+    requests = [slurm.Request.of(job.rule.name, job.resources, job.threads) for job in remote]
+    found = slurm.problems(requests, slurm.cluster_nodes(), slurm.user_accounts(), SLURM_PROFILE)
+    if found:
+        raise WorkflowError("SLURM settings to fix before anything is submitted:\n  " + "\n  ".join(found))
 
 
 def optional(flag, paths):

@@ -29,6 +29,6 @@ rule midtrain:
     benchmark:
         f"{RESULTS}/benchmarks/{MID_JOB}.tsv"
     shell:
-        f"OMP_NUM_THREADS={{threads}} {launch('midtrain')} -m cmt midtrain --params {{params.cfg:q}}"
+        f"{training('midtrain')}"
         " --teacher {params.teacher} {params.traj} {params.featnet}"
         " --out {params.out} --work {params.work} > {log} 2>&1"

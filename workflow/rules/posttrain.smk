@@ -28,6 +28,6 @@ rule posttrain:
     benchmark:
         f"{RESULTS}/benchmarks/{POST_JOB}.tsv"
     shell:
-        f"OMP_NUM_THREADS={{threads}} {launch('posttrain')} -m cmt posttrain --params {{params.cfg:q}}"
+        f"{training('posttrain')}"
         " --method {wildcards.method} --init {wildcards.init} {params.init} --teacher {params.teacher}"
         " {params.featnet} --out {params.out} --work {params.work} > {log} 2>&1"

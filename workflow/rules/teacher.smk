@@ -19,7 +19,7 @@ rule teacher:
     benchmark:
         f"{RESULTS}/benchmarks/teacher.tsv"
     shell:
-        f"OMP_NUM_THREADS={{threads}} {launch('teacher')} -m cmt teacher --params {{params.cfg:q}}"
+        f"{training('teacher')}"
         " --out {params.out} --work {params.work} > {log} 2>&1"
 
 
@@ -41,5 +41,5 @@ rule featnet:
     benchmark:
         f"{RESULTS}/benchmarks/featnet.tsv"
     shell:
-        f"OMP_NUM_THREADS={{threads}} {launch('featnet')} -m cmt featnet --params {{params.cfg:q}}"
+        f"{training('featnet')}"
         " --out {output.net} > {log} 2>&1"
