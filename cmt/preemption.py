@@ -7,7 +7,9 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what SLURM sends ahead of a kill (`--signal=USR1@s` is common)
+# what SLURM sends ahead of a kill; our profile asks for TERM (`--signal=TERM@300`): Snakemake's job step waits for
+# its job on SIGTERM but dies on SIGUSR1, which batch scripts with `--signal=B:USR1@s` forward themselves
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 EXIT_CODE = 128 + signal.SIGTERM  # the shell's code for "terminated by SIGTERM": a failed attempt, to be retried
 
 

@@ -11,6 +11,7 @@ at once, before the first submission.
 from __future__ import annotations
 
 import getpass
+import math
 import re
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -102,16 +103,15 @@ def parse_gres(text: str) -> dict[str, int]:
 
 
 def parse_time_limit(text: str) -> int | None:
-    """SLURM's ``[days-]hours:minutes:seconds`` (or ``minutes``, ``infinite``) in minutes; None when unlimited."""
+    """SLURM's ``[days-]hours:minutes:seconds``, ``minutes:seconds`` or ``minutes`` in whole minutes (rounded up);
+    None when unlimited (SLURM's sbatch manual, ``--time``)."""
     text = text.strip()
     if text.lower() in ("infinite", "unlimited", "n/a", ""):
         return None
     days, _, clock = text.rpartition("-")
     parts = [int(p) for p in clock.split(":")]
-    seconds = {1: lambda: parts[0] * 60, 2: lambda: parts[0] * 60 + parts[1]}.get(
-        len(parts), lambda: parts[0] * 3600 + parts[1] * 60 + parts[2]
-    )()
-    return int(days or 0) * 1440 + -(-seconds // 60)
+    hours, minutes, seconds = (0, parts[0], 0) if len(parts) == 1 else ([0, *parts])[-3:]
+    return int(days or 0) * 1440 + hours * 60 + minutes + math.ceil(seconds / 60)
 
 
 def parse_sinfo(text: str) -> list[Node]:

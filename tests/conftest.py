@@ -20,6 +20,8 @@ for var, sub in {
 }.items():
     os.environ.setdefault(var, os.path.join(_HOME, sub))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+for var in [v for v in os.environ if v.startswith("CMT_SLURM_")]:  # a user's cluster settings (cmt/slurm.py)
+    del os.environ[var]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,14 +41,15 @@ DEVICE = ("device", "deterministic")  # how a torch job runs: every job on the d
 TRAINING = (*DEVICE, "compute")  # a training job also reads its fast paths (recorded in its params)
 
 
-def training(group, verb=None):
-    """The start of a training rule's shell command (cmt/launch.py), escaped for Snakemake's shell formatting.
+def training(group):
+    """The start of a training rule's shell command (its verb is the group's name; the launcher: cmt/launch.py),
+    escaped for Snakemake's shell formatting.
 
     `exec`: the trainer replaces the shell, so SLURM's SIGTERM (walltime warning, scancel, preemption) reaches it
     with no shell that would die first; it saves a resume checkpoint and exits, and Snakemake waits for it."""
     words = training_launcher(config["resources"][group]["gpu"], config["compute"]["precision"])
     start = words.replace("{", "{{").replace("}", "}}")
-    return f"exec env OMP_NUM_THREADS={{threads}} {start} -m cmt {verb or group} --params {{params.cfg:q}}"
+    return f"exec env OMP_NUM_THREADS={{threads}} {start} -m cmt {group} --params {{params.cfg:q}}"
 
 
 def subtree(*keys, **extra):
