@@ -87,7 +87,8 @@ def cancel_midtrain_after_its_first_checkpoint(project: Path, proc: subprocess.P
         assert proc.poll() is None and time.monotonic() < deadline, "the CMT job never wrote a resume checkpoint"
         time.sleep(0.2)
     queue = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True, check=True).stdout
-    job = next(line.split()[0] for line in queue.splitlines() if line.split()[1].startswith("rule_midtrain"))
+    job = next((line.split()[0] for line in queue.splitlines() if line.split()[1].startswith("rule_midtrain")), None)
+    assert job, f"the CMT job left the queue before it could be cancelled:\n{queue}"
     subprocess.run(["scancel", job], check=True)
     return job
 
