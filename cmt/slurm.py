@@ -157,16 +157,14 @@ def problems(requests: Iterable[Request], nodes: list[Node], accounts: set[str] 
     refuses any account, so none must be given); ``profile``: the file to edit."""
     found: dict[str, None] = {}  # an ordered set: one message per cause, however many jobs share it
     partitions = {n.partition for n in nodes}
+    known = f"the cluster's partitions: {', '.join(sorted(partitions))}"
     for r in requests:
         found.update(dict.fromkeys(_account_problems(r.account, accounts, profile)))
         if placeholder(r.partition) or not r.partition:
-            found[
-                f"slurm_partition is not set ({r.partition or 'empty'}): export {PARTITION_VAR}=<partition> or "
-                f"set it in {profile}; the cluster's partitions: {', '.join(sorted(partitions))}"
-            ] = None
+            how = f"export {PARTITION_VAR}=<partition> or set it in {profile}"
+            found[f"slurm_partition is not set ({r.partition or 'empty'}): {how}; {known}"] = None
         elif r.partition not in partitions:
-            known = ", ".join(sorted(partitions))
-            found[f"partition {r.partition!r} (rule {r.rule}) does not exist; the cluster's partitions: {known}"] = None
+            found[f"partition {r.partition!r} (rule {r.rule}) does not exist; {known}"] = None
         elif all(lacking := [_fits(r, n) for n in nodes if n.partition == r.partition]):
             hint = f"; set {GPU_PARTITION_VAR} to a partition with GPUs" if r.gpu and "GPUs" in lacking[0][0] else ""
             found[f"rule {r.rule} asks partition {r.partition!r} for {'; '.join(lacking[0])}{hint}"] = None
@@ -178,15 +176,13 @@ def _account_problems(account: str, accounts: set[str] | None, profile: str) -> 
     if placeholder(account):
         none = f" ({ACCOUNT_VAR}= , empty, on a cluster without accounting)" if accounts is None else ""
         return [f"slurm_account is not set ({account}): {how}{none}"]
+    if accounts is None and not account:
+        return []
     if accounts is None:
-        return (
-            []
-            if not account
-            else [
-                f"slurm_account {account!r} cannot be used: this cluster has no accounting (sacctmgr and sshare fail), "
-                f"and the SLURM plugin refuses an account it cannot check; export {ACCOUNT_VAR}= (empty)"
-            ]
-        )
+        return [
+            f"slurm_account {account!r} cannot be used: this cluster has no accounting (sacctmgr and sshare fail), "
+            f"and the SLURM plugin refuses an account it cannot check; export {ACCOUNT_VAR}= (empty)"
+        ]
     if account.lower() not in accounts:
         given = f"slurm_account {account!r} is not one of your accounts" if account else "slurm_account is empty"
         return [f"{given}: {how}; yours: {', '.join(sorted(accounts))}"]
