@@ -30,16 +30,23 @@ from pathlib import Path
 
 import torch
 
-from cmt.checkpoints import save_denoiser
 from cmt.config import load_config
 from cmt.data import ImageDataset
 from cmt.nets import add_second_time, build_network, network_config
+from cmt.objectives import registry
+from cmt.objectives.base import Context
+from cmt.objectives.registry import Method
 from cmt.precond import Denoiser
-from cmt.stages import midtrain
-from cmt.stages.posttrain.runner import METHODS, make_loss, method_compute
-from cmt.stages.student import set_dropout
+from cmt.stages.posttrain.runner import make_loss, method_compute
+from cmt.stages.student import set_dropout, student_loss
 from cmt.train import Compute, LoopConfig, fit, prepare_model
-from cmt.trajectories import OnlineTrajectories, precision_error, trajectory_spec
+from cmt.trajectories import (
+    OnlineTrajectories,
+    TrajectoryBatches,
+    precision_error,
+    trajectory_section,
+    trajectory_spec,
+)
 from cmt.weights import MissingWeights, require_lpips_trunk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,30 +133,38 @@ def trajectories(s: Setting, precision: str, data: ImageDataset) -> tuple[float,
     return rate, peak, error
 
 
-def objectives(s: Setting, data: ImageDataset, teacher_dir: Path, cmt_loss: str) -> dict[str, tuple[dict, Callable]]:
-    """method -> (its loop section, a factory of (student, loss)) at the paper's settings."""
+def objectives(s: Setting, data: ImageDataset, cmt_loss: str) -> dict[str, tuple[Method, dict, Callable]]:
+    """name -> (its registry entry, its loop section, a factory of (student, loss)) at the paper's settings: CMT's
+    consistency form on online trajectories and every registered post-training method."""
     cfg, device = s.config, s.device
-    traj = {**cfg["trajectories"], "sigma_min": cfg["precond"]["sigma_min"], "sigma_max": cfg["precond"]["sigma_max"]}
     mid = {**cfg["midtrain"], "loss": cmt_loss, "lpips_resize": None}
+    shape = network(s).model.cfg.image_shape
+
+    def context(teacher: Denoiser | None = None) -> Context:
+        return Context(cfg["precond"]["sigma_min"], cfg["precond"]["sigma_max"], shape, device, teacher)
 
     def cmt() -> tuple[Denoiser, Callable]:
         teacher = network(s).eval()
-        source = OnlineTrajectories(teacher, trajectory_spec(traj, teacher.model.cfg.image_shape), data)
-        steps = len(source.sigmas) - 1
-        per_step = midtrain.trajectories_per_step(mid["batch_size"], steps, "consistency", "all")
-        loss = midtrain.make_loss(mid, "consistency", "all", source, steps, per_step, device)
+        source = OnlineTrajectories(teacher, trajectory_spec(trajectory_section(cfg), shape), data)
+        objective = registry.build(registry.method("midtrain", "consistency"), mid, context())
+        per_step = objective.trajectories_per_step(mid["batch_size"], len(source.sigmas) - 1)
+        loss = student_loss(objective, TrajectoryBatches(source, objective, per_step, device))
         return set_dropout(network(s), mid["dropout"]), loss
 
-    def post(method: str) -> Callable[[], tuple[Denoiser, Callable]]:
+    def post(entry: Method) -> Callable[[], tuple[Denoiser, Callable]]:
         def build() -> tuple[Denoiser, Callable]:
-            section = cfg["posttrain"][method]
-            loss = make_loss(method, section, data, cfg["data"]["loader"], 0, 0, teacher_dir, device)
-            return set_dropout(network(s, second_time=method == "meanflow"), section["dropout"]), loss
+            section = cfg["posttrain"][entry.name]
+            teacher = network(s).eval().requires_grad_(False) if "teacher" in entry.reads else None
+            loss, _ = make_loss(entry, section, data, 0, context(teacher), 0, cfg["data"]["loader"])
+            student = network(s, second_time=entry.model_kind.second_time)
+            return set_dropout(student, section["dropout"]), loss
 
         return build
 
-    found = {"cmt": (mid, cmt)}
-    found.update({m: (cfg["posttrain"][m], post(m)) for m in METHODS})
+    found = {"cmt": (registry.method("midtrain", "consistency"), mid, cmt)}
+    for name in registry.names("posttrain"):
+        entry = registry.method("posttrain", name)
+        found[name] = (entry, cfg["posttrain"][name], post(entry))
     return found
 
 
@@ -196,7 +211,7 @@ def setting(quick: bool) -> Setting:
         )
     config = load_config(ROOT / "config" / "config.yaml")
     config["midtrain"]["batch_size"] = config["trajectories"]["nfe"]
-    for method in METHODS:
+    for method in registry.names("posttrain"):
         config["posttrain"][method]["batch_size"] = 8
     return Setting(config, device, batch=8, warmup=1, steps=2)
 
@@ -222,19 +237,16 @@ def main() -> None:
         note = f"error vs fp32 {error:.1e}" if precision == "bf16" else ""
         print(row(f"trajectories 16 NFE, teacher {precision}", f"{rate:.0f} traj/s", peak, note), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        teacher_dir = Path(tmp) / "teacher"
-        save_denoiser(teacher_dir, network(s).cpu(), {"stage": "teacher"})
         steps = {}
-        for method, (section, build) in objectives(s, data, teacher_dir, cmt_loss).items():
+        for method, (entry, section, build) in objectives(s, data, cmt_loss).items():
             for label, compute in (("fp32", PLAIN), ("fast", fast)):
-                how = Compute.from_dict(compute)
-                how = method_compute(method, how) if method in METHODS else how
+                how = method_compute(entry, Compute.from_dict(compute))
                 seconds, peak = step_seconds(s, section, build, how, Path(tmp) / f"{method}-{label}")
                 steps[method, label] = seconds
                 note = (
                     f"loss {cmt_loss}"
                     if method == "cmt"
-                    else ("" if label == "fp32" else "precision fp32: FP32_REASONS")
+                    else ("" if label == "fp32" or not entry.fp32_reason else f"fp32: {entry.fp32_reason}")
                 )
                 print(row(f"{method} step, {label}", f"{1e3 * seconds:.1f} ms", peak, note), flush=True)
     mid, post = s.config["midtrain"]["iterations"], s.config["posttrain"]["ect"]["iterations"]

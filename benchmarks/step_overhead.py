@@ -22,6 +22,8 @@ import torch
 from cmt.config import resolve
 from cmt.data import load_digits
 from cmt.nets import build_network, network_config
+from cmt.objectives import registry
+from cmt.objectives.base import Context
 from cmt.precond import Denoiser
 from cmt.solvers import logsnr_sigmas, sample_trajectory
 from cmt.stages.posttrain.runner import make_loss
@@ -34,7 +36,9 @@ def trainer_step_ratio(steps: int, repeats: int) -> tuple[float, float]:
     """(median seconds per step of fit, of the bare loop)."""
     cfg = resolve({"name": "bench"}, "bench")
     ect = {**cfg["posttrain"]["ect"], "iterations": steps, "checkpoint_every": 0, "eval_every": 0}
-    loss_fn = make_loss("ect", ect, load_digits(), cfg["data"]["loader"], 0, 0, None, CPU)
+    data = load_digits()
+    context = Context(cfg["precond"]["sigma_min"], cfg["precond"]["sigma_max"], data.shape, CPU)
+    loss_fn, _ = make_loss(registry.method("posttrain", "ect"), ect, data, 0, context, 0, cfg["data"]["loader"])
     torch.manual_seed(0)
     template = Denoiser(build_network(network_config(cfg["network"])))
     loop = LoopConfig.from_dict(ect)

@@ -18,9 +18,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from cmt import parallel
 from cmt.data import ImageDataset, ImageFiles, Images, to_unit
+from cmt.objectives.base import ImageBatch
 from cmt.seeds import derived_seed
-
-Batch = tuple[Tensor, Tensor | None]  # images (n, C, H, W) float32 in [-1, 1] on the device, labels or None
 
 
 def flip_rows(images: Tensor, flip: Tensor) -> Tensor:
@@ -36,12 +35,12 @@ class MemoryBatches:
         self.local = parallel.local_count(batch_size, "batch_size")
         self.labels = None if labels is None else labels.to(device)
 
-    def __call__(self, step: int, gen: torch.Generator) -> Batch:
+    def __call__(self, step: int, gen: torch.Generator) -> ImageBatch:
         idx = parallel.randint(len(self.images), (self.local,), gen).to(self.images.device)
         images = self.images[idx]
         if self.xflip:
             images = flip_rows(images, parallel.randint(2, idx.shape, gen).bool())
-        return images, None if self.labels is None else self.labels[idx]
+        return ImageBatch(images, None if self.labels is None else self.labels[idx])
 
 
 class StepRows(Sampler[list[int]]):
@@ -109,13 +108,13 @@ class StreamedBatches:
             )
         )
 
-    def __call__(self, step: int, gen: torch.Generator) -> Batch:
+    def __call__(self, step: int, gen: torch.Generator) -> ImageBatch:
         if self._rows is None or step != self._next_step:  # first call, or a resumed run's first step
             self._rows = self._open(step)
         images, rows = next(self._rows)
         self._next_step = step + 1
         images = to_unit(images.to(self.device, non_blocking=True))
-        return images, None if self.labels is None else self.labels[rows].to(self.device)
+        return ImageBatch(images, None if self.labels is None else self.labels[rows].to(self.device))
 
 
 def make_batches(

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cmt.checkpoints import WEIGHTS, load_denoiser, load_denoiser_file
+from cmt.checkpoints import load_denoiser, load_denoiser_file
 from cmt.edm_pickle import NetworkPickle, module_tensors, read_network_pickle
 from cmt.fetch import file_sha256
+from cmt.jobs import WEIGHTS
 from cmt.nets import EDM2Config, UNetConfig, build_network, build_unet, count_parameters
 from cmt.precond import SIGMA_DATA, Denoiser
 

@@ -5,18 +5,16 @@ leaves a half-written checkpoint behind."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from cmt.atomic import atomic_save_tensors, atomic_write_json
+from cmt.jobs import META, WEIGHTS
 from cmt.nets import build_network
 from cmt.precond import Denoiser
 
-WEIGHTS = "model.safetensors"
-META = "meta.json"
 FORMAT_VERSION = 1
 
 
@@ -89,15 +87,3 @@ def _build_and_load(meta: dict, weights: Path, meta_source: Path) -> tuple[Denoi
             f"{weights}: weights do not match {meta_source}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return denoiser, meta
-
-
-def git_commit() -> str:
-    """Current git commit of the working tree (``unknown`` outside a repository), '+dirty' if modified."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "")

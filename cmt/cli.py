@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 import yaml
 
 from cmt.config import JOB_KEY, ConfigError, load_config, resolve_params
+from cmt.objectives import registry
 from cmt.preemption import EXIT_CODE as PREEMPTED_EXIT
 from cmt.preemption import Preempted
 from cmt.weights import MissingWeights, require_inception, require_lpips_trunk
@@ -93,16 +94,12 @@ def _featnet(args: argparse.Namespace) -> None:
     featnet.run(p["featnet"], p["data"], p["seed"], args.out, _compute(p))
 
 
-def _trajectory_cfg(p: dict) -> dict:
-    """The trajectories section with the sigma range of the preconditioning section."""
-    return {**p["trajectories"], "sigma_min": p["precond"]["sigma_min"], "sigma_max": p["precond"]["sigma_max"]}
-
-
 def _trajectories(args: argparse.Namespace) -> None:
     p = _params(args)
     from cmt.stages import trajectories
+    from cmt.trajectories import trajectory_section
 
-    trajectories.run(_trajectory_cfg(p), p["data"], p["seed"], args.teacher, args.out, p["device"])
+    trajectories.run(trajectory_section(p), p["data"], p["seed"], args.teacher, args.out, p["device"])
 
 
 def _student_job(p: dict, args: argparse.Namespace) -> StudentJob:
@@ -126,8 +123,9 @@ def _student_job(p: dict, args: argparse.Namespace) -> StudentJob:
 def _midtrain(args: argparse.Namespace) -> None:
     p = _training(args, needs=_lpips_trunk)
     from cmt.stages import midtrain
+    from cmt.trajectories import trajectory_section
 
-    midtrain.run(p["midtrain"], _trajectory_cfg(p), args.traj or None, _student_job(p, args))
+    midtrain.run(p["midtrain"], trajectory_section(p), args.traj or None, _student_job(p, args))
 
 
 def _posttrain(args: argparse.Namespace) -> None:
@@ -154,6 +152,24 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.out,
         resolve_device(p["device"]),
     )
+
+
+DEFAULT_CONFIG = Path("config/config.yaml")  # the Snakefile's `configfile`, read first as the workflow does
+
+
+def _sample(args: argparse.Namespace) -> None:
+    files = [DEFAULT_CONFIG] if DEFAULT_CONFIG.is_file() else []
+    config = load_config(*files, *args.configfile)
+    from cmt.stages.sample import SampleJob, run
+    from cmt.train import resolve_device, set_determinism
+
+    set_determinism(config["deterministic"])
+    job = SampleJob(Path(args.checkpoint), args.steps, args.num, Path(args.out), resolve_device(config["device"]))
+    try:
+        done = run(job, config)
+    except ValueError as err:
+        raise SystemExit(f"sample: {args.checkpoint}: {err}") from None
+    print(f"{done['count']} samples, {done['model_kind']} model, {done['steps']} steps -> {args.out}")
 
 
 def _dataset(args: argparse.Namespace) -> None:
@@ -244,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     post = verb(
         "posttrain", _posttrain, "post-training (ECT, ECD, MeanFlow)", "teacher", "init-dir", "featnet", "out", "work"
     )
-    post.add_argument("--method", required=True, choices=["ect", "ecd", "meanflow"])
-    post.add_argument("--init", required=True, choices=["random", "diffusion", "cmt"])
+    post.add_argument("--method", required=True, choices=registry.names("posttrain"))
+    post.add_argument("--init", required=True, choices=list(registry.INITS))
     ev = verb(
         "evaluate",
         _evaluate,
@@ -272,6 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("db", "experiment", "out"):
         rab.add_argument(f"--{name}", required=True)
     rab.set_defaults(func=_report_ablations)
+    smp = sub.add_parser(
+        "sample",
+        help="samples of a checkpoint with its kind's sampler, as evaluate draws them (.png, .npz or a folder)",
+    )
+    smp.add_argument(
+        "checkpoint", help="a checkpoint folder (model.safetensors + meta.json), a .safetensors or a pickle"
+    )
+    smp.add_argument(
+        "--steps", type=int, help="sampler steps (consistency: 1 or 2; mean flow: any; teacher: ODE steps)"
+    )
+    smp.add_argument("--num", type=int, default=64, help="how many samples (default 64)")
+    smp.add_argument("--out", required=True, help="grid.png, samples.npz (arr_0 uint8 NHWC) or a folder of PNGs")
+    smp.add_argument(
+        "--configfile", nargs="*", default=[], help="config overlays after config/config.yaml, as for snakemake"
+    )
+    smp.set_defaults(func=_sample)
     ins = sub.add_parser("inspect-checkpoint", help="describe a checkpoint (ours, EDM or EDM2 pickle) as JSON")
     ins.add_argument("path")
     ins.set_defaults(func=_inspect_checkpoint)

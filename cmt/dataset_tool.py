@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from cmt.atomic import writing
 from cmt.data import existing_path, image_files
 from cmt.fetch import file_sha256
+from cmt.images import png_bytes
 
 CIFAR10_BATCHES = tuple(f"cifar-10-batches-py/data_batch_{k}" for k in range(1, 6))
 CIFAR10_CLASSES = 10
@@ -140,8 +141,6 @@ def _entry(name: str) -> zipfile.ZipInfo:
 
 def write_edm_zip(dest: str | Path, count: int, items: Iterator[Item]) -> dict:
     """Write ``count`` items as an EDM zip at ``dest`` (atomically); returns what was written."""
-    from PIL import Image
-
     labels, shape = [], None
     with writing(dest) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for index, (image, label) in enumerate(tqdm(items, total=count, desc="dataset", unit="img")):
@@ -149,9 +148,7 @@ def write_edm_zip(dest: str | Path, count: int, items: Iterator[Item]) -> dict:
                 shape = image.shape
             elif image.shape != shape:
                 raise DatasetError(f"image {index} is {image.shape}, the first one {shape}: resize them (resolution)")
-            buf = io.BytesIO()
-            Image.fromarray(image).save(buf, format="PNG", compress_level=0, optimize=False)
-            zf.writestr(_entry(archive_name(index)), buf.getvalue())
+            zf.writestr(_entry(archive_name(index)), png_bytes(image, fast=True))
             labels.append(label)
         labelled = [[archive_name(i), y] for i, y in enumerate(labels)] if None not in labels else None
         zf.writestr(_entry("dataset.json"), json.dumps({"labels": labelled}))

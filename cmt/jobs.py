@@ -46,6 +46,21 @@ SETTING_TABLES = {
 }
 
 
+WEIGHTS, META = "model.safetensors", "meta.json"  # a checkpoint folder (cmt.checkpoints)
+RECORD, HISTORY = "run.json", "metrics.jsonl"  # a job's MLflow record and metric history (cmt.tracking)
+TRAJ_INDEX = "index.json"  # a trajectory set's index (cmt.trajectories)
+
+
+def shard_name(k: int) -> str:
+    """The file name of shard ``k`` of a trajectory set."""
+    return f"shard-{k:05d}.safetensors"
+
+
+def shard_names(count: int, shard_size: int) -> list[str]:
+    """Every shard of a set of ``count`` trajectories in shards of ``shard_size``."""
+    return [shard_name(k) for k in range(-(-count // shard_size))]
+
+
 def traj_path(solver: str, nfe: int | str) -> str:
     return f"traj/{solver}-nfe{nfe}"
 

@@ -110,6 +110,19 @@ def fm_to_edm(z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     return z / (1 - t), t / (1 - t)
 
 
+def fm_time(sigma: float) -> float:
+    """A noise level in flow-matching time, t = sigma / (1 + sigma) (numerics.md 6.1)."""
+    return sigma / (1 + sigma)
+
+
+def mean_velocity(model: Callable[..., Tensor], z: Tensor, r: Tensor, t: Tensor) -> Tensor:
+    """u(z, r, t) of an EDM denoiser with second time input h = t - r, in flow-matching time (numerics.md 6.1 init
+    rule): u = (z - D(z / (1 - t), t / (1 - t); h)) / t, so a zero-initialised second branch starts as the velocity."""
+    t_col = t.reshape(-1, *([1] * (z.ndim - 1)))
+    x, sigma = fm_to_edm(z, t_col)
+    return (z - model(x, sigma.reshape(-1), t - r)) / t_col
+
+
 def fm_velocity(denoiser: Callable[[Tensor, Tensor], Tensor], z: Tensor, t: Tensor) -> Tensor:
     """FM velocity of an EDM denoiser: v(z, t) = (z - D(z / (1 - t), t / (1 - t))) / t (numerics.md 6).
 

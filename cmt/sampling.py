@@ -1,14 +1,33 @@
-"""Samplers: multi-step diffusion sampling from the prior, and 1-/2-step consistency sampling (method.md 9)."""
+"""Samplers: multi-step diffusion sampling from the prior, 1-/2-step consistency sampling (method.md 9) and k-step
+flow-map sampling (numerics.md 9.5). Which one a model takes follows from its kind (``cmt.objectives.registry``)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from cmt.labels import conditioned
-from cmt.precond import Denoiser
+from cmt.objectives.registry import MODEL_KINDS
+from cmt.precond import Denoiser, fm_time, mean_velocity
 from cmt.solvers import Denoiser as DenoiserFn
-from cmt.solvers import sample_trajectory
+from cmt.solvers import sample_trajectory, sigma_grid
+
+Sampler = Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (noise, 2-step re-noise draw, labels) -> images
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What the samplers read from a config: the preconditioning's sigma range, evaluate's t_mid (2-step consistency
+    sampling) and the teacher's ODE solver and grid (config ``teacher.sample``)."""
+
+    sigma_min: float
+    sigma_max: float
+    t_mid: float
+    solver: str
+    grid: str
 
 
 @torch.no_grad()
@@ -45,6 +64,28 @@ def sample_consistency(
 
 
 @torch.no_grad()
+def sample_meanflow(model: DenoiserFn, noise: Tensor, steps: int, t_max: float) -> Tensor:
+    """k-step flow-map sampling on a uniform grid t_max -> 0 from z = t_max * eps (numerics.md 6.1, 9.5)."""
+    z = t_max * noise
+    grid = torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64).tolist()
+    for t_i, t_next in zip(grid[:-1], grid[1:]):
+        t = torch.full((z.shape[0],), t_i, device=z.device, dtype=z.dtype)
+        r = torch.full((z.shape[0],), t_next, device=z.device, dtype=z.dtype)
+        z = z - (t_i - t_next) * mean_velocity(model, z, r, t)
+    return z
+
+
+def check_steps(kind: str, steps: int) -> None:
+    """Refuse a step count the model kind's sampler does not define (``ModelKind.steps``)."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(MODEL_KINDS)}")
+    allowed = MODEL_KINDS[kind].steps
+    if steps < 1 or (allowed is not None and steps not in allowed):
+        defined = ", ".join(map(str, allowed)) if allowed else "any positive count"
+        raise ValueError(f"no {steps}-step sampler for a {kind} model; its sampler defines: {defined}")
+
+
+@torch.no_grad()
 def sample_few_step(
     model: Denoiser,
     kind: str,
@@ -55,13 +96,25 @@ def sample_few_step(
     eps: Tensor | None = None,
     labels: Tensor | None = None,
 ) -> Tensor:
-    """1- or 2-step samples of a ``consistency`` model (method.md 9) or a ``meanflow`` model (numerics.md 9.5);
-    ``eps``: the 2-step re-noising draw, ``labels``: one class per sample, for a class-conditional model."""
+    """k-step samples of a ``consistency`` model (k = 1, 2; method.md 9) or a ``meanflow`` model (any k, from the
+    top of the sigma range in FM time; numerics.md 9.5); ``eps``: the 2-step re-noising draw, ``labels``: one class
+    per sample, for a class-conditional model."""
+    check_steps(kind, steps)
     if kind == "meanflow":
-        from cmt.meanflow import sample_meanflow
-
         model.eval()
-        return sample_meanflow(conditioned(model, labels), noise, steps)
-    if kind != "consistency" or steps not in (1, 2):
-        raise ValueError(f"no {steps}-step sampler for model kind {kind!r}")
+        return sample_meanflow(conditioned(model, labels), noise, steps, fm_time(sigma_max))
+    if kind != "consistency":
+        raise ValueError(f"a {kind} model has no few-step sampler")
     return sample_consistency(model, noise, sigma_max, t_mid if steps == 2 else None, eps, labels)
+
+
+def make_sampler(model: Denoiser, kind: str, steps: int, settings: SamplerSettings) -> Sampler:
+    """The sampler of a model of ``kind`` (``cmt.objectives.registry.MODEL_KINDS``) in ``steps`` steps: the teacher's
+    ODE solver on ``steps`` intervals of its grid, or the few-step sampler of a consistency or mean-flow model."""
+    check_steps(kind, steps)
+    if kind == "diffusion":
+        sigmas = sigma_grid(settings.grid, steps, sigma_min=settings.sigma_min, sigma_max=settings.sigma_max)
+        return lambda z, eps, labels: sample_diffusion(conditioned(model, labels), z, sigmas, settings.solver)
+    return lambda z, eps, labels: sample_few_step(
+        model, kind, z, steps, settings.sigma_max, settings.t_mid, eps, labels
+    )

@@ -16,9 +16,10 @@ import pandas as pd
 
 from cmt.atomic import atomic_write_bytes
 from cmt.jobs import eval_path
+from cmt.objectives import registry
 
-METHOD_NAMES = {"ect": "ECT", "ecd": "ECD", "meanflow": "MeanFlow"}
-INIT_NAMES = {"random": "random init", "diffusion": "diffusion init", "cmt": "CMT init"}
+METHOD_NAMES = {name: registry.method("posttrain", name).display for name in registry.names("posttrain")}
+INIT_NAMES = registry.INITS
 KINDS = ("teacher", "mid", "post")
 # score prefix -> column name: the offline feature net's FD (cmt.metrics), Inception FID (cmt.fid)
 SCORES = {"fd": "FD", "fid": "FID"}

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import time
 from pathlib import Path
 
 from cmt.atomic import atomic_write_bytes, atomic_write_json
-from cmt.checkpoints import git_commit
 from cmt.config import config_hash
+from cmt.jobs import HISTORY, RECORD
 
-RECORD = "run.json"
-HISTORY = "metrics.jsonl"
 MAIN_TABLE = "main"  # its jobs hang directly below the experiment's parent run
 # MLflow 3 reads this tag to tell model training from GenAI experiments (workflow.md 5); the 3.17 UI lets its
 # own "GenAI | Model training" switch (URL parameter `workflowType`, then the browser's memory) override it
@@ -67,6 +66,18 @@ def write_record(
     }
     atomic_write_json(Path(out_dir) / RECORD, record)
     return record
+
+
+def git_commit() -> str:
+    """Current git commit of the working tree (``unknown`` outside a repository), '+dirty' if modified."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
 
 
 def tracking_uri(db: str | Path) -> str:

@@ -13,6 +13,7 @@ and a damaged one is named on reading.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -27,11 +28,12 @@ from cmt.atomic import atomic_save_tensors, atomic_write_json
 from cmt.checkpoints import read_json
 from cmt.data import Images
 from cmt.fetch import file_sha256
+from cmt.jobs import TRAJ_INDEX as INDEX
+from cmt.jobs import shard_name
 from cmt.labels import conditioned, dataset_labels, label_dim_of
+from cmt.objectives.base import TrajectoryBatch, TrajectoryObjective
 from cmt.precond import Denoiser
 from cmt.solvers import sample_trajectory, sigma_grid
-
-INDEX = "index.json"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,12 @@ class TrajectorySpec:
     sigmas: Tensor  # (S + 1,) float64, decreasing, ending at sigma_min
     start: str  # "prior" (x_T = sigma_max * eps) or "data_plus_noise" (x_T = y + sigma_max * eps, authors' code)
     shape: tuple[int, ...]
+
+
+def trajectory_section(config: Mapping) -> dict:
+    """A config's ``trajectories`` section with the sigma range of its ``precond`` section (the teacher's)."""
+    precond = config["precond"]
+    return {**config["trajectories"], "sigma_min": precond["sigma_min"], "sigma_max": precond["sigma_max"]}
 
 
 def trajectory_spec(cfg: dict, shape: tuple[int, ...]) -> TrajectorySpec:
@@ -141,7 +149,7 @@ def write_set(
         n = min(shard_size, count - start)
         gen = torch.Generator(device=device).manual_seed(shard_seed(seed, k))
         batch = generate(teacher, spec, n, gen, data)
-        path = out / f"shard-{k:05d}.safetensors"
+        path = out / shard_name(k)
         tensors = {"states": batch.states.cpu().contiguous()}
         atomic_save_tensors(tensors if batch.labels is None else {**tensors, "labels": batch.labels.cpu()}, path)
         shards.append({"file": path.name, "count": n, "seed": shard_seed(seed, k), "sha256": file_sha256(path)})
@@ -291,6 +299,23 @@ class StoredTrajectories:
 
     def load_state_dict(self, state: dict) -> None:
         self._seen.copy_(state["seen"])
+
+
+class TrajectoryBatches:
+    """A trajectory objective's batches: each step, the states it chose (``select``, drawn first), then this process's
+    share of ``per_step`` trajectories from ``source``, on ``device``."""
+
+    def __init__(self, source: TrajectorySource, objective: TrajectoryObjective, per_step: int, device: torch.device):
+        self.source, self.objective, self.device = source, objective, device
+        self.sigmas = source.sigmas.to(device)
+        self.local = parallel.local_count(per_step, "midtrain.batch_size's trajectories per step")
+
+    def __call__(self, step: int, gen: torch.Generator) -> TrajectoryBatch:
+        chosen = self.objective.select(self.local, len(self.sigmas) - 1, gen)
+        batch = self.source.sample(self.local, gen).to(self.device)
+        return TrajectoryBatch(
+            batch.states, self.sigmas, batch.labels, None if chosen is None else chosen.to(self.device)
+        )
 
 
 class OnlineTrajectories:

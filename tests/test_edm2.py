@@ -9,7 +9,6 @@ from cmt.checkpoint_import import describe, load_any
 from cmt.config import resolve
 from cmt.labels import conditioned
 from cmt.losses import make_distance
-from cmt.meanflow import meanflow_loss
 from cmt.nets import (
     EDM2_PRESETS,
     EDM2Config,
@@ -20,8 +19,9 @@ from cmt.nets import (
     network_config,
 )
 from cmt.nets.edm2 import mp_cat, mp_silu, mp_sum, normalize
+from cmt.objectives.ect import ect_loss
+from cmt.objectives.meanflow import meanflow_loss
 from cmt.precond import Denoiser
-from cmt.stages.posttrain.ect import ect_loss
 from cmt.train import LoopConfig, fit
 
 TINY = EDM2Config(
@@ -171,6 +171,8 @@ def test_a_config_network_section_selects_an_edm2_preset_and_sizes_it_for_digits
 def test_meanflow_trains_an_edm2_student_through_its_jvp():
     student = Denoiser(add_second_time(tiny_denoiser().model)).train()
     cfg = {"p_mean": -0.4, "p_std": 1.0, "frac_r_neq_t": 0.5, "p": 1.0, "c": 1e-3}
-    loss = meanflow_loss(student, torch.randn(4, 3, 8, 8), torch.Generator().manual_seed(0), cfg)
+    loss = meanflow_loss(
+        student, torch.randn(4, 3, 8, 8), torch.Generator().manual_seed(0), cfg, (0.002 / 1.002, 80 / 81)
+    )
     loss.backward()
     assert torch.isfinite(loss) and student.model.time2_gain.grad is not None

@@ -14,11 +14,11 @@ from cmt.precond import Denoiser
 from cmt.stages.evaluate import Scorer, sample_batches, samplers, score_samples
 
 PRECOND = {"sigma_max": 80.0, "sigma_min": 0.002}
+TEACHER_SAMPLER = {"grid": "karras", "steps": 4, "solver": "heun"}
 
 
 def features_by_sampler(model, meta, scorer, batch_size):
-    cfg = {"num_samples": 12, "batch_size": batch_size, "seed": 5, "t_mid": 0.821}
-    cfg["sample"] = {"grid": "karras", "steps": 4, "solver": "heun"}
+    cfg = {"num_samples": 12, "batch_size": batch_size, "seed": 5, "t_mid": 0.821, "sample": TEACHER_SAMPLER}
     found = {}
     for name, images, labels in sample_batches(model, samplers(model, meta, cfg, PRECOND), cfg, (1, 8, 8), "cpu"):
         feats = scorer.measure(images)["featnet"]
@@ -52,7 +52,7 @@ def test_scores_and_grids_do_not_depend_on_the_batch_size(scorer, tmp_path):
     for size in (12, 5):
         out = tmp_path / str(size)
         out.mkdir()
-        cfg = {"num_samples": 12, "batch_size": size, "seed": 5, "t_mid": 0.821}
+        cfg = {"num_samples": 12, "batch_size": size, "seed": 5, "t_mid": 0.821, "sample": TEACHER_SAMPLER}
         named = samplers(model, {"model_kind": "consistency"}, cfg, PRECOND)
         results.append(
             (score_samples(model, named, cfg, scorer, (1, 8, 8), "cpu", out), (out / "grid-2step.png").read_bytes())

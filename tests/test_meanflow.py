@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from cmt import oracle
-from cmt.meanflow import T_MAX, T_MIN, mean_velocity, meanflow_target, sample_meanflow, sample_times
 from cmt.nets import PRESETS, add_second_time, build_unet
-from cmt.precond import Denoiser, fm_velocity
+from cmt.objectives.meanflow import meanflow_target, sample_times
+from cmt.precond import Denoiser, fm_time, fm_velocity, mean_velocity
+from cmt.sampling import sample_meanflow
 
 MU, S = 0.3, 0.5
+T_MIN, T_MAX = fm_time(0.002), fm_time(80.0)  # the EDM sigma range in flow-matching time
 
 
 class ExactMeanFlowDenoiser:
@@ -76,13 +78,13 @@ def test_converted_student_starts_as_the_parent_velocity_for_every_r():
 @pytest.mark.parametrize("steps", [1, 2, 4])
 def test_sampling_with_the_exact_field_is_the_exact_flow_map(steps):
     noise = torch.randn((512, 3), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    out = sample_meanflow(ExactMeanFlowDenoiser(), noise, steps)
+    out = sample_meanflow(ExactMeanFlowDenoiser(), noise, steps, T_MAX)
     t_max, zero = torch.tensor(T_MAX, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
     exact = oracle.fm_flow(T_MAX * noise, t_max, zero, MU, S)
     torch.testing.assert_close(out, exact, rtol=1e-10, atol=1e-10)
 
 
 def test_time_sampling_semantics():
-    r, t = sample_times(20000, -0.4, 1.0, 0.25, torch.Generator().manual_seed(4))
+    r, t = sample_times(20000, -0.4, 1.0, 0.25, (T_MIN, T_MAX), torch.Generator().manual_seed(4))
     assert bool((t >= r).all()) and float(t.min()) >= T_MIN and float(t.max()) <= T_MAX
     assert float((r != t).float().mean()) == pytest.approx(0.25, abs=0.02)

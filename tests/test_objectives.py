@@ -11,10 +11,12 @@ from cmt.config import resolve
 from cmt.data import load_digits
 from cmt.losses import l2_norm, pseudo_huber, pseudo_huber_c, squared_l2
 from cmt.nets import build_network, network_config
+from cmt.objectives import registry
+from cmt.objectives.cmt import CMTConsistency, cmt_loss, state_points
+from cmt.objectives.cmt_flowmap import CMTFlowMap, cmt_flowmap_loss, state_pairs
+from cmt.objectives.ecd import teacher_step
+from cmt.objectives.ect import ect_loss, ect_r, ect_stage
 from cmt.precond import Denoiser
-from cmt.stages.midtrain import cmt_flowmap_loss, cmt_loss, state_pairs, state_points, trajectories_per_step
-from cmt.stages.posttrain.ecd import teacher_step
-from cmt.stages.posttrain.ect import ect_loss, ect_r, ect_stage
 from cmt.stages.posttrain.runner import method_compute
 from cmt.train import Compute, prepare_model, set_precision
 
@@ -188,10 +190,10 @@ def test_state_variants_and_pairs():
     assert one.shape == (1000, 1) and set(one.flatten().tolist()) == set(range(16))
     pairs = state_pairs(16)
     assert pairs.shape == (136, 2) and bool((pairs[:, 0] < pairs[:, 1]).all()) and int(pairs.max()) == 16
-    assert trajectories_per_step(128, 16, "consistency", "all") == 8
-    assert trajectories_per_step(128, 16, "consistency", "one") == 128
+    assert CMTConsistency("all", squared_l2).trajectories_per_step(128, 16) == 8
+    assert CMTConsistency("one", squared_l2).trajectories_per_step(128, 16) == 128
     with pytest.raises(ValueError, match="multiple of the 16"):
-        trajectories_per_step(100, 16, "flowmap", "all")
+        CMTFlowMap().trajectories_per_step(100, 16)
 
 
 @pytest.mark.parametrize("kind,order", [("euler", 2), ("heun", 3)])
@@ -242,4 +244,7 @@ def test_bf16_keeps_cmts_loss_within_1e_3_of_fp32_and_would_swamp_ects_finite_di
     cmt16, ect16 = losses()
     assert 0 < abs(cmt16 - cmt32) < 1e-3 * cmt32
     assert abs(ect16[2] - ect32[2]) < 1e-2 * ect32[2] and abs(ect16[4096] - ect32[4096]) > ect32[4096]
-    assert method_compute("ect", Compute.from_dict({"precision": "bf16"})).precision == "fp32"
+    assert (
+        method_compute(registry.method("posttrain", "ect"), Compute.from_dict({"precision": "bf16"})).precision
+        == "fp32"
+    )

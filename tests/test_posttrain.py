@@ -1,6 +1,7 @@
 """Post-training end to end on tiny budgets: ECD's teacher NFE from real teacher calls, MeanFlow's two-time
 student, CMT's flow-map form handing a two-time student to MeanFlow; and what the smoke run's students achieved."""
 
+import copy
 import json
 import math
 
@@ -9,10 +10,12 @@ import torch
 from conftest import count_teacher_loads, smoke_config, smoke_job
 from test_labels import conditional_denoiser
 
-from cmt.checkpoints import load_denoiser, save_denoiser
+from cmt.checkpoints import load_denoiser
 from cmt.config import resolve
 from cmt.data import ImageDataset
 from cmt.nets import add_second_time
+from cmt.objectives import registry
+from cmt.objectives.base import Context
 from cmt.precond import Denoiser
 from cmt.stages import midtrain
 from cmt.stages.posttrain import runner
@@ -96,21 +99,19 @@ def test_every_method_gives_a_class_conditional_student_and_teacher_each_images_
     """A conditional network refuses a call without labels, so each loss running through proves the labels arrive;
     swapping the labels changes the loss (they are the images' own)."""
     teacher = conditional_denoiser()
-    save_denoiser(tmp_path / "teacher", teacher, {})
+    entry = registry.method("posttrain", method)
+    frozen = copy.deepcopy(teacher).eval().requires_grad_(False)
+    context = Context(0.002, 80.0, (1, 8, 8), torch.device("cpu"), frozen)
     student = add_second_time_if(teacher, method == "meanflow").train()
     cfg = {**resolve({"name": "x"}, "test")["posttrain"][method], "batch_size": 8}
     data = ImageDataset(torch.randn(20, 1, 8, 8), torch.arange(20) % 10, "noise")
     losses = []
     for labels in (data.labels, (data.labels + 3) % 10):
-        loss_fn = runner.make_loss(
-            method, cfg, ImageDataset(data.images, labels, "noise"), LOADER, 10, 0, tmp_path / "teacher", "cpu"
-        )
+        loss_fn, _ = runner.make_loss(entry, cfg, ImageDataset(data.images, labels, "noise"), 10, context, 0, LOADER)
         losses.append(float(loss_fn(student, 0, torch.Generator().manual_seed(0)).detach()))
     assert all(map(math.isfinite, losses)) and losses[0] != losses[1]
     with pytest.raises(ValueError, match="class-conditional .* no labels"):
-        runner.make_loss(
-            method, cfg, ImageDataset(data.images, None, "bare"), LOADER, 10, 0, tmp_path / "teacher", "cpu"
-        )
+        runner.make_loss(entry, cfg, ImageDataset(data.images, None, "bare"), 10, context, 0, LOADER)
 
 
 LOADER = resolve({"name": "x"}, "test")["data"]["loader"]

@@ -12,8 +12,11 @@ from cmt.checkpoints import save_denoiser
 from cmt.cli import main
 from cmt.config import load_config
 from cmt.data import load_digits
+from cmt.objectives import registry
+from cmt.objectives.base import Context
+from cmt.objectives.edm import edm_loss
 from cmt.stages.student import init_student
-from cmt.stages.teacher import build_denoiser, edm_loss, train_teacher
+from cmt.stages.teacher import build_denoiser, train_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +38,7 @@ def test_training_lowers_the_edm_loss(cfg, tmp_path):
     before = eval_loss(den)
     train_cfg = {**cfg["teacher"]["train"], "iterations": 60, "warmup_iterations": 10, "ema_halflife_images": 500}
     result = train_teacher(
-        den, data, train_cfg, cfg["data"]["loader"], seed=0, device=torch.device("cpu"), work_dir=tmp_path
+        den, data, train_cfg, cfg["data"]["loader"], 0, Context(0.002, 80.0, data.shape, torch.device("cpu")), tmp_path
     )
     assert [h["step"] for h in result.history] == list(range(1, 61))
     assert eval_loss(result.ema) < 0.8 * before
@@ -86,9 +89,12 @@ def test_the_seed_fixes_the_teacher_and_its_files_hold_content_only(tmp_path, cf
     )
 
 
+ECT = registry.method("posttrain", "ect")
+
+
 def test_the_seed_fixes_a_random_init_student(tmp_path, cfg):
     save_denoiser(tmp_path / "arch", build_denoiser(cfg["network"], cfg["precond"], seed=0), {"stage": "teacher"})
-    students = [init_student("random", None, tmp_path / "arch", 0.0, 0.003, seed)[0] for seed in (3, 3, 4)]
+    students = [init_student("random", None, tmp_path / "arch", 0.0, 0.003, seed, ECT)[0] for seed in (3, 3, 4)]
     same, other = (zip(students[0].state_dict().values(), s.state_dict().values()) for s in students[1:])
     assert all(torch.equal(a, b) for a, b in same)
     assert not all(torch.equal(a, b) for a, b in other)

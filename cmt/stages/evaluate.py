@@ -3,7 +3,7 @@ and FID against training-set statistics, grids."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from cmt.checkpoints import load_denoiser
 from cmt.data import Images, train_holdout
 from cmt.fid import InceptionFeatures, fid, load_statistics
 from cmt.images import save_grid
-from cmt.labels import class_grid_order, conditioned, draw_labels, label_dim_of
+from cmt.labels import class_grid_order, draw_labels, label_dim_of
 from cmt.metrics import (
     class_probs,
     extract,
@@ -25,8 +25,9 @@ from cmt.metrics import (
     load_feature_net,
     probs_scores,
 )
+from cmt.objectives.registry import MODEL_KINDS
 from cmt.precond import Denoiser
-from cmt.sampling import sample_diffusion, sample_few_step
+from cmt.sampling import Sampler, SamplerSettings, make_sampler, sample_few_step
 from cmt.seeds import index_normal
 from cmt.solvers import denoiser_calls, sigma_grid
 from cmt.tracking import write_record
@@ -105,36 +106,28 @@ def few_step_fd_callback(
             f"fd_{steps}step": scorer.fd(
                 sample_few_step(ema, kind, noise.to(device), steps, sigma_max, t_mid, eps.to(device), labels)
             )
-            for steps in (1, 2)
+            for steps in MODEL_KINDS[kind].eval_steps
         }
 
     return evaluate
 
 
-Sampler = Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (noise, re-noise draw, labels) -> images
+def sampler_settings(cfg: dict, precond: dict) -> SamplerSettings:
+    """The samplers' settings from the ``evaluate`` section (with the teacher's ``sample`` section under ``sample``) and
+    the ``precond`` section."""
+    sample = cfg["sample"]
+    return SamplerSettings(precond["sigma_min"], precond["sigma_max"], cfg["t_mid"], sample["solver"], sample["grid"])
 
 
 def samplers(model: Denoiser, meta: dict, cfg: dict, precond: dict) -> dict[str, Sampler]:
-    """The samplers a model is evaluated with, by name: the teacher's ODE sampler, or 1-step and 2-step sampling."""
-    if meta.get("model_kind") == "diffusion":
-        sample = cfg["sample"]
-        sigmas = sigma_grid(
-            sample["grid"], sample["steps"], sigma_min=precond["sigma_min"], sigma_max=precond["sigma_max"]
-        )
-        nfe = denoiser_calls(sample["solver"], sigmas)
-        return {
-            f"{nfe}nfe": lambda z, eps, labels: sample_diffusion(
-                conditioned(model, labels), z, sigmas, sample["solver"]
-            )
-        }
-    kind = meta.get("model_kind", "consistency")
-
-    def few_step(steps: int) -> Sampler:
-        return lambda z, eps, labels: sample_few_step(
-            model, kind, z, steps, precond["sigma_max"], cfg["t_mid"], eps, labels
-        )
-
-    return {f"{steps}step": few_step(steps) for steps in (1, 2)}
+    """The samplers a model is evaluated with, by name: the teacher's ODE sampler (named by its NFE), or its kind's
+    evaluation step counts (1 and 2 steps)."""
+    kind, settings = meta.get("model_kind", "consistency"), sampler_settings(cfg, precond)
+    if kind == "diffusion":
+        steps = cfg["sample"]["steps"]
+        sigmas = sigma_grid(settings.grid, steps, sigma_min=settings.sigma_min, sigma_max=settings.sigma_max)
+        return {f"{denoiser_calls(settings.solver, sigmas)}nfe": make_sampler(model, kind, steps, settings)}
+    return {f"{steps}step": make_sampler(model, kind, steps, settings) for steps in MODEL_KINDS[kind].eval_steps}
 
 
 def sample_batches(

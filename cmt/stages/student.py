@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from cmt.images import save_grid
 from cmt.labels import class_columns, label_dim_of
 from cmt.nets import UNetBlock, add_second_time, build_network
 from cmt.nets.edm2 import Block as EDM2Block
+from cmt.objectives.base import Batch, Context, Objective
+from cmt.objectives.registry import MODEL_KINDS, Method
 from cmt.plots import save_loss_curve
 from cmt.precond import Denoiser
 from cmt.sampling import sample_few_step
@@ -60,12 +63,12 @@ def init_student(
     dropout: float,
     boundary_sigma_min: float,
     seed: int,
-    second_time: bool = False,
+    method: Method,
 ) -> tuple[Denoiser, dict]:
     """Student from ``random`` (fresh weights, the teacher's architecture) or from a checkpoint's EMA weights.
 
-    ``seed`` fixes every fresh weight; ``second_time`` adds the zero-initialised second time branch (flow
-    maps, MeanFlow) if the weights lack it.
+    ``seed`` fixes every fresh weight; a ``method`` whose model kind takes a second time input (flow maps, MeanFlow)
+    gets a zero-initialised second time branch if the weights lack it.
     """
     with seeded(seed, "init"):
         if init == "random":
@@ -75,10 +78,26 @@ def init_student(
             if init_dir is None:
                 raise ValueError(f"init {init!r} needs a checkpoint folder")
             student, meta = load_denoiser(init_dir)
-        if second_time and not student.model.cfg.second_time:
+        if method.model_kind.second_time and not student.model.cfg.second_time:
             student.model = add_second_time(student.model)
     student.sigma_min = boundary_sigma_min
     return set_dropout(student.set_mode("edm"), dropout), meta
+
+
+def objective_context(
+    job: StudentJob, shape: tuple[int, ...], device: torch.device, teacher: torch.nn.Module | None = None
+) -> Context:
+    """What a student's objective reads besides its config section (``cmt.objectives.base.Context``)."""
+    return Context(job.precond["sigma_min"], job.precond["sigma_max"], shape, device, teacher)
+
+
+def student_loss(objective: Objective, batches: Callable[[int, torch.Generator], Batch]) -> LossFn:
+    """The loop's loss: step ``step``'s batch from ``batches``, then the objective on it."""
+
+    def loss(model: torch.nn.Module, step: int, gen: torch.Generator) -> torch.Tensor:
+        return objective(model, batches(step, gen), gen, step)
+
+    return loss
 
 
 def fit_student(
@@ -139,7 +158,7 @@ def finish(
     if not parallel.is_main():
         return
     out = Path(out_dir)
-    ema = result.ema.cpu().set_mode("boundary" if kind == "consistency" else "edm")
+    ema = result.ema.cpu().set_mode(MODEL_KINDS[kind].saved_mode)
     save_denoiser(out, ema, {**meta, "model_kind": kind, "tags": tags})
     write_history(out, result.history)
     losses = [h["loss"] for h in result.history if "loss" in h]
@@ -149,7 +168,7 @@ def finish(
     noise = torch.randn((count, *ema.model.cfg.image_shape), generator=torch.Generator().manual_seed(0))
     labels = class_columns(count, label_dim)
     eps = torch.randn(noise.shape, generator=torch.Generator().manual_seed(1))
-    for steps in (1, 2):
+    for steps in MODEL_KINDS[kind].eval_steps:
         images = sample_few_step(ema, kind, noise, steps, sigma_max, t_mid, eps, labels)
         save_grid(images, out / f"grid-{steps}step.png", nrow=label_dim or None, scale=4)
     write_record(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,33 +18,16 @@ from cmt.fetch import fetch
 from cmt.images import save_grid
 from cmt.labels import class_columns, conditioned, dataset_labels, label_dim_of
 from cmt.nets import build_network, count_parameters, network_config
+from cmt.objectives import registry
+from cmt.objectives.base import Context
 from cmt.plots import save_loss_curve
-from cmt.precond import Denoiser, edm_loss_weight
+from cmt.precond import Denoiser
 from cmt.sampling import sample_diffusion
 from cmt.seeds import seeded
 from cmt.solvers import sigma_grid
+from cmt.stages.student import student_loss
 from cmt.tracking import write_history, write_record
 from cmt.train import Compute, FitResult, LoopConfig, clear_resume, fit, resolve_device
-
-
-def edm_loss(
-    denoiser: Denoiser,
-    images: Tensor,
-    p_mean: float,
-    p_std: float,
-    generator: torch.Generator,
-    labels: Tensor | None = None,
-) -> Tensor:
-    """EDM loss: lambda(sigma) ||D(y + sigma n, sigma; labels) - y||^2, ln sigma ~ N(p_mean, p_std^2) (EDM eq. 2, 8).
-
-    Per-sample sum over pixels, mean over the batch (numerics.md 2.2); ``labels``: integer class labels. ``images`` are
-    this process's share of the batch; sigma and noise are drawn for the global batch (``cmt.parallel``).
-    """
-    sigma = (parallel.randn((images.shape[0],), generator) * p_std + p_mean).exp()
-    noise = parallel.randn(images.shape, generator)
-    denoised = conditioned(denoiser, labels)(images + sigma.reshape(-1, 1, 1, 1) * noise, sigma)
-    per_sample = (denoised - images).square().flatten(1).sum(1)
-    return (edm_loss_weight(sigma) * per_sample).mean()
 
 
 def build_denoiser(network: dict, precond: dict, seed: int) -> Denoiser:
@@ -62,23 +44,18 @@ def train_teacher(
     cfg: dict,
     loader: dict,
     seed: int,
-    device: torch.device,
+    context: Context,
     work_dir: str | Path,
     compute: Compute | None = None,
 ) -> FitResult:
-    """EDM training: Adam, linear LR warm-up, EDM's ramped half-life EMA; resumable from ``work_dir``."""
+    """EDM training (``cmt.objectives.edm``) on ``context``'s device: Adam, linear LR warm-up, EDM's ramped half-life
+    EMA; resumable from ``work_dir``."""
     loop = LoopConfig.from_dict(cfg)
     labels = dataset_labels(train_set.labels, label_dim_of(denoiser), f"teacher on {train_set.name}")
-    batches = make_batches(train_set, labels, loop.batch_size, seed, device, loader)
-    pixels = math.prod(train_set.shape)
-
-    def loss_fn(model: Denoiser, step: int, gen: torch.Generator) -> Tensor:
-        images, batch_labels = batches(step, gen)
-        loss = edm_loss(model, images, cfg["p_mean"], cfg["p_std"], gen, batch_labels)
-        return loss / pixels  # logged per pixel, as EDM
-
+    batches = make_batches(train_set, labels, loop.batch_size, seed, context.device, loader)
+    loss_fn = student_loss(registry.build(registry.method("teacher", "edm"), cfg, context), batches)
     fingerprint = config_hash({"train": cfg, "architecture": denoiser.model.cfg.to_dict(), "seed": seed})
-    denoiser = denoiser.to(device)
+    denoiser = denoiser.to(context.device)
     return fit(denoiser, loss_fn, loop, work_dir, desc="teacher", seed=seed, fingerprint=fingerprint, compute=compute)
 
 
@@ -118,7 +95,8 @@ def run(
         ema, run_facts = ema.to(device), {"wall_seconds": 0.0, "resumed_from": 0}
     else:
         denoiser = build_denoiser(network, precond, seed)
-        result = train_teacher(denoiser, train_set, cfg["train"], data_cfg["loader"], seed, device, work_dir, compute)
+        context = Context(precond["sigma_min"], precond["sigma_max"], train_set.shape, device)
+        result = train_teacher(denoiser, train_set, cfg["train"], data_cfg["loader"], seed, context, work_dir, compute)
         if not parallel.is_main():
             return {}
         ema, losses = result.ema, [h["loss"] for h in result.history]

@@ -7,6 +7,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from cmt import jobs, slurm
+from cmt.objectives import registry
 from cmt.launch import training_launcher
 from cmt.config import config_layers, merge_layers, resolve, scaled_resources
 
@@ -98,8 +99,7 @@ def result(path, name):
 
 
 def shard_files(folder):
-    count, size = config["trajectories"]["count"], config["trajectories"]["shard_size"]
-    return [f"{folder}/shard-{k:05d}.safetensors" for k in range((count + size - 1) // size)]
+    return [f"{folder}/{name}" for name in jobs.shard_names(config["trajectories"]["count"], config["trajectories"]["shard_size"])]
 
 
 def trajectory_set(wildcards):
@@ -133,7 +133,7 @@ def stored_trajectories(wildcards):
     """The trajectory set a CMT job reads (none when it draws online trajectories)."""
     if midtrain_cfg(wildcards)["source"] == "online":
         return []
-    return result(jobs.traj_path(wildcards.solver, wildcards.nfe), "index.json")
+    return result(jobs.traj_path(wildcards.solver, wildcards.nfe), jobs.TRAJ_INDEX)
 
 
 def post_job(wildcards):
@@ -145,7 +145,7 @@ def post_job(wildcards):
 def init_model(wildcards):
     """The weights a post-training job starts from: none (random), the teacher, or a CMT job's student."""
     init_job = post_job(wildcards)["init_job"]
-    return [] if init_job == jobs.NO_VARIANT else result(init_job, "model.safetensors")
+    return [] if init_job == jobs.NO_VARIANT else result(init_job, jobs.WEIGHTS)
 
 
 def posttrain_params(wildcards):
@@ -158,5 +158,5 @@ def posttrain_params(wildcards):
 
 def ingest_records(wildcards):
     """Every record of a scope; the sweep's ingest waits for the main report (one writer of the store at a time)."""
-    records = [result(folder, "run.json") for folder in jobs.record_folders(config, wildcards.scope)]
+    records = [result(folder, jobs.RECORD) for folder in jobs.record_folders(config, wildcards.scope)]
     return records + (list(rules.report.output) if wildcards.scope == "ablations" else [])

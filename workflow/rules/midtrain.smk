@@ -11,8 +11,8 @@ rule midtrain:
         traj=stored_trajectories,
         data=DATA,
     output:
-        model=result(MID_JOB, "model.safetensors"),
-        record=result(MID_JOB, "run.json"),
+        model=result(MID_JOB, jobs.WEIGHTS),
+        record=result(MID_JOB, jobs.RECORD),
     params:
         cfg=midtrain_params,
         out=subpath(output.model, parent=True),

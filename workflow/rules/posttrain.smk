@@ -11,8 +11,8 @@ rule posttrain:
         init=init_model,
         data=DATA,
     output:
-        model=result(POST_JOB, "model.safetensors"),
-        record=result(POST_JOB, "run.json"),
+        model=result(POST_JOB, jobs.WEIGHTS),
+        record=result(POST_JOB, jobs.RECORD),
     params:
         cfg=posttrain_params,
         out=subpath(output.model, parent=True),

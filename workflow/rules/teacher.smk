@@ -4,9 +4,9 @@ rule teacher:
     input:
         data=DATA,
     output:
-        model=result(jobs.TEACHER, "model.safetensors"),
-        meta=result(jobs.TEACHER, "meta.json"),
-        record=result(jobs.TEACHER, "run.json"),
+        model=result(jobs.TEACHER, jobs.WEIGHTS),
+        meta=result(jobs.TEACHER, jobs.META),
+        record=result(jobs.TEACHER, jobs.RECORD),
     params:
         cfg=subtree("teacher", "network", "precond", "data", "seed", *TRAINING, job=jobs.teacher_tags()),
         out=subpath(output.model, parent=True),
@@ -30,7 +30,7 @@ rule featnet:
         data=DATA,
     output:
         net=FEATNET,
-        record=result(jobs.FEATNET, "run.json"),
+        record=result(jobs.FEATNET, jobs.RECORD),
     params:
         cfg=subtree("featnet", "data", "seed", "compute"),
     threads: threads_of("featnet")

@@ -6,13 +6,16 @@ the same dropout mask (RNG replayed); rows with r = 0 use the clean image; weigh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from cmt import parallel
-from cmt.losses import Distance
+from cmt.labels import conditioned
+from cmt.losses import Distance, make_distance
+from cmt.objectives.base import Context, ImageBatch
 from cmt.precond import SIGMA_DATA, Denoiser
 
 PairFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (y, x_t, t, r) -> x_r
@@ -62,3 +65,22 @@ def consistency_pair_loss(
 def ect_loss(model: Denoiser, y: Tensor, gen: torch.Generator, cfg: dict, stage: int, distance: Distance) -> Tensor:
     """ECT: x_r = y + r eps with the same noise as x_t."""
     return consistency_pair_loss(model, y, gen, cfg, stage, distance, None)
+
+
+@dataclass(frozen=True)
+class ECT:
+    """ECT on an image batch, its stage s from the step (``iterations_per_tick``, ``double_ticks``)."""
+
+    cfg: dict
+    distance: Distance
+
+    def stage(self, step: int) -> int:
+        return ect_stage(step, self.cfg["iterations_per_tick"], self.cfg["double_ticks"])
+
+    def __call__(self, model: Denoiser, batch: ImageBatch, gen: torch.Generator, step: int) -> Tensor:
+        return ect_loss(conditioned(model, batch.labels), batch.images, gen, self.cfg, self.stage(step), self.distance)
+
+
+def build(cfg: dict, context: Context) -> ECT:
+    """From the ``posttrain.ect`` section."""
+    return ECT(cfg, make_distance(cfg["loss"], pseudo_huber_c_value=cfg["pseudo_huber_c"]))

@@ -1,0 +1,88 @@
+"""The method registry is the one list of methods: the config schema, the CLI, the Snakefile and the tables agree
+with it, and no other module spells the method names out as a list."""
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+from cmt.cli import build_parser
+from cmt.config import load_schema
+from cmt.objectives import registry
+from cmt.tables import INIT_NAMES, METHOD_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+POST = list(registry.names("posttrain"))
+
+
+def enum_at(schema: dict, *path: str) -> list:
+    node = schema
+    for key in path:
+        node = node[key]
+    return node["enum"]
+
+
+def test_the_schemas_enums_list_the_registrys_names():
+    schema = load_schema()
+    props = schema["properties"]
+    assert enum_at(props, "posttrain", "properties", "methods", "items") == POST
+    assert enum_at(props, "ablations", "properties", "post", "properties", "methods", "items") == POST
+    assert enum_at(props, "ablations", "properties", "post", "properties", "cmt_variant", "propertyNames") == POST
+    assert enum_at(schema["$defs"], "midtrain", "properties", "form") == list(registry.names("midtrain"))
+    for path in (("posttrain",), ("ablations", "properties", "post")):
+        section = props
+        for key in path:
+            section = section[key]
+        assert enum_at(section["properties"], "inits", "items") == list(registry.INITS)
+    sections = set(props["posttrain"]["properties"]) - {"methods", "inits"}
+    assert sections == set(POST)  # one config section per post-training method, no more
+
+
+def test_the_cli_snakefile_and_tables_read_the_registry():
+    post = build_parser()._subparsers._group_actions[0].choices["posttrain"]
+    choices = {a.dest: a.choices for a in post._actions if a.choices}
+    assert list(choices["method"]) == POST and list(choices["init"]) == list(registry.INITS)
+    assert list(METHOD_NAMES) == POST and INIT_NAMES is registry.INITS
+    snakefile = (ROOT / "workflow" / "Snakefile").read_text()
+    assert 'method="|".join(registry.names("posttrain"))' in snakefile
+
+
+@pytest.mark.parametrize("entry", registry.METHODS, ids=lambda m: f"{m.stage}-{m.name}")
+def test_every_entry_is_complete(entry):
+    assert entry.stage in registry.STAGES and entry.kind in registry.MODEL_KINDS
+    assert set(entry.reads) <= set(registry.READS) and entry.teacher_nfe in registry.TEACHER_NFE
+    assert callable(importlib.import_module(entry.module).build)
+    assert (entry.teacher_nfe == "per_row") == ("teacher" in entry.reads)  # ECD's teacher steps are its NFE
+    assert (entry.teacher_nfe == "per_trajectory") == ("trajectories" in entry.reads)
+
+
+def test_an_unknown_method_is_refused_naming_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown posttrain method 'sct'; valid: ect, ecd, meanflow"):
+        registry.method("posttrain", "sct")
+
+
+def string_lists(tree: ast.AST, names: set[str]) -> list[int]:
+    """Lines of list/tuple/set literals with two or more of ``names`` among their string items."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            items = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+            if len(items & names) >= 2:
+                found.append(node.lineno)
+    return found
+
+
+def test_method_names_are_listed_in_the_registry_only():
+    """The registry itself names each method once, in its entry; a list of several names anywhere in ``cmt/`` (or an
+    alternation in the rules) would be a second copy."""
+    names = {m.name for m in registry.METHODS}
+    assert string_lists(ast.parse('x = ("ect", "meanflow")'), names)  # the scan sees such a list
+    listed = {
+        str(path.relative_to(ROOT)): lines
+        for path in sorted((ROOT / "cmt").rglob("*.py"))
+        if (lines := string_lists(ast.parse(path.read_text()), names))
+    }
+    assert not listed, f"method names listed outside cmt/objectives/registry.py: {listed}"
+    rules = [p for p in (ROOT / "workflow").rglob("*") if p.is_file()]
+    assert not [p.name for p in rules if "ect|ecd" in p.read_text() or "'ect', 'ecd'" in p.read_text()]
