@@ -2,7 +2,7 @@
 
 FD is the Frechet distance of a small classifier's penultimate features, trained on the dataset's own
 labels by its own workflow rule (``featnet``); FID with Inception, the paper's metric, is ``cmt.fid``.
-FD and KID come from clean-fid (``frechet_distance``, ``kernel_distance``).
+FD is ``cmt.frechet``'s; KID comes from clean-fid (``kernel_distance``).
 """
 
 from __future__ import annotations
@@ -121,13 +121,6 @@ def extract(net: ClassifierFeatureNet, images: Tensor, batch_size: int = 1024) -
         .double()
         .numpy()
     )
-
-
-def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
-    """FD between Gaussians fitted to two feature sets (clean-fid's ``frechet_distance``)."""
-    from cleanfid.fid import frechet_distance as fd
-
-    return float(fd(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False)))
 
 
 def kernel_distance(f1: np.ndarray, f2: np.ndarray, seed: int = 0) -> float:

@@ -17,12 +17,11 @@ from cmt.fetch import FetchError
 from cmt.fid import (
     InceptionFeatures,
     fid,
-    frechet_distance,
     load_statistics,
     reference_statistics,
     save_statistics,
-    statistics,
 )
+from cmt.frechet import feature_distance, frechet_distance, statistics
 from cmt.stages import fid_reference
 from cmt.weights import INCEPTION_DIR_ENV
 
@@ -73,6 +72,10 @@ def test_frechet_distance_agrees_with_clean_fid_sqrtm():
     (mu1, s1), (mu2, s2) = statistics(a), statistics(b + 0.1)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(clean_fid_fd(mu1, s1, mu2, s2), rel=1e-7)
     assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-7 * np.trace(s1)  # rank-deficient: rounding only
+    # the offline feature net's FD (64 features, about 1000 samples, as evaluate scores): the same formula
+    f1, f2 = rng.standard_normal((1000, 64)), rng.standard_normal((900, 64)) @ rng.standard_normal((64, 64)) * 0.3
+    expected = clean_fid_fd(*statistics(f1), *statistics(f2 + 0.2))
+    assert feature_distance(f1, f2 + 0.2) == pytest.approx(expected, rel=1e-7)
 
 
 def test_reference_of_the_training_set_scores_itself_zero_and_others_higher(inception, images_zip):

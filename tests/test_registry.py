@@ -35,6 +35,8 @@ def test_the_schemas_enums_list_the_registrys_names():
         for key in path:
             section = section[key]
         assert enum_at(section["properties"], "inits", "items") == list(registry.INITS)
+    sweep = props["ablations"]["properties"]["post"]["properties"]
+    assert sweep["methods"]["default"] == POST and sweep["inits"]["default"] == list(registry.INITS)  # the sweep's
     sections = set(props["posttrain"]["properties"]) - {"methods", "inits"}
     assert sections == set(POST)  # one config section per post-training method, no more
 

@@ -15,12 +15,12 @@ from cmt.atomic import atomic_write_json
 from cmt.checkpoints import load_denoiser
 from cmt.data import Images, train_holdout
 from cmt.fid import InceptionFeatures, fid, load_statistics
+from cmt.frechet import feature_distance
 from cmt.images import save_grid
 from cmt.labels import class_grid_order, draw_labels, label_dim_of
 from cmt.metrics import (
     class_probs,
     extract,
-    frechet_distance,
     kernel_distance,
     load_feature_net,
     probs_scores,
@@ -67,7 +67,7 @@ class Scorer:
 
     def fd(self, images: Tensor) -> float:
         """Feature-net FD of a set of images (the training-time evaluation)."""
-        return frechet_distance(extract(self.net, images.clamp(-1, 1).cpu()), self.ref_feats)
+        return feature_distance(extract(self.net, images.clamp(-1, 1).cpu()), self.ref_feats)
 
     def measure(self, images: Tensor) -> dict:
         """One batch's features (feature net and/or Inception) and class probabilities: what the scores come from."""
@@ -85,7 +85,7 @@ class Scorer:
         scores = {}
         if self.net is not None:
             feats = np.concatenate([m["featnet"] for m in batches])
-            scores["fd"] = frechet_distance(feats, self.ref_feats)
+            scores["fd"] = feature_distance(feats, self.ref_feats)
             scores["kid"] = kernel_distance(feats, self.ref_feats)
             scores.update(probs_scores(torch.cat([m["probs"] for m in batches])))
         if self.inception is not None:
