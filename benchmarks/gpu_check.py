@@ -39,7 +39,7 @@ from cmt.objectives.registry import Method
 from cmt.precond import Denoiser
 from cmt.stages.posttrain.runner import make_loss, method_compute
 from cmt.stages.student import set_dropout, student_loss
-from cmt.train import Compute, LoopConfig, fit, prepare_model
+from cmt.train import Compute, FitOptions, LoopConfig, fit, prepare_model
 from cmt.trajectories import (
     OnlineTrajectories,
     TrajectoryBatches,
@@ -184,7 +184,7 @@ def step_seconds(
         return loss_fn(model, step, gen)
 
     loop = LoopConfig.from_dict({**section, "iterations": s.warmup + s.steps, "checkpoint_every": 0, "eval_every": 0})
-    fit(student, clocked, loop, work, desc="step", seed=0, compute=compute)
+    fit(student, clocked, loop, work, desc="step", seed=0, options=FitOptions(compute=compute))
     return (marks[s.warmup + s.steps - 1] - marks[s.warmup]) / (s.steps - 1), peak_gib(s.device)
 
 

@@ -73,18 +73,9 @@ def _teacher(args: argparse.Namespace) -> None:
     p = _training(args)
     from cmt.stages import teacher
 
-    teacher.run(
-        p["teacher"],
-        p["network"],
-        p["precond"],
-        p["data"],
-        p["seed"],
-        args.out,
-        args.work,
-        p["device"],
-        p.get(JOB_KEY),
-        _compute(p),
-    )
+    sections = {k: p[k] for k in ("network", "precond", "data", "seed", "device")}
+    paths = {"out_dir": Path(args.out), "work_dir": Path(args.work)}
+    teacher.run(teacher.TeacherJob(p["teacher"], **sections, **paths, compute=_compute(p), tags=p.get(JOB_KEY)))
 
 
 def _featnet(args: argparse.Namespace) -> None:
@@ -140,18 +131,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     from cmt.stages import evaluate
     from cmt.train import resolve_device
 
-    cfg = {**p["evaluate"], "sample": p["teacher"]["sample"]}
-    evaluate.run(
-        args.model,
-        args.featnet or None,
-        args.fid_ref or None,
-        cfg,
-        p["data"],
-        p["precond"],
-        args.label,
-        args.out,
-        resolve_device(p["device"]),
-    )
+    optional = {name: Path(path) if path else None for name, path in (("featnet", args.featnet), ("fid", args.fid_ref))}
+    out, device = Path(args.out), resolve_device(p["device"])
+    job = evaluate.EvalJob(Path(args.model), optional["featnet"], optional["fid"], args.label, out, device)
+    evaluate.run(job, {**p["evaluate"], "sample": p["teacher"]["sample"]}, p["data"], p["precond"])
 
 
 DEFAULT_CONFIG = Path("config/config.yaml")  # the Snakefile's `configfile`, read first as the workflow does
@@ -242,6 +225,23 @@ def _check_config(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmt", description="CMT reproduction: one verb per workflow stage.")
     sub = parser.add_subparsers(dest="verb", required=True)
+    _stage_verbs(sub)
+    _store_verbs(sub)
+    _checkpoint_verbs(sub)
+    check = sub.add_parser(
+        "check-config", help="merge config files (later ones override), fill defaults, validate; print the result"
+    )
+    check.add_argument("configs", nargs="+")
+    check.add_argument("-q", "--quiet", action="store_true", help="print only 'ok'")
+    check.set_defaults(func=_check_config)
+    return parser
+
+
+POST_NAMES = ", ".join(registry.method("posttrain", name).display for name in registry.names("posttrain"))
+
+
+def _stage_verbs(sub: argparse._SubParsersAction) -> None:
+    """The workflow's job verbs: each reads its rule's ``--params`` and the paths the rule wires."""
 
     def verb(name: str, func, help: str, *paths: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help)
@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     verb("trajectories", _trajectories, "generate a stored trajectory set", "teacher", "out")
     verb("midtrain", _midtrain, "CMT mid-training", "teacher", "traj", "featnet", "out", "work")
     post = verb(
-        "posttrain", _posttrain, "post-training (ECT, ECD, MeanFlow)", "teacher", "init-dir", "featnet", "out", "work"
+        "posttrain", _posttrain, f"post-training ({POST_NAMES})", "teacher", "init-dir", "featnet", "out", "work"
     )
     post.add_argument("--method", required=True, choices=registry.names("posttrain"))
     post.add_argument("--init", required=True, choices=list(registry.INITS))
@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--label", required=True)
 
+
+def _store_verbs(sub: argparse._SubParsersAction) -> None:
+    """The serial verbs on the MLflow store: ingest records, build the tables."""
     ing = sub.add_parser("ingest", help="log job records into the MLflow store (serial)")
     ing.add_argument("records", nargs="+")
     for name in ("db", "experiment", "artifacts", "done"):
@@ -288,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("db", "experiment", "out"):
         rab.add_argument(f"--{name}", required=True)
     rab.set_defaults(func=_report_ablations)
+
+
+def _checkpoint_verbs(sub: argparse._SubParsersAction) -> None:
+    """What a researcher runs on a checkpoint by hand: sample it, describe it, convert it."""
     smp = sub.add_parser(
         "sample",
         help="samples of a checkpoint with its kind's sampler, as evaluate draws them (.png, .npz or a folder)",
@@ -312,13 +319,6 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("out", help="folder for model.safetensors + meta.json")
     conv.add_argument("--url", help="where the file came from (recorded in the meta)")
     conv.set_defaults(func=_convert_checkpoint)
-    check = sub.add_parser(
-        "check-config", help="merge config files (later ones override), fill defaults, validate; print the result"
-    )
-    check.add_argument("configs", nargs="+")
-    check.add_argument("-q", "--quiet", action="store_true", help="print only 'ok'")
-    check.set_defaults(func=_check_config)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from cmt import parallel
 from cmt.atomic import atomic_save_tensors
 from cmt.data import ImageDataset
-from cmt.train import Compute, LoopConfig, fit
+from cmt.train import Compute, FitOptions, LoopConfig, fit
 
 
 class ClassifierFeatureNet(nn.Module):
@@ -52,6 +52,9 @@ class ClassifierFeatureNet(nn.Module):
         return self.head(self.features(x))
 
 
+FEATNET_BATCH, FEATNET_LR = 128, 2e-3  # the feature net's minibatch and Adam learning rate
+
+
 def train_feature_net(
     train: ImageDataset,
     holdout: ImageDataset,
@@ -59,8 +62,6 @@ def train_feature_net(
     seed: int,
     work_dir: str | Path,
     compute: Compute | None = None,
-    batch_size: int = 128,
-    lr: float = 2e-3,
 ) -> tuple[ClassifierFeatureNet, float]:
     """Train the classifier on real labels (light Gaussian-noise augmentation) with the shared loop (Adam, constant
     LR, no EMA); returns (net, held-out accuracy)."""
@@ -72,6 +73,7 @@ def train_feature_net(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = ClassifierFeatureNet(train.shape[0], int(train.labels.max()) + 1)
+    batch_size, lr = FEATNET_BATCH, FEATNET_LR
     steps = epochs * max(1, len(train) // batch_size)
     loop = LoopConfig(steps, batch_size, lr, "adam", (0.9, 0.999), "constant", 0, 0, 0, ema_beta=0.0)
     local = parallel.local_count(batch_size, "the feature net's batch")
@@ -81,7 +83,7 @@ def train_feature_net(
         x = train.images[idx] + 0.1 * parallel.randn(train.images[idx].shape, gen)
         return F.cross_entropy(model(x), train.labels[idx])
 
-    net = fit(net, loss_fn, loop, work_dir, desc="feature net", seed=seed, compute=compute).ema
+    net = fit(net, loss_fn, loop, work_dir, desc="feature net", seed=seed, options=FitOptions(compute=compute)).ema
     with torch.no_grad():
         accuracy = float((net(holdout.images).argmax(1) == holdout.labels).float().mean())
     return net, accuracy

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -15,7 +16,16 @@ from cmt.precond import Denoiser, fm_time, mean_velocity
 from cmt.solvers import Denoiser as DenoiserFn
 from cmt.solvers import sample_trajectory, sigma_grid
 
-Sampler = Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (noise, 2-step re-noise draw, labels) -> images
+
+class Draws(NamedTuple):
+    """What fixes a batch of samples: each one's noise, its 2-step re-noising draw and its class label (or None)."""
+
+    noise: Tensor
+    eps: Tensor | None = None
+    labels: Tensor | None = None
+
+
+Sampler = Callable[[Draws], Tensor]  # a batch's draws -> its images
 
 
 @dataclass(frozen=True)
@@ -86,26 +96,17 @@ def check_steps(kind: str, steps: int) -> None:
 
 
 @torch.no_grad()
-def sample_few_step(
-    model: Denoiser,
-    kind: str,
-    noise: Tensor,
-    steps: int,
-    sigma_max: float,
-    t_mid: float,
-    eps: Tensor | None = None,
-    labels: Tensor | None = None,
-) -> Tensor:
+def sample_few_step(model: Denoiser, kind: str, draws: Draws, steps: int, sigma_max: float, t_mid: float) -> Tensor:
     """k-step samples of a ``consistency`` model (k = 1, 2; method.md 9) or a ``meanflow`` model (any k, from the
-    top of the sigma range in FM time; numerics.md 9.5); ``eps``: the 2-step re-noising draw, ``labels``: one class
-    per sample, for a class-conditional model."""
+    top of the sigma range in FM time; numerics.md 9.5)."""
     check_steps(kind, steps)
     if kind == "meanflow":
         model.eval()
-        return sample_meanflow(conditioned(model, labels), noise, steps, fm_time(sigma_max))
+        return sample_meanflow(conditioned(model, draws.labels), draws.noise, steps, fm_time(sigma_max))
     if kind != "consistency":
         raise ValueError(f"a {kind} model has no few-step sampler")
-    return sample_consistency(model, noise, sigma_max, t_mid if steps == 2 else None, eps, labels)
+    mid = t_mid if steps == 2 else None
+    return sample_consistency(model, draws.noise, sigma_max, mid, draws.eps, draws.labels)
 
 
 def make_sampler(model: Denoiser, kind: str, steps: int, settings: SamplerSettings) -> Sampler:
@@ -114,7 +115,5 @@ def make_sampler(model: Denoiser, kind: str, steps: int, settings: SamplerSettin
     check_steps(kind, steps)
     if kind == "diffusion":
         sigmas = sigma_grid(settings.grid, steps, sigma_min=settings.sigma_min, sigma_max=settings.sigma_max)
-        return lambda z, eps, labels: sample_diffusion(conditioned(model, labels), z, sigmas, settings.solver)
-    return lambda z, eps, labels: sample_few_step(
-        model, kind, z, steps, settings.sigma_max, settings.t_mid, eps, labels
-    )
+        return lambda draws: sample_diffusion(conditioned(model, draws.labels), draws.noise, sigmas, settings.solver)
+    return lambda draws: sample_few_step(model, kind, draws, steps, settings.sigma_max, settings.t_mid)

@@ -107,7 +107,6 @@ def ingest(
     one whose parent run groups it.
     """
     import mlflow
-    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri(db))
@@ -128,41 +127,46 @@ def ingest(
             continue
         for r in old:
             client.delete_run(r.info.run_id)
-        record = json.loads(Path(file).read_text())
-        tags = {
-            **{k: str(v) for k, v in record["tags"].items()},
-            "cmt_record": key,
-            "cmt_digest": digest,
-            "git_commit": record["git_commit"],
-            "cmt_stage": record["stage"],
-            "mlflow.parentRunId": table_parents[tables[0]] if tables and tables[0] != MAIN_TABLE else parent,
-            **({"tables": ",".join(tables)} if tables else {}),
-        }
-        run = client.create_run(exp_id, run_name=record["run_name"], tags=tags)
-        rid, now = run.info.run_id, int(time.time() * 1000)
-        params = [Param(k, str(v)[:6000]) for k, v in record["params"].items()]
-        history = read_history(folder)
-        metrics = [
-            Metric(k, float(v), now, int(h["step"]))
-            for h in history
-            for k, v in h.items()
-            if k != "step" and _is_number(v)
-        ]
-        last = max((int(h["step"]) for h in history), default=0)
-        # final values at the last step with a later timestamp, so MLflow reports them as the latest
-        metrics += [Metric(k, float(v), now + 1, last) for k, v in record["metrics"].items() if _is_number(v)]
-        for i in range(0, len(params), 100):  # MLflow's per-request limits
-            client.log_batch(rid, params=params[i : i + 100])
-        for i in range(0, len(metrics), 1000):
-            client.log_batch(rid, metrics=metrics[i : i + 1000])
-        for name in record["artifacts"]:
-            client.log_artifact(rid, str(folder / name))
-        client.set_terminated(rid, "FINISHED")
+        parent_id = table_parents[tables[0]] if tables and tables[0] != MAIN_TABLE else parent
+        log_record(client, exp_id, Path(file), {"cmt_record": key, "cmt_digest": digest}, parent_id, tables)
         counts["created"] += 1
     if groups is not None:
         counts["ungrouped"] = ungroup_stale(client, exp_id, groups)
     client.set_terminated(parent, "FINISHED")
     return counts
+
+
+def log_record(client, exp_id: str, file: Path, marks: dict, parent: str, tables: list[str]) -> None:
+    """One record as a finished MLflow run below ``parent``: its tags (with the ingest ``marks``), params, the metric
+    history and the final metrics, artifacts."""
+    from mlflow.entities import Metric, Param
+
+    record, folder = json.loads(file.read_text()), file.parent
+    tags = {
+        **{k: str(v) for k, v in record["tags"].items()},
+        **marks,
+        "git_commit": record["git_commit"],
+        "cmt_stage": record["stage"],
+        "mlflow.parentRunId": parent,
+        **({"tables": ",".join(tables)} if tables else {}),
+    }
+    run = client.create_run(exp_id, run_name=record["run_name"], tags=tags)
+    rid, now = run.info.run_id, int(time.time() * 1000)
+    params = [Param(k, str(v)[:6000]) for k, v in record["params"].items()]
+    history = read_history(folder)
+    metrics = [
+        Metric(k, float(v), now, int(h["step"])) for h in history for k, v in h.items() if k != "step" and _is_number(v)
+    ]
+    last = max((int(h["step"]) for h in history), default=0)
+    # final values at the last step with a later timestamp, so MLflow reports them as the latest
+    metrics += [Metric(k, float(v), now + 1, last) for k, v in record["metrics"].items() if _is_number(v)]
+    for i in range(0, len(params), 100):  # MLflow's per-request limits
+        client.log_batch(rid, params=params[i : i + 100])
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(rid, metrics=metrics[i : i + 1000])
+    for name in record["artifacts"]:
+        client.log_artifact(rid, str(folder / name))
+    client.set_terminated(rid, "FINISHED")
 
 
 def experiment_id(client, experiment: str, artifact_root: str | Path) -> str:

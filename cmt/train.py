@@ -219,6 +219,18 @@ class FitResult:
     replica_spread: float = 0.0  # several processes: how far the ranks' weights drifted apart (cmt.parallel)
 
 
+@dataclass(frozen=True)
+class FitOptions:
+    """What a run adds to the plain loop: ``evaluate(ema, step)`` along training (rank 0), a ``fingerprint`` of its
+    settings (a resume checkpoint of other settings is not used), the objective's own resumable state (``extra``) and
+    the fast paths (``compute``; default: none)."""
+
+    evaluate: EvalFn | None = None
+    fingerprint: str = ""
+    extra: Stateful | None = None
+    compute: Compute | None = None
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -226,79 +238,99 @@ def fit(
     work_dir: str | Path,
     desc: str,
     seed: int,
-    evaluate: EvalFn | None = None,
-    fingerprint: str = "",
-    extra: Stateful | None = None,
-    compute: Compute | None = None,
+    options: FitOptions | None = None,
 ) -> FitResult:
     """Train ``model`` in place; returns its EMA copy and the metric history (one dict per logged step).
 
-    A resume checkpoint in ``work_dir`` is used only if it carries the same ``fingerprint`` (a hash of
-    the run's configuration): a run whose settings changed starts over instead of resuming.  ``extra``
-    is the objective's own state, saved and restored with the checkpoint.  Any process count resumes any
-    checkpoint: everything in it is the same on every rank.  ``compute``: the fast paths (default: none).
+    Any process count resumes any checkpoint in ``work_dir``: everything in it is the same on every rank.
     """
-    compute = compute or Compute.from_dict()
+    options = options or FitOptions()
+    compute = options.compute or Compute.from_dict()
     work = Path(work_dir)
-    device = next(model.parameters()).device
     model.train()
     parallel.broadcast_module(model)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = make_optimizer(cfg, model.parameters(), compute.optimizer_kernel)
-    generator = torch.Generator(device=device).manual_seed(seed)  # the same on every rank: global-batch draws
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)  # global-batch draws
     torch.manual_seed(_rank_seed(seed, 0))  # dropout: each rank its own stream
-    history: list[dict] = []
-    train_state = _TrainState(model, ema, optimizer, generator, history, fingerprint, extra)
-    if parallel.is_main():
-        for stale in remove_stale_temporaries(work / RESUME_FILE):
-            print(f"{desc}: removed {stale}, a checkpoint write cut short", file=sys.stderr)
-    start = train_state.resume(work / RESUME_FILE)
-    if start:
-        if not parallel.is_main():  # rank 0 continues the RNG state it saved
-            torch.manual_seed(_rank_seed(seed, start))
-        _say(f"{desc}: resumed from step {start} (checkpoint {work / RESUME_FILE})")
+    train_state = _TrainState(model, ema, optimizer, generator, [], options.fingerprint, options.extra)
+    start = _resume(train_state, work / RESUME_FILE, desc, seed)
     prepare_model(model, compute)
-    main = parallel.is_main()
-    if main and evaluate is not None and cfg.eval_every and start == 0:  # the initial weights: where FD curves start
-        history.append({"step": 0, "images": 0, **evaluate(ema, 0)})
+    evaluate = options.evaluate if parallel.is_main() and cfg.eval_every else None
+    if evaluate is not None and start == 0:  # the initial weights: where FD curves start
+        train_state.history.append({"step": 0, "images": 0, **evaluate(ema, 0)})
         model.train()
-    log = _LossLog(cfg, desc, work / RESUME_FILE, history, start)
+    log = _LossLog(cfg, desc, work / RESUME_FILE, train_state.history, start)
     with StopRequest() as stop:
+        loop = _Loop(train_state, loss_fn, cfg, compute, log, stop, evaluate)
         for step in log.bar:
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, step)
-            before_training_step(model)
-            loss = loss_fn(model, step, generator)
-            done = step + 1
-            last = done == cfg.iterations
-            evaluating = evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or last)
-            saving = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and not last
-            stopping = False
-            log.add(step, loss.detach(), optimizer.param_groups[0]["lr"])
-            if done % compute.sync_every == 0 or last or evaluating or saving:
-                # host sync: stops at a non-finite loss before this step updates the weights; every rank learns
-                # whether any of them was signalled, so all stop after the same step
-                stopping = log.flush(stop.requested is not None) and not last
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            parallel.average_gradients(model)
-            clean_gradients(model)
-            optimizer.step()
-            ema_update(ema, model, ema_decay(cfg, step), compute.ema_foreach)
-            if main and evaluating:
-                history.append({"step": done, "images": done * cfg.batch_size, **evaluate(ema, done)})
-                model.train()
-            if main and (saving or stopping):
-                atomic_write_bytes(work / RESUME_FILE, train_state.to_bytes(done, log.seconds()))
-            if stopping:
-                parallel.barrier()  # the checkpoint is on disk before any process exits
-                log.bar.close()
-                raise Preempted(f"{desc}: stopped by a signal after step {done}; checkpoint {work / RESUME_FILE}")
+            loop.step(step)
     log.bar.close()
     spread = parallel.replica_spread(model, ema)
     if spread:
         _say(f"{desc}: the {parallel.world()} replicas differ by up to {spread:.3g} (they should agree exactly)")
-    return FitResult(ema, history, train_state.seconds + log.seconds(), start, spread)
+    return FitResult(ema, train_state.history, train_state.seconds + log.seconds(), start, spread)
+
+
+def _resume(state: "_TrainState", checkpoint: Path, desc: str, seed: int) -> int:
+    """The step a run continues from: a checkpoint of these settings, else 0 (a stale ``.part`` is removed)."""
+    if parallel.is_main():
+        for stale in remove_stale_temporaries(checkpoint):
+            print(f"{desc}: removed {stale}, a checkpoint write cut short", file=sys.stderr)
+    start = state.resume(checkpoint)
+    if start:
+        if not parallel.is_main():  # rank 0 continues the RNG state it saved
+            torch.manual_seed(_rank_seed(seed, start))
+        _say(f"{desc}: resumed from step {start} (checkpoint {checkpoint})")
+    return start
+
+
+@dataclass
+class _Loop:
+    """One run's optimiser steps: what every step reads."""
+
+    state: "_TrainState"
+    loss_fn: LossFn
+    cfg: LoopConfig
+    compute: Compute
+    log: "_LossLog"
+    stop: StopRequest
+    evaluate: EvalFn | None
+
+    def step(self, step: int) -> None:
+        """One optimiser step: the loss, the host sync when due (non-finite losses, signals), the averaged and cleaned
+        gradients, the update, the EMA, then evaluation and checkpoint when due; raises ``Preempted`` on a signal."""
+        state, cfg, log = self.state, self.cfg, self.log
+        model, optimizer = state.model, state.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        before_training_step(model)
+        loss = self.loss_fn(model, step, state.generator)
+        done = step + 1
+        last = done == cfg.iterations
+        evaluating = self.evaluate is not None and (done % cfg.eval_every == 0 or last)
+        saving = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and not last
+        stopping = False
+        log.add(step, loss.detach(), optimizer.param_groups[0]["lr"])
+        if done % self.compute.sync_every == 0 or last or evaluating or saving:
+            # host sync: stops at a non-finite loss before this step updates the weights; every rank learns whether
+            # any of them was signalled, so all stop after the same step
+            stopping = log.flush(self.stop.requested is not None) and not last
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        parallel.average_gradients(model)
+        clean_gradients(model)
+        optimizer.step()
+        ema_update(state.ema, model, ema_decay(cfg, step), self.compute.ema_foreach)
+        if evaluating:
+            state.history.append({"step": done, "images": done * cfg.batch_size, **self.evaluate(state.ema, done)})
+            model.train()
+        if parallel.is_main() and (saving or stopping):
+            atomic_write_bytes(log.checkpoint, state.to_bytes(done, log.seconds()))
+        if stopping:
+            parallel.barrier()  # the checkpoint is on disk before any process exits
+            log.bar.close()
+            raise Preempted(f"{log.desc}: stopped by a signal after step {done}; checkpoint {log.checkpoint}")
 
 
 def _rank_seed(seed: int, step: int) -> int:

@@ -131,17 +131,19 @@ def precision_error(
     return float((solved["low"] - solved["fp32"]).norm() / solved["fp32"].norm())
 
 
+class SetSize(NamedTuple):
+    """How many trajectories a stored set holds, how many a shard, and the seed its shards' seeds derive from."""
+
+    count: int
+    shard_size: int
+    seed: int
+
+
 def write_set(
-    folder: str | Path,
-    teacher: Denoiser,
-    spec: TrajectorySpec,
-    count: int,
-    shard_size: int,
-    seed: int,
-    data: Images | None,
-    provenance: dict,
+    folder: str | Path, teacher: Denoiser, spec: TrajectorySpec, size: SetSize, data: Images | None, provenance: dict
 ) -> dict:
-    """Generate ``count`` trajectories in shards of ``shard_size`` and write them plus ``index.json``."""
+    """Generate ``size.count`` trajectories in shards of ``size.shard_size`` and write them plus ``index.json``."""
+    count, shard_size, seed = size
     out = Path(folder)
     device = next(teacher.parameters()).device
     shards = []

@@ -13,3 +13,9 @@ def test_ruff_lint_and_format():
     assert lint.returncode == 0, lint.stdout
     fmt = subprocess.run([str(RUFF), "format", "--check", "cmt", "tests"], cwd=ROOT, capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout
+
+
+def test_no_function_in_cmt_breaks_the_size_rule():
+    """At most 60 lines and 7 parameters a function (benchmarks/function_size.py; its EXEMPT list aside)."""
+    done = subprocess.run([sys.executable, "benchmarks/function_size.py"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout

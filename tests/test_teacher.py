@@ -16,7 +16,7 @@ from cmt.objectives import registry
 from cmt.objectives.base import Context
 from cmt.objectives.edm import edm_loss
 from cmt.stages.student import init_student
-from cmt.stages.teacher import build_denoiser, train_teacher
+from cmt.stages.teacher import TeacherJob, build_denoiser, train_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,11 @@ def test_training_lowers_the_edm_loss(cfg, tmp_path):
     before = eval_loss(den)
     train_cfg = {**cfg["teacher"]["train"], "iterations": 60, "warmup_iterations": 10, "ema_halflife_images": 500}
     result = train_teacher(
-        den, data, train_cfg, cfg["data"]["loader"], 0, Context(0.002, 80.0, data.shape, torch.device("cpu")), tmp_path
+        den,
+        data,
+        train_cfg,
+        TeacherJob(cfg["teacher"], cfg["network"], cfg["precond"], cfg["data"], 0, tmp_path, tmp_path),
+        Context(0.002, 80.0, data.shape, torch.device("cpu")),
     )
     assert [h["step"] for h in result.history] == list(range(1, 61))
     assert eval_loss(result.ema) < 0.8 * before

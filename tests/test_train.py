@@ -16,6 +16,7 @@ from cmt.preemption import Preempted
 from cmt.train import (
     RESUME_FILE,
     Compute,
+    FitOptions,
     LoopConfig,
     NonFiniteLoss,
     clean_gradients,
@@ -114,14 +115,22 @@ def test_a_signal_saves_the_step_reached_and_the_resumed_run_ends_on_the_uninter
     steps and raises Preempted; reading the loss back every 4 steps, the stop waits for the next read (24)."""
     compute = fast(sync_every=sync_every)
     ref_model, loss_fn = regression_problem()
-    ref = fit(ref_model, loss_fn, CFG, tmp_path / "ref", "ref", seed=3, compute=compute)
+    ref = fit(ref_model, loss_fn, CFG, tmp_path / "ref", "ref", seed=3, options=FitOptions(compute=compute))
     model, loss_fn = regression_problem()
     with pytest.raises(Preempted, match=f"run: stopped by a signal after step {saved}; checkpoint .*{RESUME_FILE}"):
-        fit(model, signalled_at(22, loss_fn, signum), CFG, tmp_path / "run", "run", seed=3, compute=compute)
+        fit(
+            model,
+            signalled_at(22, loss_fn, signum),
+            CFG,
+            tmp_path / "run",
+            "run",
+            seed=3,
+            options=FitOptions(compute=compute),
+        )
     assert torch.load(tmp_path / "run" / RESUME_FILE, weights_only=True)["step"] == saved
     assert signal.getsignal(signum) is signal.SIG_DFL  # the default action is back once fit returns
     model2, loss_fn2 = regression_problem()
-    resumed = fit(model2, loss_fn2, CFG, tmp_path / "run", "run", seed=3, compute=compute)
+    resumed = fit(model2, loss_fn2, CFG, tmp_path / "run", "run", seed=3, options=FitOptions(compute=compute))
     assert resumed.resumed_from == saved
     assert resumed.history == ref.history
     assert all(torch.equal(a, b) for a, b in zip(resumed.ema.parameters(), ref.ema.parameters()))
@@ -157,14 +166,22 @@ def test_resume_checkpoint_of_other_settings_is_not_used(tmp_path):
     model, loss_fn = regression_problem()
     killed = killed_at(15, loss_fn)
     with pytest.raises(KeyboardInterrupt):
-        fit(model, killed, CFG, tmp_path, "run", seed=3, fingerprint="settings-a")
+        fit(model, killed, CFG, tmp_path, "run", seed=3, options=FitOptions(fingerprint="settings-a"))
     model2, _ = regression_problem()
-    assert fit(model2, loss_fn, CFG, tmp_path, "run", seed=3, fingerprint="settings-b").resumed_from == 0
+    assert (
+        fit(model2, loss_fn, CFG, tmp_path, "run", seed=3, options=FitOptions(fingerprint="settings-b")).resumed_from
+        == 0
+    )
     model3, _ = regression_problem()
     with pytest.raises(KeyboardInterrupt):
-        fit(model3, killed, CFG, tmp_path / "c", "run", seed=3, fingerprint="settings-a")
+        fit(model3, killed, CFG, tmp_path / "c", "run", seed=3, options=FitOptions(fingerprint="settings-a"))
     model4, _ = regression_problem()
-    assert fit(model4, loss_fn, CFG, tmp_path / "c", "run", seed=3, fingerprint="settings-a").resumed_from == 10
+    assert (
+        fit(
+            model4, loss_fn, CFG, tmp_path / "c", "run", seed=3, options=FitOptions(fingerprint="settings-a")
+        ).resumed_from
+        == 10
+    )
 
 
 def nan_at(bad_step, loss_fn):
@@ -293,13 +310,21 @@ def counting(loss_fn, seen):
 def test_an_objectives_state_survives_a_resume(tmp_path):
     ref_seen, run_seen = Seen(), Seen()
     model, loss_fn = regression_problem()
-    fit(model, counting(loss_fn, ref_seen), CFG, tmp_path / "ref", "ref", seed=3, extra=ref_seen)
+    fit(model, counting(loss_fn, ref_seen), CFG, tmp_path / "ref", "ref", seed=3, options=FitOptions(extra=ref_seen))
     model, loss_fn = regression_problem()
     with pytest.raises(KeyboardInterrupt):
-        fit(model, killed_at(25, counting(loss_fn, run_seen)), CFG, tmp_path / "run", "run", seed=3, extra=run_seen)
+        fit(
+            model,
+            killed_at(25, counting(loss_fn, run_seen)),
+            CFG,
+            tmp_path / "run",
+            "run",
+            seed=3,
+            options=FitOptions(extra=run_seen),
+        )
     fresh = Seen()  # a new process: nothing of the killed run's memory survives but the checkpoint
     model, loss_fn = regression_problem()
-    fit(model, counting(loss_fn, fresh), CFG, tmp_path / "run", "run", seed=3, extra=fresh)
+    fit(model, counting(loss_fn, fresh), CFG, tmp_path / "run", "run", seed=3, options=FitOptions(extra=fresh))
     assert fresh.values == ref_seen.values and len(ref_seen.values) > 20
 
 
@@ -327,7 +352,9 @@ def test_reading_the_loss_back_every_k_steps_changes_no_bit(tmp_path):
     runs = {}
     for k in (1, 4, 7):
         model, loss_fn = regression_problem()
-        runs[k] = fit(model, loss_fn, CFG, tmp_path / str(k), "k", seed=2, compute=fast(sync_every=k))
+        runs[k] = fit(
+            model, loss_fn, CFG, tmp_path / str(k), "k", seed=2, options=FitOptions(compute=fast(sync_every=k))
+        )
     for k in (4, 7):
         assert runs[k].history == runs[1].history
         assert all(torch.equal(a, b) for a, b in zip(runs[k].ema.parameters(), runs[1].ema.parameters()))
@@ -336,7 +363,7 @@ def test_reading_the_loss_back_every_k_steps_changes_no_bit(tmp_path):
 def test_a_nan_loss_read_back_late_still_names_its_step_and_keeps_the_checkpoint_before_it(tmp_path):
     model, loss_fn = regression_problem()
     with pytest.raises(NonFiniteLoss, match="at step 13.*last good checkpoint kept"):
-        fit(model, nan_at(13, loss_fn), CFG, tmp_path, "boom", seed=0, compute=fast(sync_every=4))
+        fit(model, nan_at(13, loss_fn), CFG, tmp_path, "boom", seed=0, options=FitOptions(compute=fast(sync_every=4)))
     assert torch.load(tmp_path / RESUME_FILE, weights_only=True)["step"] == 10
 
 
@@ -348,7 +375,9 @@ def test_foreach_ema_is_the_tensor_by_tensor_ema_and_optimiser_kernels_agree(tmp
         "fused": {"optimizer_kernel": "fused"},
     }.items():
         model, loss_fn = regression_problem()
-        results[name] = fit(model, loss_fn, CFG, tmp_path / name, name, seed=4, compute=fast(**switches)).ema
+        results[name] = fit(
+            model, loss_fn, CFG, tmp_path / name, name, seed=4, options=FitOptions(compute=fast(**switches))
+        ).ema
     for name in ("foreach", "fused"):
         for a, b in zip(results[name].parameters(), results["plain"].parameters()):
             assert torch.allclose(a, b, atol=1e-6), name

@@ -19,6 +19,7 @@ from cmt.stages.midtrain import online_precision_error
 from cmt.trajectories import (
     INDEX,
     OnlineTrajectories,
+    SetSize,
     StoredTrajectories,
     TrajectorySpec,
     generate,
@@ -41,7 +42,7 @@ def teacher():
 
 @pytest.fixture
 def stored(tmp_path, teacher):
-    index = write_set(tmp_path, teacher, SPEC, count=10, shard_size=4, seed=3, data=None, provenance={"teacher": "t"})
+    index = write_set(tmp_path, teacher, SPEC, SetSize(10, 4, 3), data=None, provenance={"teacher": "t"})
     return tmp_path, index
 
 
@@ -63,7 +64,7 @@ def test_index_and_shards(stored, teacher):
 def test_any_shard_regenerates_identically(stored, teacher, tmp_path_factory):
     folder, index = stored
     again = tmp_path_factory.mktemp("again")
-    write_set(again, teacher, SPEC, count=10, shard_size=4, seed=3, data=None, provenance={})
+    write_set(again, teacher, SPEC, SetSize(10, 4, 3), data=None, provenance={})
     for entry in index["shards"]:
         assert file_sha256(again / entry["file"]) == entry["sha256"]
 
@@ -112,7 +113,7 @@ def test_online_source_and_data_plus_noise_start(teacher):
 
 def test_a_conditional_teacher_stores_the_label_each_trajectory_was_solved_for(tmp_path):
     teacher = conditional_denoiser()
-    index = write_set(tmp_path, teacher, SPEC, count=6, shard_size=4, seed=3, data=None, provenance={})
+    index = write_set(tmp_path, teacher, SPEC, SetSize(6, 4, 3), data=None, provenance={})
     assert index["label_dim"] == 10
     stored = StoredTrajectories(tmp_path)
     every = stored.read(torch.arange(6))

@@ -27,7 +27,7 @@ from cmt.metrics import (
 )
 from cmt.objectives.registry import MODEL_KINDS
 from cmt.precond import Denoiser
-from cmt.sampling import Sampler, SamplerSettings, make_sampler, sample_few_step
+from cmt.sampling import Draws, Sampler, SamplerSettings, make_sampler, sample_few_step
 from cmt.seeds import index_normal
 from cmt.solvers import denoiser_calls, sigma_grid
 from cmt.tracking import write_record
@@ -104,7 +104,7 @@ def few_step_fd_callback(
         labels = draw_labels(n, label_dim_of(ema), seed, device=device)
         return {
             f"fd_{steps}step": scorer.fd(
-                sample_few_step(ema, kind, noise.to(device), steps, sigma_max, t_mid, eps.to(device), labels)
+                sample_few_step(ema, kind, Draws(noise.to(device), eps.to(device), labels), steps, sigma_max, t_mid)
             )
             for steps in MODEL_KINDS[kind].eval_steps
         }
@@ -142,7 +142,7 @@ def sample_batches(
         eps = index_normal(seed, "renoise", first, count, shape, device)
         labels = draw_labels(count, label_dim, seed, first, device)
         for name, sampler in named.items():
-            yield name, sampler(z, eps, labels), labels
+            yield name, sampler(Draws(z, eps, labels)), labels
 
 
 def save_sample_grid(images: Tensor, labels: Tensor | None, label_dim: int, path: Path) -> None:
@@ -186,56 +186,47 @@ def training_cost(meta: dict) -> dict:
     return {k: train[k] for k in ("images", "teacher_nfe") if k in train}
 
 
-def run(
-    model_dir: str | Path,
-    featnet: str | Path | None,
-    fid_reference: str | Path | None,
-    cfg: dict,
-    data_cfg: dict,
-    precond: dict,
-    label: str,
-    out_dir: str | Path,
-    device: torch.device,
-) -> dict:
-    """Evaluate one model: scores.json, one grid per sampler, and a record for MLflow."""
-    out = Path(out_dir)
-    model, meta = load_denoiser(model_dir)
+@dataclass(frozen=True)
+class EvalJob:
+    """The evaluate rule's job: the model folder, the feature net and FID reference it scores with (either may be
+    absent), its label, where it writes, and the device."""
+
+    model_dir: Path
+    featnet: Path | None
+    fid_reference: Path | None
+    label: str
+    out_dir: Path
+    device: torch.device
+
+
+def run(job: EvalJob, cfg: dict, data_cfg: dict, precond: dict) -> dict:
+    """Evaluate one model by the ``evaluate`` section ``cfg`` (the teacher's ``sample`` section under ``sample``):
+    scores.json, one grid per sampler, and a record for MLflow."""
+    model, meta = load_denoiser(job.model_dir)
     _, holdout = train_holdout(data_cfg)
-    fid_mode = cfg["fid"]["mode"]
-    scorer = Scorer(
-        None if featnet is None else Path(featnet),
-        holdout,
-        None if fid_reference is None else Path(fid_reference),
-        fid_mode,
-        device,
-    )
+    scorer = Scorer(job.featnet, holdout, job.fid_reference, cfg["fid"]["mode"], job.device)
+    named = samplers(model, meta, cfg, precond)
     shape = model.model.cfg.image_shape
-    scores = score_samples(
-        model.to(device).eval(), samplers(model, meta, cfg, precond), cfg, scorer, shape, device, out
-    )
+    scores = score_samples(model.to(job.device).eval(), named, cfg, scorer, shape, job.device, job.out_dir)
+    fid = {"fid_mode": scorer.fid_mode} if scorer.fid_stats else {}
     result = {
-        "label": label,
-        "model": str(model_dir),
+        "label": job.label,
+        "model": str(job.model_dir),
         "model_kind": meta.get("model_kind"),
         "num_samples": cfg["num_samples"],
         "reference_count": len(holdout),
-        **({"fid_mode": fid_mode, "fid_reference_count": scorer.fid_stats["count"]} if scorer.fid_stats else {}),
+        **({**fid, "fid_reference_count": scorer.fid_stats["count"]} if scorer.fid_stats else {}),
         **scores,
     }
-    atomic_write_json(out / "scores.json", result)
-    params = {
-        "label": label,
-        "t_mid": cfg["t_mid"],
-        "metrics": ",".join(cfg["metrics"]),
-        "num_samples": cfg["num_samples"],
-    }
+    atomic_write_json(job.out_dir / "scores.json", result)
+    params = {"label": job.label, "t_mid": cfg["t_mid"], "metrics": ",".join(cfg["metrics"])}
     write_record(
-        out,
+        job.out_dir,
         stage="evaluate",
-        run_name=f"eval/{label}",
-        params={**params, **({"fid_mode": fid_mode} if scorer.fid_stats else {})},
-        tags={**meta.get("tags", {}), "label": label},
+        run_name=f"eval/{job.label}",
+        params={**params, "num_samples": cfg["num_samples"], **fid},
+        tags={**meta.get("tags", {}), "label": job.label},
         metrics={**scores, **training_cost(meta)},
-        artifacts=sorted(p.name for p in out.glob("grid-*.png")),
+        artifacts=sorted(p.name for p in job.out_dir.glob("grid-*.png")),
     )
     return result

@@ -14,13 +14,14 @@ from cmt.data import Images, train_holdout
 from cmt.objectives import registry
 from cmt.solvers import denoiser_calls
 from cmt.stages.student import (
+    Record,
     StudentJob,
-    finish,
-    fit_student,
+    StudentRun,
     init_student,
     job_label,
     objective_context,
     student_loss,
+    train_student,
 )
 from cmt.train import AMP_DTYPES, LoopConfig, resolve_device, set_precision
 from cmt.trajectories import (
@@ -34,23 +35,16 @@ from cmt.trajectories import (
 
 
 def trajectory_source(
-    source: str,
-    traj_cfg: dict,
-    traj_dir: str | Path | None,
-    teacher_dir: str | Path,
-    train: Images,
-    device: torch.device,
-    limit: int | None = None,
-    teacher_precision: str = "fp32",
+    cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob, train: Images, device: torch.device
 ) -> TrajectorySource:
-    """A stored set (``traj_dir``, its first ``limit`` trajectories) or, with ``source: online``, the
-    teacher (its network in ``teacher_precision``) and solver in the loop."""
-    if source == "stored":
+    """A stored set (``traj_dir``, its first ``midtrain.max_trajectories``) or, with ``midtrain.source: online``, the
+    job's teacher (its network in ``compute.teacher_precision``) and solver in the loop."""
+    if cfg["source"] == "stored":
         if traj_dir is None:
             raise ValueError("midtrain.source 'stored' needs a trajectory folder")
-        return StoredTrajectories(traj_dir, device, limit=limit)
-    teacher, _ = load_denoiser(teacher_dir)
-    set_precision(teacher, teacher_precision)
+        return StoredTrajectories(traj_dir, device, limit=cfg["max_trajectories"])
+    teacher, _ = load_denoiser(job.teacher_dir)
+    set_precision(teacher, job.compute.teacher_precision)
     spec = trajectory_spec(traj_cfg, train.shape)
     return OnlineTrajectories(teacher.to(device).eval(), spec, train)
 
@@ -68,47 +62,47 @@ def online_precision_error(source: TrajectorySource, precision: str) -> dict:
 def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob) -> dict:
     """CMT mid-training from the teacher in ``job``: a stored set in ``traj_dir`` or online trajectories."""
     device = resolve_device(job.device)
-    entry = registry.method("midtrain", cfg["form"])
+    method = registry.method("midtrain", cfg["form"])
     train, holdout = train_holdout(job.data)
-    source = trajectory_source(
-        cfg["source"],
-        traj_cfg,
-        traj_dir,
-        job.teacher_dir,
-        train,
-        device,
-        cfg["max_trajectories"],
-        job.compute.teacher_precision,
-    )
+    source = trajectory_source(cfg, traj_cfg, traj_dir, job, train, device)
     precision_facts = online_precision_error(source, job.compute.teacher_precision)
+    boundary = job.precond["boundary_sigma_min"]
     student, teacher_meta = init_student(
-        "diffusion",
-        job.teacher_dir,
-        job.teacher_dir,
-        cfg["dropout"],
-        job.precond["boundary_sigma_min"],
-        job.seed,
-        entry,
+        "diffusion", job.teacher_dir, job.teacher_dir, cfg["dropout"], boundary, job.seed, method
     )
-    student = student.to(device)
-    steps = len(source.sigmas) - 1
-    objective = registry.build(entry, cfg, objective_context(job, train.shape, device))
-    per_step = objective.trajectories_per_step(cfg["batch_size"], steps)
+    objective = registry.build(method, cfg, objective_context(job, train.shape, device))
+    per_step = objective.trajectories_per_step(cfg["batch_size"], len(source.sigmas) - 1)
     loop = LoopConfig.from_dict(cfg)
-    result, last_fd = fit_student(
-        student,
+
+    def costs() -> dict:
+        seen = loop.iterations * per_step
+        solved = len(source) if isinstance(source, StoredTrajectories) else seen  # each trajectory is solved once
+        calls = denoiser_calls(source_solver(source), source.sigmas)
+        return {
+            "images": loop.iterations * loop.batch_size,
+            "trajectories_seen": seen,
+            "distinct_trajectories": source.distinct_seen,
+            "teacher_nfe": registry.teacher_nfe(method, solved, calls),
+            **precision_facts,
+        }
+
+    plan = StudentRun(
+        method,
+        f"midtrain[{cfg['form']}:{cfg['loss']}]",
+        student.to(device),
         student_loss(objective, TrajectoryBatches(source, objective, per_step, device)),
         loop,
-        job,
-        holdout,
         cfg["eval_t_mid"],
         cfg["eval_samples"],
-        desc=f"midtrain[{cfg['form']}:{cfg['loss']}]",
-        kind=entry.kind,
-        fingerprint=config_hash({"midtrain": cfg, "trajectories": traj_cfg, "teacher": teacher_meta}),
+        config_hash({"midtrain": cfg, "trajectories": traj_cfg, "teacher": teacher_meta}),
+        costs,
         extra=source,  # which trajectories were seen survives a resume
     )
-    trajectories_seen = loop.iterations * per_step
+    return train_student(job, plan, holdout, record(cfg, source, teacher_meta, job))
+
+
+def record(cfg: dict, source: TrajectorySource, teacher_meta: dict, job: StudentJob) -> Record:
+    """What a CMT run records: its axes and settings as tags, its config as params and meta."""
     label = job_label(job, "cmt")
     tags = {
         "label": label,
@@ -117,33 +111,13 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
         "loss": cfg["loss"],
         "source": cfg["source"],
         "solver": source_solver(source),
-        "nfe": str(steps),
+        "nfe": str(len(source.sigmas) - 1),
+        "teacher": teacher_meta.get("config_hash", "?"),
+        **(job.tags or {}),
     }
-    solved = len(source) if isinstance(source, StoredTrajectories) else trajectories_seen  # each solved once
-    final = {
-        "images": loop.iterations * loop.batch_size,
-        "trajectories_seen": trajectories_seen,
-        "distinct_trajectories": source.distinct_seen,
-        "teacher_nfe": registry.teacher_nfe(entry, solved, denoiser_calls(source_solver(source), source.sigmas)),
-        **precision_facts,
-        **last_fd,
-    }
-    tags.update(teacher=teacher_meta.get("config_hash", "?"), **(job.tags or {}))
-    meta = {"stage": "midtrain", "init": teacher_meta.get("stage", "teacher"), "config": cfg, **final}
-    finish(
-        job.out_dir,
-        job.work_dir,
-        result,
-        meta,
-        job.precond["sigma_max"],
-        cfg["eval_t_mid"],
-        f"midtrain/{label}",
-        params={**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "seed": job.seed, **job.compute.params()},
-        tags=tags,
-        final=final,
-        kind=entry.kind,
-    )
-    return final
+    meta = {"stage": "midtrain", "init": teacher_meta.get("stage", "teacher"), "config": cfg}
+    params = {**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "seed": job.seed, **job.compute.params()}
+    return Record(f"midtrain/{label}", meta, params, tags)
 
 
 def source_solver(source: TrajectorySource) -> str:

@@ -16,14 +16,14 @@ from cmt.labels import class_columns, label_dim_of
 from cmt.nets import UNetBlock, add_second_time, build_network
 from cmt.nets.edm2 import Block as EDM2Block
 from cmt.objectives.base import Batch, Context, Objective
-from cmt.objectives.registry import MODEL_KINDS, Method
+from cmt.objectives.registry import Method
 from cmt.plots import save_loss_curve
 from cmt.precond import Denoiser
-from cmt.sampling import sample_few_step
+from cmt.sampling import Draws, sample_few_step
 from cmt.seeds import seeded
 from cmt.stages.evaluate import Scorer, few_step_fd_callback
 from cmt.tracking import write_history, write_record
-from cmt.train import Compute, FitResult, LoopConfig, LossFn, Stateful, clear_resume, fit
+from cmt.train import Compute, FitOptions, FitResult, LoopConfig, LossFn, Stateful, clear_resume, fit
 
 
 @dataclass(frozen=True)
@@ -100,89 +100,83 @@ def student_loss(objective: Objective, batches: Callable[[int, torch.Generator],
     return loss
 
 
-def fit_student(
-    student: Denoiser,
-    loss_fn: LossFn,
-    loop: LoopConfig,
-    job: StudentJob,
-    holdout: Images,
-    t_mid: float,
-    eval_samples: int,
-    desc: str,
-    kind: str = "consistency",
-    fingerprint: str = "",
-    extra: Stateful | None = None,
-) -> tuple[FitResult, dict]:
-    """``fit`` with feature-net FD of 1- and 2-step samples along training (when the job has a feature net); returns
-    the result and the last FDs.
+@dataclass(frozen=True)
+class StudentRun:
+    """What a student stage constructs (``train_student`` does the rest): its registered method, the student with its
+    initial weights on the device, the loss, the loop, the training-time evaluation (t_mid, sample count), a
+    fingerprint of its settings (a resume checkpoint of other settings is not used), the objective's resumable state,
+    and its costs (images, teacher NFE, ...) once trained."""
 
-    ``fingerprint`` identifies the run's settings, so a resume checkpoint of other settings is not used.
-    """
+    method: Method
+    desc: str  # the progress bar's and the messages' name of the run
+    student: Denoiser
+    loss: LossFn
+    loop: LoopConfig
+    t_mid: float
+    eval_samples: int
+    fingerprint: str
+    costs: Callable[[], dict]
+    extra: Stateful | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a finished student run records besides its costs and scores: its MLflow run name, the stage's facts for
+    ``meta.json`` (``stage`` among them), params and tags."""
+
+    run_name: str
+    meta: dict
+    params: dict
+    tags: dict
+
+
+def train_student(job: StudentJob, run: StudentRun, holdout: Images, record: Record) -> dict:
+    """Train ``run`` with feature-net FD of its evaluation samplers along training (when the job has a feature net),
+    then write its outputs (``finish``); returns its costs and last FDs."""
     evaluate = None
     if job.featnet is not None and parallel.is_main():  # FD along training: the feature net is among evaluate.metrics
         scorer = Scorer(Path(job.featnet), holdout)
+        sigma_max = job.precond["sigma_max"]
         evaluate = few_step_fd_callback(
-            scorer, kind, eval_samples, job.precond["sigma_max"], t_mid, job.seed, holdout.shape
+            scorer, run.method.kind, run.eval_samples, sigma_max, run.t_mid, job.seed, holdout.shape
         )
-    result = fit(
-        student,
-        loss_fn,
-        loop,
-        job.work_dir,
-        desc=desc,
-        seed=job.seed,
-        evaluate=evaluate,
-        fingerprint=fingerprint,
-        extra=extra,
-        compute=job.compute,
-    )
+    options = FitOptions(evaluate, run.fingerprint, run.extra, job.compute)
+    result = fit(run.student, run.loss, run.loop, job.work_dir, run.desc, job.seed, options)
     evals = [h for h in result.history if "fd_1step" in h]
-    return result, {k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("fd_")}
+    final = {**run.costs(), **{k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("fd_")}}
+    finish(job, result, run, record, final)
+    return final
 
 
-def finish(
-    out_dir: str | Path,
-    work_dir: str | Path,
-    result: FitResult,
-    meta: dict,
-    sigma_max: float,
-    t_mid: float,
-    run_name: str,
-    params: dict,
-    tags: dict,
-    final: dict,
-    kind: str = "consistency",
-) -> None:
-    """Write EMA checkpoint, metric history, loss curve, 1-/2-step grids and the MLflow record (the main process's
-    job: the others return at once)."""
+def finish(job: StudentJob, result: FitResult, run: StudentRun, record: Record, final: dict) -> None:
+    """Write EMA checkpoint, metric history, loss curve, grids of the evaluation samplers and the MLflow record (the
+    main process's job: the others return at once)."""
     if not parallel.is_main():
         return
-    out = Path(out_dir)
-    ema = result.ema.cpu().set_mode(MODEL_KINDS[kind].saved_mode)
-    save_denoiser(out, ema, {**meta, "model_kind": kind, "tags": tags})
+    out, kind = Path(job.out_dir), run.method.model_kind
+    ema = result.ema.cpu().set_mode(kind.saved_mode)
+    save_denoiser(out, ema, {**record.meta, **final, "model_kind": kind.name, "tags": record.tags})
     write_history(out, result.history)
     losses = [h["loss"] for h in result.history if "loss" in h]
-    save_loss_curve(losses, out / "loss.png", title=f"{run_name} loss")
+    save_loss_curve(losses, out / "loss.png", title=f"{record.run_name} loss")
     label_dim = label_dim_of(ema)
     count = 8 * label_dim if label_dim else 64
     noise = torch.randn((count, *ema.model.cfg.image_shape), generator=torch.Generator().manual_seed(0))
-    labels = class_columns(count, label_dim)
     eps = torch.randn(noise.shape, generator=torch.Generator().manual_seed(1))
-    for steps in MODEL_KINDS[kind].eval_steps:
-        images = sample_few_step(ema, kind, noise, steps, sigma_max, t_mid, eps, labels)
-        save_grid(images, out / f"grid-{steps}step.png", nrow=label_dim or None, scale=4)
+    draws = Draws(noise, eps, class_columns(count, label_dim))
+    grids = [f"grid-{steps}step.png" for steps in kind.eval_steps]
+    for steps, name in zip(kind.eval_steps, grids):
+        images = sample_few_step(ema, kind.name, draws, steps, job.precond["sigma_max"], run.t_mid)
+        save_grid(images, out / name, nrow=label_dim or None, scale=4)
+    run_facts = {"wall_seconds": result.wall_seconds, "resumed_from": result.resumed_from}
+    metrics = {**final, **run_facts, "replica_spread": result.replica_spread}  # run facts: never in the model's meta
     write_record(
         out,
-        stage=meta["stage"],
-        run_name=run_name,
-        params=params,
-        tags=tags,
-        metrics={
-            **final,
-            "wall_seconds": result.wall_seconds,
-            "resumed_from": result.resumed_from,
-            "replica_spread": result.replica_spread,
-        },
-        artifacts=["loss.png", "grid-1step.png", "grid-2step.png"],
+        stage=record.meta["stage"],
+        run_name=record.run_name,
+        params=record.params,
+        tags=record.tags,
+        metrics=metrics,
+        artifacts=["loss.png", *grids],
     )
-    clear_resume(work_dir)
+    clear_resume(job.work_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,7 +28,7 @@ from cmt.seeds import seeded
 from cmt.solvers import sigma_grid
 from cmt.stages.student import student_loss
 from cmt.tracking import write_history, write_record
-from cmt.train import Compute, FitResult, LoopConfig, clear_resume, fit, resolve_device
+from cmt.train import Compute, FitOptions, FitResult, LoopConfig, clear_resume, fit, resolve_device
 
 
 def build_denoiser(network: dict, precond: dict, seed: int) -> Denoiser:
@@ -38,25 +39,42 @@ def build_denoiser(network: dict, precond: dict, seed: int) -> Denoiser:
     return Denoiser(net, sigma_data=precond["sigma_data"], sigma_min=precond["boundary_sigma_min"], mode="edm")
 
 
-def train_teacher(
-    denoiser: Denoiser,
-    train_set: Images,
-    cfg: dict,
-    loader: dict,
-    seed: int,
-    context: Context,
-    work_dir: str | Path,
-    compute: Compute | None = None,
-) -> FitResult:
-    """EDM training (``cmt.objectives.edm``) on ``context``'s device: Adam, linear LR warm-up, EDM's ramped half-life
-    EMA; resumable from ``work_dir``."""
+@dataclass(frozen=True)
+class TeacherJob:
+    """The teacher rule's job: its config sections, seed, folders, device, fast paths and MLflow tags."""
+
+    cfg: dict  # the ``teacher`` section
+    network: dict
+    precond: dict
+    data: dict
+    seed: int
+    out_dir: Path
+    work_dir: Path
+    device: str = "cpu"
+    compute: Compute = field(default_factory=Compute.from_dict)
+    tags: dict | None = None
+
+    def subtree(self) -> dict:
+        """The config the teacher's weights depend on (hashed into its meta)."""
+        return {
+            "teacher": self.cfg,
+            "network": self.network,
+            "precond": self.precond,
+            "data": self.data,
+            "seed": self.seed,
+        }
+
+
+def train_teacher(denoiser: Denoiser, train_set: Images, cfg: dict, job: TeacherJob, context: Context) -> FitResult:
+    """EDM training by ``cfg`` (a ``teacher.train`` section; ``cmt.objectives.edm``) on ``context``'s device: Adam,
+    linear LR warm-up, EDM's ramped half-life EMA; resumable from the job's work folder."""
     loop = LoopConfig.from_dict(cfg)
     labels = dataset_labels(train_set.labels, label_dim_of(denoiser), f"teacher on {train_set.name}")
-    batches = make_batches(train_set, labels, loop.batch_size, seed, context.device, loader)
+    batches = make_batches(train_set, labels, loop.batch_size, job.seed, context.device, job.data["loader"])
     loss_fn = student_loss(registry.build(registry.method("teacher", "edm"), cfg, context), batches)
-    fingerprint = config_hash({"train": cfg, "architecture": denoiser.model.cfg.to_dict(), "seed": seed})
-    denoiser = denoiser.to(context.device)
-    return fit(denoiser, loss_fn, loop, work_dir, desc="teacher", seed=seed, fingerprint=fingerprint, compute=compute)
+    fingerprint = config_hash({"train": cfg, "architecture": denoiser.model.cfg.to_dict(), "seed": job.seed})
+    options = FitOptions(fingerprint=fingerprint, compute=job.compute)
+    return fit(denoiser.to(context.device), loss_fn, loop, job.work_dir, "teacher", job.seed, options)
 
 
 def sample_grid_images(
@@ -71,81 +89,77 @@ def sample_grid_images(
     return sample_diffusion(conditioned(denoiser.eval(), labels), noise, sigmas, sample["solver"])
 
 
-def run(
-    cfg: dict,
-    network: dict,
-    precond: dict,
-    data_cfg: dict,
-    seed: int,
-    out_dir: str | Path,
-    work_dir: str | Path,
-    device_name: str,
-    job: dict | None = None,
-    compute: Compute | None = None,
-) -> dict:
+def run(job: TeacherJob) -> dict:
     """Teacher stage: train (``source: train``) or fetch a checkpoint; writes our format, a grid and a record (the
     main process; with several processes the others only train)."""
-    out, device, compute = Path(out_dir), resolve_device(device_name), compute or Compute.from_dict()
-    tags = {"label": "teacher", **(job or {})}
-    train_set, _ = train_holdout(data_cfg)
-    if cfg["source"] == "fetch":
+    device = resolve_device(job.device)
+    train_set, _ = train_holdout(job.data)
+    if job.cfg["source"] == "fetch":
         if not parallel.is_main():  # one download
             return {}
-        ema, meta, losses = _fetched(cfg["fetch"], work_dir)
+        ema, meta, losses = _fetched(job.cfg["fetch"], job.work_dir)
         ema, run_facts = ema.to(device), {"wall_seconds": 0.0, "resumed_from": 0}
     else:
-        denoiser = build_denoiser(network, precond, seed)
-        context = Context(precond["sigma_min"], precond["sigma_max"], train_set.shape, device)
-        result = train_teacher(denoiser, train_set, cfg["train"], data_cfg["loader"], seed, context, work_dir, compute)
+        denoiser = build_denoiser(job.network, job.precond, job.seed)
+        context = Context(job.precond["sigma_min"], job.precond["sigma_max"], train_set.shape, device)
+        result = train_teacher(denoiser, train_set, job.cfg["train"], job, context)
         if not parallel.is_main():
             return {}
         ema, losses = result.ema, [h["loss"] for h in result.history]
-        meta = {
-            "source": "train",
-            "train": {
-                "iterations": len(losses),
-                "images": len(losses) * cfg["train"]["batch_size"],
-                "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-            },
-        }
+        meta = {"source": "train", "train": _training_facts(losses, job.cfg["train"]["batch_size"])}
         run_facts = {
             "wall_seconds": result.wall_seconds,
             "resumed_from": result.resumed_from,
             "replica_spread": result.replica_spread,
         }
-        save_loss_curve(losses, out / "loss.png", title="EDM teacher loss (per pixel)")
-    samples = sample_grid_images(ema, cfg["sample"], precond, seed + 1, train_set.shape, device)
-    save_grid(samples, out / "samples.png", nrow=label_dim_of(ema) or None, scale=4)
-    subtree = {"teacher": cfg, "network": network, "precond": precond, "data": data_cfg, "seed": seed}
+        save_loss_curve(losses, job.out_dir / "loss.png", title="EDM teacher loss (per pixel)")
+    samples = sample_grid_images(ema, job.cfg["sample"], job.precond, job.seed + 1, train_set.shape, device)
+    save_grid(samples, job.out_dir / "samples.png", nrow=label_dim_of(ema) or None, scale=4)
     meta = {
         **meta,
         "stage": "teacher",
         "model_kind": "diffusion",
-        "tags": tags,
+        "tags": {"label": "teacher", **(job.tags or {})},
         "data": {"name": train_set.name, "shape": list(train_set.shape), "count": len(train_set)},
-        "config": subtree,
-        "config_hash": config_hash(subtree),
+        "config": job.subtree(),
+        "config_hash": config_hash(job.subtree()),
         "parameters": count_parameters(ema),
     }  # content only: wall time, resume point and commit go to run.json, so equal weights give equal files
-    save_denoiser(out, ema.cpu().set_mode("edm"), meta)
+    save_denoiser(job.out_dir, ema.cpu().set_mode("edm"), meta)
+    _write_run(job, meta, losses, run_facts)
+    return meta
+
+
+def _training_facts(losses: list[float], batch_size: int) -> dict:
+    """Iterations, images and the final loss (mean of the last 50 steps) of a trained teacher."""
+    return {
+        "iterations": len(losses),
+        "images": len(losses) * batch_size,
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+    }
+
+
+def _write_run(job: TeacherJob, meta: dict, losses: list[float], run_facts: dict) -> None:
+    """The teacher's metric history and MLflow record; its resume checkpoint goes."""
+    out = job.out_dir
     write_history(out, [{"step": k + 1, "loss": v} for k, v in enumerate(losses)])
+    params = {
+        "source": job.cfg["source"],
+        "seed": job.seed,
+        "parameters": meta["parameters"],
+        **{f"train.{k}": v for k, v in job.cfg["train"].items()},
+        **job.compute.params(),
+    }
     write_record(
         out,
         stage="teacher",
         run_name="teacher",
-        params={
-            "source": cfg["source"],
-            "seed": seed,
-            "parameters": meta["parameters"],
-            **{f"train.{k}": v for k, v in cfg["train"].items()},
-            **compute.params(),
-        },
-        tags=tags,
+        params=params,
+        tags=meta["tags"],
         metrics={"images": meta.get("train", {}).get("images", 0), **run_facts},
         artifacts=[p.name for p in (out / "samples.png", out / "loss.png") if p.exists()],
     )
-    clear_resume(work_dir)
-    return meta
+    clear_resume(job.work_dir)
 
 
 def _fetched(cfg: dict, work_dir: str | Path) -> tuple[Denoiser, dict, list[float]]:

@@ -8,7 +8,7 @@ from cmt.checkpoints import load_denoiser
 from cmt.data import train_holdout
 from cmt.fetch import file_sha256
 from cmt.train import resolve_device
-from cmt.trajectories import trajectory_spec, write_set
+from cmt.trajectories import SetSize, trajectory_spec, write_set
 
 
 def run(
@@ -24,9 +24,7 @@ def run(
         out_dir,
         teacher.to(device),
         spec,
-        cfg["count"],
-        cfg["shard_size"],
-        seed + cfg["seed_offset"],
+        SetSize(cfg["count"], cfg["shard_size"], seed + cfg["seed_offset"]),
         train,
         provenance,
     )

@@ -16,13 +16,14 @@ from cmt.objectives.base import Context, Objective
 from cmt.objectives.registry import Method
 from cmt.precond import Denoiser
 from cmt.stages.student import (
+    Record,
     StudentJob,
-    finish,
-    fit_student,
+    StudentRun,
     init_student,
     job_label,
     objective_context,
     student_loss,
+    train_student,
 )
 from cmt.train import Compute, LoopConfig, LossFn, resolve_device
 
@@ -53,36 +54,28 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
     job = replace(job, compute=method_compute(entry, job.compute))
     device = resolve_device(job.device)
     train, holdout = train_holdout(job.data)
-    student, init_meta = init_student(
-        init, init_dir, job.teacher_dir, cfg["dropout"], job.precond["boundary_sigma_min"], job.seed, entry
-    )
+    boundary = job.precond["boundary_sigma_min"]
+    student, init_meta = init_student(init, init_dir, job.teacher_dir, cfg["dropout"], boundary, job.seed, entry)
     student: Denoiser = student.to(device)
-    labels = dataset_labels(train.labels, label_dim_of(student), f"post-training on {train.name}")
-    batches = make_batches(train, labels, cfg["batch_size"], job.seed, device, job.data["loader"])
-    teacher = (
-        load_denoiser(job.teacher_dir)[0].to(device).eval().requires_grad_(False) if "teacher" in entry.reads else None
-    )
-    objective = registry.build(entry, cfg, objective_context(job, train.shape, device, teacher))
+    reads_teacher = "teacher" in entry.reads
+    teacher = load_denoiser(job.teacher_dir)[0].to(device).eval().requires_grad_(False) if reads_teacher else None
+    context = objective_context(job, train.shape, device, teacher)
+    loss_fn, objective = make_loss(entry, cfg, train, label_dim_of(student), context, job.seed, job.data["loader"])
     loop = LoopConfig.from_dict(cfg)
-    result, last_fd = fit_student(
+    rows = loop.iterations * loop.batch_size
+    calls = objective.calls_per_row if entry.teacher_nfe == "per_row" else 0
+    plan = StudentRun(
+        entry,
+        f"{method}[{init}]",
         student,
-        student_loss(objective, batches),
+        loss_fn,
         loop,
-        job,
-        holdout,
         cfg["t_mid"],
         cfg["eval_samples"],
-        desc=f"{method}[{init}]",
-        kind=entry.kind,
-        fingerprint=config_hash({method: cfg, "init": init, "init_model": init_meta}),
+        config_hash({method: cfg, "init": init, "init_model": init_meta}),
+        lambda: {"images": rows, "teacher_nfe": registry.teacher_nfe(entry, rows, calls)},
     )
     label = job_label(job, f"{method}-{init}")
-    calls = objective.calls_per_row if entry.teacher_nfe == "per_row" else 0
-    final = {
-        "images": loop.iterations * loop.batch_size,
-        "teacher_nfe": registry.teacher_nfe(entry, loop.iterations * loop.batch_size, calls),
-        **last_fd,
-    }
     tags = {"label": label, "method": method, "init": init, **(job.tags or {})}
     meta = {"stage": "posttrain", "method": method, "init": init, "init_stage": init_meta.get("stage"), "config": cfg}
     params = {
@@ -91,17 +84,4 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
         "seed": job.seed,
         **job.compute.params(),
     }
-    finish(
-        job.out_dir,
-        job.work_dir,
-        result,
-        {**meta, **final},
-        job.precond["sigma_max"],
-        cfg["t_mid"],
-        f"posttrain/{label}",
-        params=params,
-        tags=tags,
-        final=final,
-        kind=entry.kind,
-    )
-    return final
+    return train_student(job, plan, holdout, Record(f"posttrain/{label}", meta, params, tags))
