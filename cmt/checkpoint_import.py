@@ -24,7 +24,7 @@ from cmt.checkpoints import load_denoiser, load_denoiser_file
 from cmt.edm_pickle import NetworkPickle, module_tensors, read_network_pickle
 from cmt.fetch import file_sha256
 from cmt.jobs import WEIGHTS
-from cmt.nets import EDM2Config, UNetConfig, build_network, build_unet, count_parameters
+from cmt.nets import EDM2Config, UNetConfig, build_network, count_parameters
 from cmt.precond import SIGMA_DATA, Denoiser
 
 PICKLE_MAGIC = b"\x80"  # pickle protocol >= 2 starts with PROTO
@@ -163,7 +163,9 @@ def convert_edm(pkl: NetworkPickle) -> tuple[Denoiser, dict]:
         )
     precond = {**EDM_PRECOND_DEFAULTS, **pkl.ema.init_kwargs}
     sigma_min = float(precond["sigma_min"]) or EDM_SAMPLER_SIGMA_MIN
-    denoiser = Denoiser(build_unet(songunet_config(pkl)), sigma_data=float(precond["sigma_data"]), sigma_min=sigma_min)
+    denoiser = Denoiser(
+        build_network(songunet_config(pkl)), sigma_data=float(precond["sigma_data"]), sigma_min=sigma_min
+    )
     extras = load_strict(denoiser, module_tensors(pkl.ema), pkl.path)
     edm = {"precond": pkl.ema.init_kwargs, "network": pkl.network.init_kwargs}
     return denoiser.eval(), {"format": pkl.format, "extras": extras, "edm": edm}

@@ -7,12 +7,12 @@ import torch
 
 from cmt.atomic import PART_SUFFIX, atomic_write_json
 from cmt.checkpoints import load_denoiser, save_denoiser
-from cmt.nets import PRESETS, add_second_time, build_unet
+from cmt.nets import PRESETS, add_second_time, build_network
 from cmt.precond import Denoiser
 
 
 def test_round_trip_reproduces_outputs_and_meta(tmp_path):
-    den = Denoiser(add_second_time(build_unet(PRESETS["digits-tiny"])), sigma_min=0.003, mode="boundary")
+    den = Denoiser(add_second_time(build_network(PRESETS["digits-tiny"])), sigma_min=0.003, mode="boundary")
     with torch.no_grad():
         for p in den.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -26,7 +26,7 @@ def test_round_trip_reproduces_outputs_and_meta(tmp_path):
 
 
 def test_truncated_weights_name_the_file(tmp_path):
-    save_denoiser(tmp_path, Denoiser(build_unet(PRESETS["digits-tiny"])), {})
+    save_denoiser(tmp_path, Denoiser(build_network(PRESETS["digits-tiny"])), {})
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ValueError, match="model.safetensors"):
@@ -48,3 +48,27 @@ def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_json(target, {"fd": object()})
     assert json.loads(target.read_text()) == {"fd": 1.0}
+
+
+@pytest.mark.parametrize("preset", ["digits-tiny", "edm2-img64-s"])
+def test_checkpoints_name_their_family_and_unnamed_ones_load_as_ddpmpp(tmp_path, preset):
+    """Every architecture records its family now; a DDPM++ checkpoint written before families were named (no
+    ``family`` key, in meta.json and in the safetensors header) still loads, to the same weights."""
+    torch.manual_seed(0)
+    net = build_network(PRESETS[preset])
+    save_denoiser(tmp_path, Denoiser(net), {"stage": "test"})
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["architecture"]["family"] == PRESETS[preset].family
+    if preset != "digits-tiny":
+        return
+    from safetensors.torch import load_file, save_file
+
+    old = {**meta, "architecture": {k: v for k, v in meta["architecture"].items() if k != "family"}}
+    atomic_write_json(tmp_path / "meta.json", old)
+    state = load_file(tmp_path / "model.safetensors")
+    save_file(state, tmp_path / "model.safetensors", metadata={"cmt_meta": json.dumps(old, sort_keys=True)})
+    loaded, _ = load_denoiser(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), Denoiser(net).state_dict().values()))
+    atomic_write_json(tmp_path / "meta.json", {**old, "architecture": {**old["architecture"], "family": "dit"}})
+    with pytest.raises(ValueError, match="unknown network family 'dit'; known: ddpmpp, edm2"):
+        load_denoiser(tmp_path)

@@ -10,7 +10,7 @@ from cmt.config import resolve
 from cmt.labels import conditioned
 from cmt.losses import make_distance
 from cmt.nets import (
-    EDM2_PRESETS,
+    PRESETS,
     EDM2Config,
     EDM2UNet,
     add_second_time,
@@ -63,7 +63,7 @@ def test_the_released_configurations_have_edm2s_parameter_counts():
     expected = {"xs": 125, "s": 280, "m": 498, "l": 777, "xl": 1119, "xxl": 1523}
     for size, millions in expected.items():
         with torch.device("meta"):
-            net = EDM2UNet(EDM2_PRESETS[f"edm2-img512-{size}"])
+            net = EDM2UNet(PRESETS[f"edm2-img512-{size}"])
         assert count_parameters(net) / 1e6 == pytest.approx(millions, abs=0.6)
 
 

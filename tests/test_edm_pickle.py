@@ -17,14 +17,14 @@ from edm_standin import edm_snapshot, write_pickle
 from cmt.checkpoint_import import describe, load_any
 from cmt.checkpoints import load_denoiser
 from cmt.edm_pickle import UnsafePickleError, read_network_pickle
-from cmt.nets import PRESETS, UNetConfig, build_unet, count_parameters
+from cmt.nets import PRESETS, UNetConfig, build_network, count_parameters
 from cmt.precond import Denoiser
 
 
 def random_denoiser(label_dim: int = 0) -> Denoiser:
     torch.manual_seed(label_dim)
     cfg = UNetConfig.from_dict({**PRESETS["digits-tiny"].to_dict(), "label_dim": label_dim, "attn_resolutions": [4]})
-    denoiser = Denoiser(build_unet(cfg)).eval()
+    denoiser = Denoiser(build_network(cfg)).eval()
     with torch.no_grad():
         for p in denoiser.parameters():
             p.add_(0.05 * torch.randn_like(p))  # zero-initialised layers too, so every weight matters

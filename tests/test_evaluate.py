@@ -9,7 +9,7 @@ from test_labels import conditional_denoiser
 
 from cmt.data import ImageDataset
 from cmt.metrics import ClassifierFeatureNet, save_feature_net
-from cmt.nets import PRESETS, build_unet
+from cmt.nets import PRESETS, build_network
 from cmt.precond import Denoiser
 from cmt.stages.evaluate import Scorer, sample_batches, samplers, score_samples
 
@@ -36,7 +36,7 @@ def scorer(tmp_path):
 @pytest.mark.parametrize("kind", ["consistency", "diffusion", "conditional"])
 def test_features_are_the_same_with_one_two_or_three_batches(scorer, kind):
     torch.manual_seed(1)
-    model = conditional_denoiser() if kind == "conditional" else Denoiser(build_unet(PRESETS["digits-tiny"])).eval()
+    model = conditional_denoiser() if kind == "conditional" else Denoiser(build_network(PRESETS["digits-tiny"])).eval()
     meta = {"model_kind": "diffusion" if kind == "diffusion" else "consistency"}
     whole, halves, thirds = (features_by_sampler(model, meta, scorer, size) for size in (12, 6, 4))
     for name, (feats, labels) in whole.items():

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from cmt.labels import class_grid_order, conditioned, draw_labels, label_dim_of, one_hot
-from cmt.nets import PRESETS, UNetConfig, build_unet
+from cmt.nets import PRESETS, UNetConfig, build_network
 from cmt.precond import Denoiser
 
 
 def conditional_denoiser(label_dim: int = 10) -> Denoiser:
     torch.manual_seed(0)
     cfg = UNetConfig.from_dict({**PRESETS["digits-tiny"].to_dict(), "label_dim": label_dim})
-    denoiser = Denoiser(build_unet(cfg)).eval()
+    denoiser = Denoiser(build_network(cfg)).eval()
     with torch.no_grad():
         for p in denoiser.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cmt import oracle
-from cmt.nets import PRESETS, add_second_time, build_unet
+from cmt.nets import PRESETS, add_second_time, build_network
 from cmt.objectives.meanflow import meanflow_target, sample_times
 from cmt.precond import Denoiser, fm_time, fm_velocity, mean_velocity
 from cmt.sampling import sample_meanflow
@@ -25,7 +25,7 @@ class ExactMeanFlowDenoiser:
 
 def perturbed_student(dtype=torch.float64):
     torch.manual_seed(0)
-    parent = build_unet(PRESETS["digits-tiny"])
+    parent = build_network(PRESETS["digits-tiny"])
     with torch.no_grad():
         for p in parent.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cmt import oracle
-from cmt.nets import PRESETS, build_unet
+from cmt.nets import PRESETS, build_network
 from cmt.precond import (
     Denoiser,
     boundary_scalings,
@@ -50,7 +50,7 @@ def test_boundary_scalings_give_identity_at_sigma_min():
 @pytest.fixture(scope="module")
 def denoiser():
     torch.manual_seed(0)
-    net = build_unet(PRESETS["digits-tiny"])
+    net = build_network(PRESETS["digits-tiny"])
     for p in net.parameters():  # non-trivial output everywhere (EDM zero-inits the last conv)
         p.data.add_(0.05 * torch.randn_like(p))
     return Denoiser(net, sigma_min=0.003).eval()

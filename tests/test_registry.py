@@ -9,6 +9,7 @@ import pytest
 
 from cmt.cli import build_parser
 from cmt.config import load_schema
+from cmt.nets import FAMILIES, PRESETS
 from cmt.objectives import registry
 from cmt.tables import INIT_NAMES, METHOD_NAMES
 
@@ -39,6 +40,11 @@ def test_the_schemas_enums_list_the_registrys_names():
     assert sweep["methods"]["default"] == POST and sweep["inits"]["default"] == list(registry.INITS)  # the sweep's
     sections = set(props["posttrain"]["properties"]) - {"methods", "inits"}
     assert sections == set(POST)  # one config section per post-training method, no more
+
+
+def test_the_schemas_network_presets_are_the_preset_table():
+    assert enum_at(load_schema()["properties"]["network"]["properties"], "preset") == list(PRESETS)
+    assert {config.family for config in PRESETS.values()} == set(FAMILIES)  # every family has a preset
 
 
 def test_the_cli_snakefile_and_tables_read_the_registry():

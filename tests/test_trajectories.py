@@ -12,7 +12,7 @@ from cmt.atomic import atomic_save_tensors
 from cmt.data import ImageDataset
 from cmt.fetch import file_sha256
 from cmt.labels import conditioned
-from cmt.nets import PRESETS, build_unet
+from cmt.nets import PRESETS, build_network
 from cmt.precond import Denoiser
 from cmt.solvers import logsnr_sigmas, sample_trajectory
 from cmt.stages.midtrain import online_precision_error
@@ -33,7 +33,7 @@ SPEC = TrajectorySpec("dpmpp3m_legacy", logsnr_sigmas(4), "prior", (1, 8, 8))
 @pytest.fixture(scope="module")
 def teacher():
     torch.manual_seed(0)
-    den = Denoiser(build_unet(PRESETS["digits-tiny"]))
+    den = Denoiser(build_network(PRESETS["digits-tiny"]))
     with torch.no_grad():
         for p in den.parameters():
             p.add_(0.02 * torch.randn_like(p))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.func import jvp
 
-from cmt.nets import PRESETS, UNetConfig, add_second_time, build_unet, count_parameters, network_config
+from cmt.nets import PRESETS, UNetConfig, add_second_time, build_network, count_parameters, network_config
 from cmt.precond import Denoiser
 
 
@@ -18,7 +18,7 @@ def perturbed(net, scale=0.05, seed=0):
 
 
 def test_cifar10_ddpmpp_parameter_count_and_edm_names():
-    net = build_unet(PRESETS["ddpmpp-cifar10"])
+    net = build_network(PRESETS["ddpmpp-cifar10"])
     assert count_parameters(net) == pytest.approx(55.7e6, rel=0.01)
     keys = set(Denoiser(net).state_dict())
     for name in [
@@ -40,7 +40,7 @@ def test_cifar10_ddpmpp_parameter_count_and_edm_names():
 def test_a_fresh_denoiser_is_the_skip_path(preset):
     """EDM's output layer starts near zero (init_zero: xavier x 1e-5), so a fresh D(x, sigma) is c_skip(sigma) x
     up to c_out(sigma) x 1e-4, and exactly c_skip(sigma) x, bit for bit, once that layer is zero."""
-    den = Denoiser(build_unet(PRESETS[preset])).eval()
+    den = Denoiser(build_network(PRESETS[preset])).eval()
     shape = (3, den.model.cfg.in_channels, den.model.cfg.img_resolution, den.model.cfg.img_resolution)
     x, sigma = torch.randn(shape, generator=torch.Generator().manual_seed(0)), torch.tensor([0.01, 1.0, 80.0])
     sd = den.sigma_data
@@ -57,10 +57,10 @@ def test_a_fresh_denoiser_is_the_skip_path(preset):
 
 
 def test_shapes_32x32_and_8x8():
-    cifar = build_unet(PRESETS["ddpmpp-cifar10"]).eval()
+    cifar = build_network(PRESETS["ddpmpp-cifar10"]).eval()
     with torch.no_grad():
         assert cifar(torch.randn(2, 3, 32, 32), torch.randn(2)).shape == (2, 3, 32, 32)
-    tiny = build_unet(PRESETS["digits-tiny"])
+    tiny = build_network(PRESETS["digits-tiny"])
     assert tiny(torch.randn(5, 1, 8, 8), torch.randn(5)).shape == (5, 1, 8, 8)
     assert 100_000 < count_parameters(tiny) < 1_000_000
 
@@ -74,7 +74,7 @@ def test_network_config_overrides_preset():
 def test_jvp_matches_central_finite_difference():
     """torch.func.jvp through the whole net (attention included) vs a float64 central difference."""
     cfg = network_config({"preset": "digits-tiny", "attn_resolutions": [8, 4]})
-    net = perturbed(build_unet(cfg)).double().eval()
+    net = perturbed(build_network(cfg)).double().eval()
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
     c_noise = torch.randn(3, generator=gen, dtype=torch.float64)
@@ -89,14 +89,14 @@ def test_jvp_matches_central_finite_difference():
 
 
 def test_jvp_through_denoiser_in_float32():
-    den = Denoiser(perturbed(build_unet(PRESETS["digits-tiny"]))).eval()
+    den = Denoiser(perturbed(build_network(PRESETS["digits-tiny"]))).eval()
     x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 3.0])
     out, tangent = jvp(lambda s: den(x, s), (sigma,), (torch.ones_like(sigma),))
     assert out.shape == tangent.shape == x.shape and torch.isfinite(tangent).all()
 
 
 def test_second_time_branch_starts_as_parent_and_can_learn():
-    parent = perturbed(build_unet(PRESETS["digits-tiny"])).eval()
+    parent = perturbed(build_network(PRESETS["digits-tiny"])).eval()
     child = add_second_time(parent).eval()
     x, c_noise = torch.randn(4, 1, 8, 8), torch.randn(4)
     for h in (torch.zeros(4), torch.rand(4), torch.full((4,), 0.9)):
@@ -110,7 +110,7 @@ def test_second_time_branch_starts_as_parent_and_can_learn():
 
 
 def test_dropout_active_only_in_train_mode():
-    net = perturbed(build_unet(network_config({"preset": "digits-tiny", "dropout": 0.5})))
+    net = perturbed(build_network(network_config({"preset": "digits-tiny", "dropout": 0.5})))
     x, c = torch.randn(2, 1, 8, 8), torch.randn(2)
     net.eval()
     assert torch.equal(net(x, c), net(x, c))

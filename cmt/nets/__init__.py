@@ -1,20 +1,15 @@
-"""Networks: the EDM-style U-Net (DDPM++ / SongUNet naming) and EDM2's magnitude-preserving U-Net."""
+"""Networks by family (``families``: DDPM++ / EDM's SongUNet, EDM2's magnitude-preserving U-Net), their presets in
+one table (``presets``)."""
 
-from cmt.nets.build import NetConfig, add_second_time, build_network, config_from_dict, network_config
-from cmt.nets.edm2 import EDM2_PRESETS, EDM2Config, EDM2UNet
-from cmt.nets.unet import (
-    PRESETS,
-    SongUNet,
-    UNetBlock,
-    UNetConfig,
-    build_unet,
-    count_parameters,
-)
+from cmt.nets.edm2 import EDM2Config, EDM2UNet
+from cmt.nets.families import FAMILIES, NetConfig, add_second_time, build_network, config_from_dict, network_config
+from cmt.nets.presets import PRESETS
+from cmt.nets.unet import SongUNet, UNetBlock, UNetConfig, count_parameters
 
 __all__ = [
     "EDM2Config",
     "EDM2UNet",
-    "EDM2_PRESETS",
+    "FAMILIES",
     "NetConfig",
     "PRESETS",
     "SongUNet",
@@ -22,7 +17,6 @@ __all__ = [
     "UNetConfig",
     "add_second_time",
     "build_network",
-    "build_unet",
     "config_from_dict",
     "count_parameters",
     "network_config",

@@ -1,5 +1,5 @@
-"""A network config's dict form (a checkpoint's ``architecture``): tuples as JSON lists, and the family's name
-for every family but the default DDPM++ one (so DDPM++ architectures read as they always have)."""
+"""A network config's dict form (a checkpoint's ``architecture``): tuples as JSON lists, and its family's name
+(``cmt.nets.families``; a checkpoint written before families were named is DDPM++)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import ClassVar, Self
 class ArchitectureDict:
     """Mixin for frozen dataclass configs: ``to_dict`` / ``from_dict`` round trip through JSON."""
 
-    family: ClassVar[str | None] = None
+    family: ClassVar[str]
 
     def to_dict(self) -> dict:
         fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-        return {"family": self.family, **fields} if self.family else fields
+        return {"family": self.family, **fields}
 
     @classmethod
     def from_dict(cls, d: dict) -> Self:

@@ -24,12 +24,10 @@ from torch import Tensor, nn
 from cmt.nets.config import ArchitectureDict
 from cmt.nets.resample import fir_resample
 
-FAMILY = "edm2"
-
 
 @dataclass(frozen=True)
 class EDM2Config(ArchitectureDict):
-    family: ClassVar[str | None] = FAMILY
+    family: ClassVar[str] = "edm2"
     img_resolution: int = 64
     img_channels: int = 3
     label_dim: int = 0
@@ -57,24 +55,6 @@ class EDM2Config(ArchitectureDict):
     @property
     def in_channels(self) -> int:
         return self.img_channels
-
-
-def _preset(img_resolution: int, img_channels: int, channels: int, dropout: float) -> EDM2Config:
-    return EDM2Config(img_resolution, img_channels, 1000, model_channels=channels, dropout=dropout)
-
-
-# The released configurations (EDM2 paper Table 2 / its training presets): ImageNet-512 in the SD-VAE latent
-# space (64x64x4) and ImageNet-64 in pixels, 1000 classes; size = model_channels, dropout 0.10 from M up.
-EDM2_PRESETS: dict[str, EDM2Config] = {
-    **{
-        f"edm2-img512-{size}": _preset(64, 4, channels, 0.10 if channels >= 256 else 0.0)
-        for size, channels in {"xs": 128, "s": 192, "m": 256, "l": 320, "xl": 384, "xxl": 448}.items()
-    },
-    **{
-        f"edm2-img64-{size}": _preset(64, 3, channels, 0.10 if channels >= 256 else 0.0)
-        for size, channels in {"s": 192, "m": 256, "l": 320, "xl": 384}.items()
-    },
-}
 
 
 def normalize(x: Tensor, dim: tuple[int, ...] | int | None = None, eps: float = 1e-4) -> Tensor:

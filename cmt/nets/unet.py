@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from cmt.nets.resample import fir_filter, fir_resample
 
 @dataclass(frozen=True)
 class UNetConfig(ArchitectureDict):
+    family: ClassVar[str] = "ddpmpp"
     img_resolution: int = 32
     in_channels: int = 3
     out_channels: int = 3
@@ -43,24 +45,6 @@ class UNetConfig(ArchitectureDict):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.img_resolution, self.img_resolution)
-
-
-# Named presets (edm2 style).  DDPM++ CIFAR-10 = EDM's "ddpmpp" config, 55.73M parameters.
-PRESETS: dict[str, UNetConfig] = {
-    "ddpmpp-cifar10": UNetConfig(img_resolution=32, dropout=0.13),
-    "ddpmpp-64": UNetConfig(img_resolution=64, channel_mult=(1, 2, 2, 2), dropout=0.10),
-    "digits-tiny": UNetConfig(
-        img_resolution=8,
-        in_channels=1,
-        out_channels=1,
-        model_channels=32,
-        channel_mult=(1, 2),
-        channel_mult_emb=2,
-        num_blocks=1,
-        attn_resolutions=(),
-        dropout=0.0,
-    ),
-}
 
 
 def _xavier(shape: tuple[int, ...], fan_in: int, fan_out: int, gain: float) -> Tensor:
@@ -293,11 +277,6 @@ class SongUNet(nn.Module):
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = block(x, emb)
         return out
-
-
-def build_unet(cfg: UNetConfig | dict) -> SongUNet:
-    """U-Net from a config (dataclass or plain dict from YAML)."""
-    return SongUNet(cfg if isinstance(cfg, UNetConfig) else UNetConfig.from_dict(cfg))
 
 
 def count_parameters(net: nn.Module) -> int:

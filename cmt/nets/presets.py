@@ -1,0 +1,41 @@
+"""Every named network preset, of every family, in one table (config ``network.preset``; the schema's enum is checked
+against it by tests/test_registry.py)."""
+
+from __future__ import annotations
+
+from cmt.nets.edm2 import EDM2Config
+from cmt.nets.unet import UNetConfig
+
+
+def _edm2(img_resolution: int, img_channels: int, channels: int) -> EDM2Config:
+    """EDM2's released size: 1000 classes, dropout 0.10 from M (256 channels) up (EDM2 paper Table 2)."""
+    return EDM2Config(
+        img_resolution, img_channels, 1000, model_channels=channels, dropout=0.10 if channels >= 256 else 0.0
+    )
+
+
+PRESETS: dict[str, UNetConfig | EDM2Config] = {
+    # DDPM++ (EDM's SongUNet): CIFAR-10 = EDM's "ddpmpp" config, 55.73M parameters
+    "digits-tiny": UNetConfig(
+        img_resolution=8,
+        in_channels=1,
+        out_channels=1,
+        model_channels=32,
+        channel_mult=(1, 2),
+        channel_mult_emb=2,
+        num_blocks=1,
+        attn_resolutions=(),
+        dropout=0.0,
+    ),
+    "ddpmpp-cifar10": UNetConfig(img_resolution=32, dropout=0.13),
+    "ddpmpp-64": UNetConfig(img_resolution=64, channel_mult=(1, 2, 2, 2), dropout=0.10),
+    # EDM2: ImageNet-512 in the SD-VAE latent space (64x64x4) and ImageNet-64 in pixels
+    **{
+        f"edm2-img512-{size}": _edm2(64, 4, channels)
+        for size, channels in {"xs": 128, "s": 192, "m": 256, "l": 320, "xl": 384, "xxl": 448}.items()
+    },
+    **{
+        f"edm2-img64-{size}": _edm2(64, 3, channels)
+        for size, channels in {"s": 192, "m": 256, "l": 320, "xl": 384}.items()
+    },
+}
