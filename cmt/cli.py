@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 import yaml
 
 from cmt.config import JOB_KEY, ConfigError, load_config, resolve_params
+from cmt.inits import INITS
 from cmt.objectives import registry
 from cmt.preemption import EXIT_CODE as PREEMPTED_EXIT
 from cmt.preemption import Preempted
@@ -261,7 +262,7 @@ def _stage_verbs(sub: argparse._SubParsersAction) -> None:
         "posttrain", _posttrain, f"post-training ({POST_NAMES})", "teacher", "init-dir", "featnet", "out", "work"
     )
     post.add_argument("--method", required=True, choices=registry.names("posttrain"))
-    post.add_argument("--init", required=True, choices=list(registry.INITS))
+    post.add_argument("--init", required=True, choices=list(INITS))
     ev = verb(
         "evaluate",
         _evaluate,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
+from cmt.inits import init_source
 from cmt.weights import lpips_trunk_path
 
 TEACHER = "teacher"
@@ -126,12 +127,18 @@ def cmt_variant(config: Mapping, method: str) -> str:
     return ((config.get("ablations") or {}).get("post", {}).get("cmt_variant") or {}).get(method, BASE)
 
 
+def init_job(init: str, job: str) -> str:
+    """The job a student's weights start from (its lineage): the teacher, another ``job``, or none (fresh weights,
+    a fetched file)."""
+    return {"teacher": TEACHER, "job": job}.get(init_source(init).weights, NO_VARIANT)
+
+
 def teacher_tags() -> dict:
     return {"job": TEACHER, "kind": "teacher"}
 
 
-def mid_tags(variant: str, solver: str, nfe: int | str, seed: int | str) -> dict:
-    """The axes of a CMT job, as MLflow tags (the job path included)."""
+def mid_tags(variant: str, solver: str, nfe: int | str, seed: int | str, init: str = "diffusion") -> dict:
+    """The axes of a CMT job, as MLflow tags (the job path included); ``init``: its ``midtrain.init`` source."""
     return {
         "job": mid_path(variant, solver, nfe, seed),
         "kind": "mid",
@@ -139,16 +146,17 @@ def mid_tags(variant: str, solver: str, nfe: int | str, seed: int | str) -> dict
         "solver": solver,
         "nfe": str(nfe),
         "seed": str(seed),
-        "init_job": TEACHER,  # CMT starts from the teacher's weights
+        "init_job": init_job(init, TEACHER),  # the paper's CMT starts from the teacher's weights
     }
 
 
 def post_tags(config: Mapping, method: str, init: str, variant: str, iterations: int | str, seed: int | str) -> dict:
     """The axes of a post-training job; ``init_job`` is the job its weights start from (lineage)."""
-    if (init == "cmt") == (variant == NO_VARIANT):
-        expected = "a CMT variant" if init == "cmt" else repr(NO_VARIANT)
+    from_job = init_source(init).weights == "job"
+    if from_job == (variant == NO_VARIANT):
+        expected = "a CMT variant" if from_job else repr(NO_VARIANT)
         raise ValueError(f"post-training from {init!r} init: the variant axis must be {expected}, got {variant!r}")
-    init_job = {"random": NO_VARIANT, "diffusion": TEACHER}.get(init) or mid_path(variant, *default_set(config), seed)
+    cmt_job = mid_path(variant, *default_set(config), seed) if init_source(init).weights == "job" else ""
     return {
         "job": post_path(method, init, variant, iterations, seed),
         "kind": "post",
@@ -157,12 +165,12 @@ def post_tags(config: Mapping, method: str, init: str, variant: str, iterations:
         "variant": variant,
         "iterations": str(iterations),
         "seed": str(seed),
-        "init_job": init_job,
+        "init_job": init_job(init, cmt_job),
     }
 
 
 def _post(config: Mapping, method: str, init: str, iterations: int, seed: int, variant: str | None = None) -> str:
-    variant = variant or (cmt_variant(config, method) if init == "cmt" else NO_VARIANT)
+    variant = variant or (cmt_variant(config, method) if init_source(init).weights == "job" else NO_VARIANT)
     return post_path(method, init, variant, iterations, seed)
 
 
@@ -172,7 +180,7 @@ def main_jobs(config: Mapping) -> dict[str, set[str]]:
     jobs = [TEACHER, mid_path(BASE, *default_set(config), seed)]
     for method in post["methods"]:
         variant = cmt_variant(config, method)
-        if variant != BASE and "cmt" in post["inits"]:
+        if variant != BASE and any(init_source(init).weights == "job" for init in post["inits"]):
             jobs.append(mid_path(variant, *default_set(config), seed))
         jobs += [_post(config, method, init, post[method]["iterations"], seed) for init in post["inits"]]
     return {job: {"main"} for job in jobs}

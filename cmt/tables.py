@@ -15,11 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from cmt.atomic import atomic_write_bytes
+from cmt.inits import INITS
 from cmt.jobs import eval_path
 from cmt.objectives import registry
 
 METHOD_NAMES = {name: registry.method("posttrain", name).display for name in registry.names("posttrain")}
-INIT_NAMES = registry.INITS
+INIT_NAMES = {name: source.display for name, source in INITS.items()}
 KINDS = ("teacher", "mid", "post")
 # score prefix -> column name: the offline feature net's FD (cmt.metrics), Inception FID (cmt.fid)
 SCORES = {"fd": "FD", "fid": "FID"}

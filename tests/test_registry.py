@@ -9,9 +9,11 @@ import pytest
 
 from cmt.cli import build_parser
 from cmt.config import load_schema
+from cmt.inits import DEFAULT_INITS, INITS
 from cmt.nets import FAMILIES, PRESETS
 from cmt.objectives import registry
 from cmt.tables import INIT_NAMES, METHOD_NAMES
+from cmt.teachers import TEACHER_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 POST = list(registry.names("posttrain"))
@@ -35,9 +37,13 @@ def test_the_schemas_enums_list_the_registrys_names():
         section = props
         for key in path:
             section = section[key]
-        assert enum_at(section["properties"], "inits", "items") == list(registry.INITS)
+        assert enum_at(section["properties"], "inits", "items") == list(INITS)
     sweep = props["ablations"]["properties"]["post"]["properties"]
-    assert sweep["methods"]["default"] == POST and sweep["inits"]["default"] == list(registry.INITS)  # the sweep's
+    assert sweep["methods"]["default"] == POST and sweep["inits"]["default"] == list(DEFAULT_INITS)  # the sweep's
+    assert props["posttrain"]["properties"]["inits"]["default"] == list(DEFAULT_INITS)
+    midtrain_inits = enum_at(schema["$defs"], "midtrain", "properties", "init")
+    assert set(midtrain_inits) == {n for n, s in INITS.items() if s.weights != "job"}  # CMT starts from no other job
+    assert enum_at(props["teacher"]["properties"], "kind") == list(TEACHER_KINDS)
     sections = set(props["posttrain"]["properties"]) - {"methods", "inits"}
     assert sections == set(POST)  # one config section per post-training method, no more
 
@@ -50,8 +56,8 @@ def test_the_schemas_network_presets_are_the_preset_table():
 def test_the_cli_snakefile_and_tables_read_the_registry():
     post = build_parser()._subparsers._group_actions[0].choices["posttrain"]
     choices = {a.dest: a.choices for a in post._actions if a.choices}
-    assert list(choices["method"]) == POST and list(choices["init"]) == list(registry.INITS)
-    assert list(METHOD_NAMES) == POST and INIT_NAMES is registry.INITS
+    assert list(choices["method"]) == POST and list(choices["init"]) == list(INITS)
+    assert list(METHOD_NAMES) == POST and list(INIT_NAMES) == list(INITS)
     snakefile = (ROOT / "workflow" / "Snakefile").read_text()
     assert 'method="|".join(registry.names("posttrain"))' in snakefile
 

@@ -12,10 +12,11 @@ from cmt.checkpoints import save_denoiser
 from cmt.cli import main
 from cmt.config import load_config
 from cmt.data import load_digits
+from cmt.fetch import FetchError, file_sha256
 from cmt.objectives import registry
 from cmt.objectives.base import Context
 from cmt.objectives.edm import edm_loss
-from cmt.stages.student import init_student
+from cmt.stages.student import InitWeights, StudentJob, init_student
 from cmt.stages.teacher import TeacherJob, build_denoiser, train_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +99,31 @@ ECT = registry.method("posttrain", "ect")
 
 def test_the_seed_fixes_a_random_init_student(tmp_path, cfg):
     save_denoiser(tmp_path / "arch", build_denoiser(cfg["network"], cfg["precond"], seed=0), {"stage": "teacher"})
-    students = [init_student("random", None, tmp_path / "arch", 0.0, 0.003, seed, ECT)[0] for seed in (3, 3, 4)]
+
+    def job(seed: int) -> StudentJob:
+        return StudentJob(cfg["data"], cfg["precond"], seed, tmp_path / "arch", None, tmp_path, tmp_path, "cpu")
+
+    students = [init_student(InitWeights("random"), job(seed), 0.0, ECT)[0] for seed in (3, 3, 4)]
     same, other = (zip(students[0].state_dict().values(), s.state_dict().values()) for s in students[1:])
     assert all(torch.equal(a, b) for a, b in same)
     assert not all(torch.equal(a, b) for a, b in other)
+
+
+def test_a_fetched_init_file_starts_a_student_from_its_weights_and_a_bad_checksum_stops_it(tmp_path, cfg):
+    """Init source ``file``: the checkpoint at init_file.url, sha256-checked, is the student's start."""
+    teacher = build_denoiser(cfg["network"], cfg["precond"], seed=7)
+    save_denoiser(tmp_path / "ckpt", teacher, {"stage": "teacher"})
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    job = StudentJob(cfg["data"], cfg["precond"], 0, tmp_path / "ckpt", None, tmp_path, tmp_path / "work", "cpu")
+    spec = {"url": weights.as_uri(), "sha256": file_sha256(weights)}
+    student, meta = init_student(InitWeights("file", file=spec), job, 0.0, ECT)
+    assert all(
+        torch.equal(a, b) for a, b in zip(student.model.state_dict().values(), teacher.model.state_dict().values())
+    )
+    assert (
+        meta["converted_from"]["sha256"] == spec["sha256"] and student.sigma_min == cfg["precond"]["boundary_sigma_min"]
+    )
+    with pytest.raises(FetchError, match="sha256"):
+        init_student(InitWeights("file", file={**spec, "sha256": "0" * 64}), job, 0.0, ECT)
+    with pytest.raises(ValueError, match="init 'file' needs the job's init_file"):
+        init_student(InitWeights("file"), job, 0.0, ECT)

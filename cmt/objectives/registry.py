@@ -17,7 +17,6 @@ import importlib
 from dataclasses import dataclass
 
 STAGES = ("teacher", "midtrain", "posttrain")
-INITS = {"random": "random init", "diffusion": "diffusion init", "cmt": "CMT init"}  # post-training's initial weights
 READS = ("images", "trajectories", "teacher")
 TEACHER_NFE = ("none", "per_row", "per_trajectory")
 

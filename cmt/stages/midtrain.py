@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 
-from cmt.checkpoints import load_denoiser
+from cmt.checkpoints import read_meta
 from cmt.config import config_hash
 from cmt.data import Images, train_holdout
 from cmt.objectives import registry
 from cmt.solvers import denoiser_calls
 from cmt.stages.student import (
+    InitWeights,
     Record,
     StudentJob,
     StudentRun,
@@ -23,6 +24,7 @@ from cmt.stages.student import (
     student_loss,
     train_student,
 )
+from cmt.teachers import load_teacher, teacher_kind
 from cmt.train import AMP_DTYPES, LoopConfig, resolve_device, set_precision
 from cmt.trajectories import (
     OnlineTrajectories,
@@ -43,7 +45,7 @@ def trajectory_source(
         if traj_dir is None:
             raise ValueError("midtrain.source 'stored' needs a trajectory folder")
         return StoredTrajectories(traj_dir, device, limit=cfg["max_trajectories"])
-    teacher, _ = load_denoiser(job.teacher_dir)
+    teacher, _ = load_teacher(job.teacher_dir)
     set_precision(teacher, job.compute.teacher_precision)
     spec = trajectory_spec(traj_cfg, train.shape)
     return OnlineTrajectories(teacher.to(device).eval(), spec, train)
@@ -66,10 +68,9 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
     train, holdout = train_holdout(job.data)
     source = trajectory_source(cfg, traj_cfg, traj_dir, job, train, device)
     precision_facts = online_precision_error(source, job.compute.teacher_precision)
-    boundary = job.precond["boundary_sigma_min"]
-    student, teacher_meta = init_student(
-        "diffusion", job.teacher_dir, job.teacher_dir, cfg["dropout"], boundary, job.seed, method
-    )
+    weights = InitWeights(cfg["init"], job.teacher_dir, cfg["init_file"])
+    student, init_meta = init_student(weights, job, cfg["dropout"], method)
+    teacher_meta = read_meta(job.teacher_dir)
     objective = registry.build(method, cfg, objective_context(job, train.shape, device))
     per_step = objective.trajectories_per_step(cfg["batch_size"], len(source.sigmas) - 1)
     loop = LoopConfig.from_dict(cfg)
@@ -77,7 +78,7 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
     def costs() -> dict:
         seen = loop.iterations * per_step
         solved = len(source) if isinstance(source, StoredTrajectories) else seen  # each trajectory is solved once
-        calls = denoiser_calls(source_solver(source), source.sigmas)
+        calls = denoiser_calls(source_solver(source), source.sigmas) * teacher_kind(teacher_meta).passes
         return {
             "images": loop.iterations * loop.batch_size,
             "trajectories_seen": seen,
@@ -98,10 +99,10 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
         costs,
         extra=source,  # which trajectories were seen survives a resume
     )
-    return train_student(job, plan, holdout, record(cfg, source, teacher_meta, job))
+    return train_student(job, plan, holdout, record(cfg, source, teacher_meta, init_meta, job))
 
 
-def record(cfg: dict, source: TrajectorySource, teacher_meta: dict, job: StudentJob) -> Record:
+def record(cfg: dict, source: TrajectorySource, teacher_meta: dict, init_meta: dict, job: StudentJob) -> Record:
     """What a CMT run records: its axes and settings as tags, its config as params and meta."""
     label = job_label(job, "cmt")
     tags = {
@@ -115,7 +116,7 @@ def record(cfg: dict, source: TrajectorySource, teacher_meta: dict, job: Student
         "teacher": teacher_meta.get("config_hash", "?"),
         **(job.tags or {}),
     }
-    meta = {"stage": "midtrain", "init": teacher_meta.get("stage", "teacher"), "config": cfg}
+    meta = {"stage": "midtrain", "init": cfg["init"], "init_stage": init_meta.get("stage"), "config": cfg}
     params = {**{k: v for k, v in cfg.items() if not isinstance(v, dict)}, "seed": job.seed, **job.compute.params()}
     return Record(f"midtrain/{label}", meta, params, tags)
 

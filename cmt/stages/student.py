@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
 from cmt import parallel
+from cmt.checkpoint_import import load_any
 from cmt.checkpoints import load_denoiser, save_denoiser
 from cmt.data import Images
+from cmt.fetch import fetch
 from cmt.images import save_grid
+from cmt.inits import init_source
 from cmt.labels import class_columns, label_dim_of
 from cmt.nets import UNetBlock, add_second_time, build_network
 from cmt.nets.edm2 import Block as EDM2Block
@@ -56,32 +60,44 @@ def set_dropout(denoiser: Denoiser, p: float) -> Denoiser:
     return denoiser
 
 
-def init_student(
-    init: str,
-    init_dir: str | Path | None,
-    architecture_from: str | Path,
-    dropout: float,
-    boundary_sigma_min: float,
-    seed: int,
-    method: Method,
-) -> tuple[Denoiser, dict]:
-    """Student from ``random`` (fresh weights, the teacher's architecture) or from a checkpoint's EMA weights.
+@dataclass(frozen=True)
+class InitWeights:
+    """A job's initial weights: its init source (``cmt.inits``) and what that source reads: the checkpoint folder
+    (the teacher's, or another job's), and for a ``file`` source the job's ``init_file`` section."""
 
-    ``seed`` fixes every fresh weight; a ``method`` whose model kind takes a second time input (flow maps, MeanFlow)
-    gets a zero-initialised second time branch if the weights lack it.
-    """
-    with seeded(seed, "init"):
-        if init == "random":
-            template, meta = load_denoiser(architecture_from)
+    init: str
+    folder: Path | None = None
+    file: dict | None = None
+
+
+def init_student(weights: InitWeights, job: StudentJob, dropout: float, method: Method) -> tuple[Denoiser, dict]:
+    """The student: fresh weights of the teacher's architecture (fixed by the job's seed), or a checkpoint's EMA
+    weights (a folder, or a file fetched by URL and sha256 into the job's work folder); in EDM mode with the boundary
+    sigma_min of the job's preconditioning and ``dropout``. A ``method`` whose model kind takes a second time input
+    (flow maps, MeanFlow) gets a zero-initialised second time branch if the weights lack it."""
+    source = init_source(weights.init)
+    with seeded(job.seed, "init"):
+        if source.weights == "fresh":
+            template, meta = load_denoiser(job.teacher_dir)
             student = Denoiser(build_network(template.model.cfg), sigma_data=template.sigma_data)
+        elif source.weights == "file":
+            student, meta = fetched_weights(weights.file, job.work_dir)
+        elif weights.folder is None:
+            raise ValueError(f"init {weights.init!r} needs a checkpoint folder")
         else:
-            if init_dir is None:
-                raise ValueError(f"init {init!r} needs a checkpoint folder")
-            student, meta = load_denoiser(init_dir)
+            student, meta = load_denoiser(weights.folder)
         if method.model_kind.second_time and not student.model.cfg.second_time:
             student.model = add_second_time(student.model)
-    student.sigma_min = boundary_sigma_min
+    student.sigma_min = job.precond["boundary_sigma_min"]
     return set_dropout(student.set_mode("edm"), dropout), meta
+
+
+def fetched_weights(spec: dict | None, work_dir: Path) -> tuple[Denoiser, dict]:
+    """A checkpoint fetched by the job's ``init_file`` ({url, sha256}; any format ``cmt convert-checkpoint`` reads)."""
+    if not spec or not spec.get("url"):
+        raise ValueError("init 'file' needs the job's init_file: {url: ..., sha256: ...}")
+    path = fetch(spec["url"], spec["sha256"], Path(work_dir) / f"init-{Path(urlparse(spec['url']).path).name}")
+    return load_any(path, url=spec["url"])
 
 
 def objective_context(

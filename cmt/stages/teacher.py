@@ -27,6 +27,7 @@ from cmt.sampling import sample_diffusion
 from cmt.seeds import seeded
 from cmt.solvers import sigma_grid
 from cmt.stages.student import student_loss
+from cmt.teachers import TEACHER_KINDS
 from cmt.tracking import write_history, write_record
 from cmt.train import Compute, FitOptions, FitResult, LoopConfig, clear_resume, fit, resolve_device
 
@@ -118,7 +119,8 @@ def run(job: TeacherJob) -> dict:
     meta = {
         **meta,
         "stage": "teacher",
-        "model_kind": "diffusion",
+        "model_kind": TEACHER_KINDS[job.cfg["kind"]].model_kind,
+        "teacher_kind": job.cfg["kind"],
         "tags": {"label": "teacher", **(job.tags or {})},
         "data": {"name": train_set.name, "shape": list(train_set.shape), "count": len(train_set)},
         "config": job.subtree(),

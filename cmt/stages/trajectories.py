@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cmt.checkpoints import load_denoiser
 from cmt.data import train_holdout
 from cmt.fetch import file_sha256
+from cmt.teachers import load_teacher
 from cmt.train import resolve_device
 from cmt.trajectories import SetSize, trajectory_spec, write_set
 
@@ -16,7 +16,7 @@ def run(
 ) -> dict:
     """Write ``cfg['count']`` trajectories in shards; the teacher's weights sha256 is recorded."""
     device = resolve_device(device_name)
-    teacher, _ = load_denoiser(teacher_dir)
+    teacher, _ = load_teacher(teacher_dir)
     train, _ = train_holdout(data_cfg)
     spec = trajectory_spec(cfg, train.shape)
     provenance = {"teacher_sha256": file_sha256(Path(teacher_dir) / "model.safetensors")}

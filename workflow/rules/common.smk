@@ -7,6 +7,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from cmt import jobs, slurm
+from cmt.inits import INITS
 from cmt.objectives import registry
 from cmt.launch import training_launcher
 from cmt.config import config_layers, merge_layers, resolve, scaled_resources
@@ -117,7 +118,7 @@ def midtrain_cfg(wildcards):
 
 def midtrain_params(wildcards):
     """The variant's midtrain settings, its trajectory set and seed, and the job's axes."""
-    job = jobs.mid_tags(wildcards.variant, wildcards.solver, wildcards.nfe, wildcards.seed)
+    job = jobs.mid_tags(wildcards.variant, wildcards.solver, wildcards.nfe, wildcards.seed, midtrain_cfg(wildcards)["init"])
     return subtree(
         "precond",
         "data",

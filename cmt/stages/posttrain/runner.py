@@ -7,15 +7,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from cmt.batches import make_batches
-from cmt.checkpoints import load_denoiser
+from cmt.checkpoints import read_meta
 from cmt.config import config_hash
 from cmt.data import Images, train_holdout
+from cmt.inits import init_source
 from cmt.labels import dataset_labels, label_dim_of
 from cmt.objectives import registry
 from cmt.objectives.base import Context, Objective
 from cmt.objectives.registry import Method
 from cmt.precond import Denoiser
 from cmt.stages.student import (
+    InitWeights,
     Record,
     StudentJob,
     StudentRun,
@@ -25,6 +27,7 @@ from cmt.stages.student import (
     student_loss,
     train_student,
 )
+from cmt.teachers import load_teacher, teacher_kind
 from cmt.train import Compute, LoopConfig, LossFn, resolve_device
 
 
@@ -54,16 +57,16 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
     job = replace(job, compute=method_compute(entry, job.compute))
     device = resolve_device(job.device)
     train, holdout = train_holdout(job.data)
-    boundary = job.precond["boundary_sigma_min"]
-    student, init_meta = init_student(init, init_dir, job.teacher_dir, cfg["dropout"], boundary, job.seed, entry)
+    folder = job.teacher_dir if init_source(init).weights == "teacher" else init_dir
+    student, init_meta = init_student(InitWeights(init, folder, cfg["init_file"]), job, cfg["dropout"], entry)
     student: Denoiser = student.to(device)
-    reads_teacher = "teacher" in entry.reads
-    teacher = load_denoiser(job.teacher_dir)[0].to(device).eval().requires_grad_(False) if reads_teacher else None
+    teacher = load_teacher(job.teacher_dir)[0].to(device) if "teacher" in entry.reads else None
     context = objective_context(job, train.shape, device, teacher)
     loss_fn, objective = make_loss(entry, cfg, train, label_dim_of(student), context, job.seed, job.data["loader"])
     loop = LoopConfig.from_dict(cfg)
     rows = loop.iterations * loop.batch_size
-    calls = objective.calls_per_row if entry.teacher_nfe == "per_row" else 0
+    passes = teacher_kind(read_meta(job.teacher_dir)).passes
+    calls = objective.calls_per_row * passes if entry.teacher_nfe == "per_row" else 0
     plan = StudentRun(
         entry,
         f"{method}[{init}]",
