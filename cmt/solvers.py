@@ -17,14 +17,11 @@ from torch import Tensor
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
-SIGMA_MIN = 0.002
-SIGMA_MAX = 80.0
-
 
 def karras_sigmas(
     steps: int,
-    sigma_min: float = SIGMA_MIN,
-    sigma_max: float = SIGMA_MAX,
+    sigma_min: float,
+    sigma_max: float,
     rho: float = 7.0,
     append_zero: bool = False,
     dtype: torch.dtype = torch.float64,
@@ -39,8 +36,8 @@ def karras_sigmas(
 
 def logsnr_sigmas(
     steps: int,
-    sigma_min: float = SIGMA_MIN,
-    sigma_max: float = SIGMA_MAX,
+    sigma_min: float,
+    sigma_max: float,
     append_zero: bool = False,
     dtype: torch.dtype = torch.float64,
 ) -> Tensor:
@@ -55,7 +52,8 @@ GRIDS = {"karras": karras_sigmas, "logsnr": logsnr_sigmas}
 
 
 def sigma_grid(kind: str, steps: int, **kwargs: float | bool) -> Tensor:
-    """Grid by name (``karras`` or ``logsnr``); keyword arguments go to the grid function."""
+    """Grid by name (``karras`` or ``logsnr``); keyword arguments (``sigma_min`` and ``sigma_max``, the config's
+    ``precond`` range, among them) go to the grid function."""
     if kind not in GRIDS:
         raise ValueError(f"unknown sigma grid {kind!r}; valid grids: {', '.join(sorted(GRIDS))}")
     return GRIDS[kind](steps, **kwargs)

@@ -25,6 +25,7 @@ for var in [v for v in os.environ if v.startswith("CMT_SLURM_")]:  # a user's cl
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+EDM_RANGE = (0.002, 80.0)  # EDM's sigma range (sigma_min, sigma_max): the schema's precond default
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 

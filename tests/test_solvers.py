@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import EDM_RANGE
 
 from cmt import oracle
 from cmt.solvers import (
@@ -46,7 +47,7 @@ def endpoint_rms(x_T, sigmas, solver):
 
 
 def test_logsnr_grid_matches_reference_values():
-    sigmas = logsnr_sigmas(16)
+    sigmas = logsnr_sigmas(16, *EDM_RANGE)
     ref = [
         80,
         41.25,
@@ -72,7 +73,7 @@ def test_logsnr_grid_matches_reference_values():
 
 
 def test_karras_grid_matches_edm_values():
-    sigmas = karras_sigmas(17, append_zero=True)
+    sigmas = karras_sigmas(17, *EDM_RANGE, append_zero=True)
     ref = [
         80,
         57.59,
@@ -99,9 +100,11 @@ def test_karras_grid_matches_edm_values():
 
 
 def test_grid_by_name_and_bad_arguments():
-    assert torch.equal(sigma_grid("logsnr", 4), logsnr_sigmas(4))
+    assert torch.equal(
+        sigma_grid("logsnr", 4, sigma_min=EDM_RANGE[0], sigma_max=EDM_RANGE[1]), logsnr_sigmas(4, *EDM_RANGE)
+    )
     with pytest.raises(ValueError, match="karras, logsnr"):
-        sigma_grid("cosine", 4)
+        sigma_grid("cosine", 4, sigma_min=EDM_RANGE[0], sigma_max=EDM_RANGE[1])
     with pytest.raises(ValueError, match="sigma_min"):
         karras_sigmas(4, sigma_min=1.0, sigma_max=0.5)
 
@@ -110,7 +113,7 @@ def test_grid_by_name_and_bad_arguments():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_contract_shape_dtype_first_state(solver, dtype):
     x = torch.randn(5, 1, 3, 3, dtype=dtype) * 80
-    sigmas = logsnr_sigmas(6, dtype=torch.float64)
+    sigmas = logsnr_sigmas(6, *EDM_RANGE, dtype=torch.float64)
     traj = sample_trajectory(gaussian_denoiser, x, sigmas, solver)
     assert traj.shape == (7, 5, 1, 3, 3)
     assert traj.dtype == dtype
@@ -131,7 +134,7 @@ def test_contract_shape_dtype_first_state(solver, dtype):
     ],
 )
 def test_denoiser_call_counts(solver, steps, append_zero, expected):
-    sigmas = logsnr_sigmas(steps, append_zero=append_zero)
+    sigmas = logsnr_sigmas(steps, *EDM_RANGE, append_zero=append_zero)
     counter = CountingDenoiser()
     traj = sample_trajectory(counter, torch.randn(4, 2) * 80, sigmas, solver)
     assert counter.calls == expected == denoiser_calls(solver, sigmas)
@@ -140,7 +143,7 @@ def test_denoiser_call_counts(solver, steps, append_zero, expected):
 
 def test_unknown_solver_lists_valid_names():
     with pytest.raises(ValueError) as err:
-        sample_trajectory(gaussian_denoiser, torch.zeros(2, 2), logsnr_sigmas(2), "dpmpp4m")
+        sample_trajectory(gaussian_denoiser, torch.zeros(2, 2), logsnr_sigmas(2, *EDM_RANGE), "dpmpp4m")
     for name in SOLVERS:
         assert name in str(err.value)
 
@@ -157,7 +160,7 @@ def test_first_order_dpmpp_step_is_euler_step(x_T):
     euler = x_T + (t - s) * (x_T - d) / s
     torch.testing.assert_close(dpm, euler, rtol=1e-14, atol=1e-12)
     # and the first step of every multistep solver is that Euler step
-    sigmas = logsnr_sigmas(8)
+    sigmas = logsnr_sigmas(8, *EDM_RANGE)
     first = sample_trajectory(gaussian_denoiser, x_T, sigmas, "euler")[1]
     for name in ("dpmpp2m", "dpmpp3m", "dpmpp3m_legacy"):
         torch.testing.assert_close(
@@ -180,7 +183,7 @@ def test_cmt_order_schedule():
 
 def test_cmt_16_step_trajectory_against_exact_at_every_state(x_T):
     """CMT's teacher schedule (logSNR 80 -> 0.002, 16 steps, library 3M): endpoint RMS ~ 8.6e-3 (numerics 7.1)."""
-    sigmas = logsnr_sigmas(16)
+    sigmas = logsnr_sigmas(16, *EDM_RANGE)
     exact = torch.stack([oracle.trajectory_point(x_T, 80.0, s, MU, S) for s in sigmas])
     for solver, endpoint in [("dpmpp3m_legacy", 8.6e-3), ("dpmpp2m", 1.14e-2)]:
         rms = (sample_trajectory(gaussian_denoiser, x_T, sigmas, solver) - exact).square().mean(1).sqrt()
@@ -191,7 +194,7 @@ def test_cmt_16_step_trajectory_against_exact_at_every_state(x_T):
 
 def test_legacy_3m_matches_independent_constant_step_formula(x_T):
     """Re-derive the authors' update on a constant-h grid (method.md 3.2, r0 = r1 = 1) and compare."""
-    sigmas = logsnr_sigmas(16)
+    sigmas = logsnr_sigmas(16, *EDM_RANGE)
     h = float(torch.log(sigmas[0] / sigmas[1]))
     phi1 = np.expm1(-h)
     phi2 = phi1 / h + 1
@@ -227,12 +230,15 @@ def test_legacy_3m_matches_independent_constant_step_formula(x_T):
 def test_convergence_order(x_T, grid, solver, lo, hi):
     """Fit log RMS error at sigma_min vs log(number of grid points) (numerics.md 7.3)."""
     points = np.array([65, 129, 257])
-    errors = [endpoint_rms(x_T, sigma_grid(grid, n - 1), solver) for n in points]
+    errors = [
+        endpoint_rms(x_T, sigma_grid(grid, n - 1, sigma_min=EDM_RANGE[0], sigma_max=EDM_RANGE[1]), solver)
+        for n in points
+    ]
     order = -np.polyfit(np.log(points), np.log(errors), 1)[0]
     assert lo <= order <= hi, f"{solver} on {grid}: order {order:.2f}, errors {errors}"
 
 
 def test_corrected_3m_is_more_accurate_than_legacy(x_T):
     """The doubled D2 weight (numerics.md 7.2) is what makes the 3M update third order."""
-    sigmas = logsnr_sigmas(128)
+    sigmas = logsnr_sigmas(128, *EDM_RANGE)
     assert endpoint_rms(x_T, sigmas, "dpmpp3m") < 0.05 * endpoint_rms(x_T, sigmas, "dpmpp3m_legacy")

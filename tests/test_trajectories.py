@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from conftest import EDM_RANGE
 from test_labels import conditional_denoiser
 
 from cmt.atomic import atomic_save_tensors
@@ -27,7 +28,7 @@ from cmt.trajectories import (
     write_set,
 )
 
-SPEC = TrajectorySpec("dpmpp3m_legacy", logsnr_sigmas(4), "prior", (1, 8, 8))
+SPEC = TrajectorySpec("dpmpp3m_legacy", logsnr_sigmas(4, *EDM_RANGE), "prior", (1, 8, 8))
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_limit_takes_the_first_trajectories_from_the_needed_shards(stored):
 
 def test_online_source_and_data_plus_noise_start(teacher):
     data = ImageDataset(torch.full((5, 1, 8, 8), 0.5), None, "halves")
-    spec = TrajectorySpec("euler", logsnr_sigmas(2), "data_plus_noise", (1, 8, 8))
+    spec = TrajectorySpec("euler", logsnr_sigmas(2, *EDM_RANGE), "data_plus_noise", (1, 8, 8))
     online = OnlineTrajectories(teacher, spec, data)
     gen = torch.Generator().manual_seed(1)
     batch = online.sample(6, gen).states
@@ -133,7 +134,7 @@ def test_a_conditional_teacher_stores_the_label_each_trajectory_was_solved_for(t
 def test_a_data_plus_noise_start_carries_the_label_of_its_image():
     labels = torch.tensor([0, 3, 5, 7, 9])
     data = ImageDataset(labels.float().reshape(-1, 1, 1, 1).expand(-1, 1, 8, 8) / 10, labels, "coded")
-    spec = TrajectorySpec("euler", logsnr_sigmas(2), "data_plus_noise", (1, 8, 8))
+    spec = TrajectorySpec("euler", logsnr_sigmas(2, *EDM_RANGE), "data_plus_noise", (1, 8, 8))
     batch = generate(conditional_denoiser(), spec, 6, torch.Generator().manual_seed(1), data)
     noise = torch.randn((6, 1, 8, 8), generator=torch.Generator().manual_seed(1))
     image_values = (batch.states[:, 0] - 80 * noise).mean((1, 2, 3))
