@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
 
 from cmt.checkpoints import load_denoiser, load_denoiser_file
 from cmt.edm_pickle import NetworkPickle, module_tensors, read_network_pickle
-from cmt.fetch import file_sha256
+from cmt.fetch import fetch, file_sha256
 from cmt.jobs import WEIGHTS
 from cmt.nets import EDM2Config, UNetConfig, build_network, count_parameters
 from cmt.precond import SIGMA_DATA, Denoiser
@@ -209,3 +210,11 @@ def load_any(path: str | Path, url: str | None = None) -> tuple[Denoiser, dict]:
     denoiser, info = convert_edm2(pkl) if pkl.format == "edm2-pickle" else convert_edm(pkl)
     source = {"format": pkl.format, "sha256": file_sha256(path), "url": url, "file": path.name}
     return denoiser, {**info, "converted_from": source}
+
+
+def fetch_checkpoint(spec: dict, folder: str | Path, stem: str) -> tuple[Denoiser, dict]:
+    """A single-file checkpoint at ``spec['url']`` fetched into ``folder`` (as ``<stem>-<file name>``) if and only if
+    its sha256 is ``spec['sha256']``, then read like ``load_any``: ours, or an EDM / EDM2 network pickle."""
+    name = Path(urlparse(spec["url"]).path).name or "checkpoint"
+    path = fetch(spec["url"], spec["sha256"], Path(folder) / f"{stem}-{name}")
+    return load_any(path, url=spec["url"])

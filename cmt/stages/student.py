@@ -5,15 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from cmt import parallel
-from cmt.checkpoint_import import load_any
+from cmt.checkpoint_import import fetch_checkpoint
 from cmt.checkpoints import load_denoiser, save_denoiser
 from cmt.data import Images
-from cmt.fetch import fetch
 from cmt.images import save_grid
 from cmt.inits import init_source
 from cmt.labels import class_columns, label_dim_of
@@ -96,8 +94,7 @@ def fetched_weights(spec: dict | None, work_dir: Path) -> tuple[Denoiser, dict]:
     """A checkpoint fetched by the job's ``init_file`` ({url, sha256}; any format ``cmt convert-checkpoint`` reads)."""
     if not spec or not spec.get("url"):
         raise ValueError("init 'file' needs the job's init_file: {url: ..., sha256: ...}")
-    path = fetch(spec["url"], spec["sha256"], Path(work_dir) / f"init-{Path(urlparse(spec['url']).path).name}")
-    return load_any(path, url=spec["url"])
+    return fetch_checkpoint(spec, work_dir, "init")
 
 
 def objective_context(

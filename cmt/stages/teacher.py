@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
 
 from cmt import parallel
 from cmt.batches import make_batches
-from cmt.checkpoint_import import load_any
+from cmt.checkpoint_import import fetch_checkpoint
 from cmt.checkpoints import save_denoiser
 from cmt.config import config_hash
 from cmt.data import Images, train_holdout
-from cmt.fetch import fetch
 from cmt.images import save_grid
 from cmt.labels import class_columns, conditioned, dataset_labels, label_dim_of
 from cmt.nets import build_network, count_parameters, network_config
@@ -165,10 +163,8 @@ def _write_run(job: TeacherJob, meta: dict, losses: list[float], run_facts: dict
 
 
 def _fetched(cfg: dict, work_dir: str | Path) -> tuple[Denoiser, dict, list[float]]:
-    """Fetch a single-file checkpoint (sha256-verified) into the work folder and convert it to our denoiser:
-    ours (.safetensors with its meta), an EDM or an EDM2 network pickle (read without running it)."""
-    name = Path(urlparse(cfg["url"]).path).name or "teacher"
-    path = fetch(cfg["url"], cfg["sha256"], Path(work_dir) / f"fetched-{name}")
-    denoiser, meta = load_any(path, url=cfg["url"])
+    """The checkpoint of ``teacher.fetch`` (sha256-verified; ours, an EDM or an EDM2 network pickle read without
+    running it) as our denoiser, with its provenance."""
+    denoiser, meta = fetch_checkpoint(cfg, work_dir, "fetched")
     provenance = {"source": "fetch", "url": cfg["url"], "sha256": cfg["sha256"], "fetched_meta": meta}
     return denoiser, provenance, []
