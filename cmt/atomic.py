@@ -10,10 +10,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from safetensors.torch import save_file
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 FILE_MODE = 0o644  # mkstemp creates 0600; artifacts are meant to be shared
 PART_SUFFIX = ".part"
@@ -72,5 +72,7 @@ def writing(path: str | Path) -> Iterator[Path]:
 
 def atomic_save_tensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors file written through a temporary file and an atomic rename."""
+    from safetensors.torch import save_file  # here, so the serial rules (ingest, report) never import torch
+
     with writing(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)

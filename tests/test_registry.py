@@ -100,3 +100,16 @@ def test_method_names_are_listed_in_the_registry_only():
     assert not listed, f"method names listed outside cmt/objectives/registry.py: {listed}"
     rules = [p for p in (ROOT / "workflow").rglob("*") if p.is_file()]
     assert not [p.name for p in rules if "ect|ecd" in p.read_text() or "'ect', 'ecd'" in p.read_text()]
+
+
+def test_the_registries_and_the_serial_rules_modules_load_without_torch():
+    """The Snakefile reads the registries and the serial rules (ingest, report) run the tracking and table modules:
+    none of them may pull torch in (seconds of start-up per rule)."""
+    import subprocess
+    import sys
+
+    modules = (
+        "cmt.objectives.registry, cmt.inits, cmt.teachers, cmt.jobs, cmt.tracking, cmt.tables, cmt.ablation_tables"
+    )
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
