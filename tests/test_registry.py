@@ -111,5 +111,5 @@ def test_the_registries_and_the_serial_rules_modules_load_without_torch():
     modules = (
         "cmt.objectives.registry, cmt.inits, cmt.teachers, cmt.jobs, cmt.tracking, cmt.tables, cmt.ablation_tables"
     )
-    code = f"import sys, {modules}; print('torch' in sys.modules)"
+    code = f"import sys, {modules}, cmt.ablation_tables; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
