@@ -70,7 +70,12 @@ def is_network_pickle(path: str | Path) -> bool:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with path.open("rb") as fh:
-        return fh.read(1) == PICKLE_MAGIC
+        head = fh.read(9)
+    # a safetensors file opens with its header's length (8 bytes, little-endian) and the header's "{"; the length's
+    # first byte may be a pickle's 0x80, so the layout is checked first
+    if len(head) == 9 and head[8:] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return False
+    return head[:1] == PICKLE_MAGIC
 
 
 def _load_ours(path: Path) -> tuple[Denoiser, dict]:

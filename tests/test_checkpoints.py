@@ -72,3 +72,22 @@ def test_checkpoints_name_their_family_and_unnamed_ones_load_as_ddpmpp(tmp_path,
     atomic_write_json(tmp_path / "meta.json", {**old, "architecture": {**old["architecture"], "family": "dit"}})
     with pytest.raises(ValueError, match="unknown network family 'dit'; known: ddpmpp, edm2"):
         load_denoiser(tmp_path)
+
+
+def test_a_safetensors_checkpoint_whose_header_length_starts_like_a_pickle_is_ours(tmp_path):
+    """A safetensors file opens with its header length; when that length's low byte is 0x80 (a pickle's first
+    byte), the file is still read as ours, not as a network pickle."""
+    from cmt.checkpoint_import import is_network_pickle, load_any
+
+    torch.manual_seed(0)
+    denoiser = Denoiser(build_network(PRESETS["digits-tiny"]))
+    for pad in range(256):
+        save_denoiser(tmp_path, denoiser, {"stage": "test", "pad": "x" * pad})
+        with open(tmp_path / "model.safetensors", "rb") as fh:
+            if fh.read(1) == b"\x80":
+                break
+    else:
+        pytest.fail("no header length with a 0x80 low byte in 256 tries")
+    assert not is_network_pickle(tmp_path / "model.safetensors")
+    loaded, meta = load_any(tmp_path / "model.safetensors")
+    assert meta["pad"] == "x" * pad and meta["converted_from"]["format"] == "cmt"
