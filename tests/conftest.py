@@ -127,15 +127,15 @@ class CountingTeacher(torch.nn.Module):
 
 
 def count_teacher_loads(monkeypatch, module) -> list[CountingTeacher]:
-    """Make ``module.load_denoiser`` hand out counting wrappers; returns the list they are appended to."""
-    real, made = module.load_denoiser, []
+    """Make ``module.load_teacher`` hand out counting wrappers; returns the list they are appended to."""
+    real, made = module.load_teacher, []
 
     def load(path):
-        denoiser, meta = real(path)
+        denoiser, kind = real(path)
         made.append(CountingTeacher(denoiser))
-        return made[-1], meta
+        return made[-1], kind
 
-    monkeypatch.setattr(module, "load_denoiser", load)
+    monkeypatch.setattr(module, "load_teacher", load)
     return made
 
 
