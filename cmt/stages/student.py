@@ -1,4 +1,5 @@
-"""What every student trainer shares: initialisation from a checkpoint and writing its outputs."""
+"""The one student runner: a student stage builds its initial weights (``init_student``), its objective's loss and a
+``StudentRun``; ``train_student`` fits it (with FD along training) and writes checkpoint, history, grids and record."""
 
 from __future__ import annotations
 

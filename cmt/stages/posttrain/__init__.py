@@ -1,1 +1,1 @@
-"""Post-training objectives (ECT; ECD and MeanFlow follow), each initialised from random, diffusion or CMT weights."""
+"""The post-training stage (``runner``): any registered post-training method from any registered init source."""
