@@ -32,7 +32,7 @@ from cmt.tables import (
 
 COSTS = ("images", "teacher_nfe")
 STUDENT = ("mid", "post")  # the stages whose costs a row carries (the teacher is shared by every init but random)
-AXES = ["kind", "variant", "solver", "nfe", "method", "init", "iterations", "seed"]
+AXES = ["teacher", "kind", "variant", "solver", "nfe", "method", "init", "iterations", "seed"]
 FRAME_COLUMNS = [
     *AXES,
     "model",
@@ -47,6 +47,7 @@ FRAME_COLUMNS = [
 LAYOUT = {
     "method_init": (["method", "init", "variant", "iterations"], COSTS),
     "nfe_solver": (["solver", "nfe"], ("teacher_nfe", "distinct_trajectories")),
+    "teacher_variants": (["teacher", "model", "variant"], COSTS),
 }
 VARIANT_LAYOUT = (["variant", "model", "iterations"], (*COSTS, "distinct_trajectories"))
 TITLES = {
@@ -57,6 +58,7 @@ TITLES = {
     "slow_fast": "all trajectory points (fast) vs one point per trajectory (slow) vs noise only (KD)",
     "trajectory_count": "distinct stored trajectories vs online trajectories",
     "budget_split": "mid/post iteration split at a fixed total",
+    "teacher_variants": "every post-training method x init and CMT alone under each teacher variant",
 }
 
 
@@ -72,6 +74,7 @@ def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
         source, kind, method, init = chain[-1], tag(ev, "kind"), tag(ev, "method"), tag(ev, "init")
         rows.append(
             {
+                "teacher": tag(ev, "teacher_variant") or "base",
                 "kind": kind,
                 "variant": tag(ev, "variant"),
                 "solver": tag(ev, "solver"),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
+from cmt.config import merge
 from cmt.inits import init_source
 from cmt.weights import lpips_trunk_path
 
@@ -31,8 +32,18 @@ TEACHER = "teacher"
 FEATNET = "featnet"
 DATASET = "dataset"
 NO_VARIANT = "none"  # the variant axis of a post-training job that does not start from CMT
-BASE = "base"  # the CMT variant that overrides nothing: the main run's CMT
-ABLATION_TABLES = ("method_init", "nfe_solver", "cmt_variants", "loss", "slow_fast", "trajectory_count", "budget_split")
+BASE = "base"  # the CMT variant (and the teacher variant) that overrides nothing: the main run's
+TEACHER_PREFIX = "t-"  # a teacher variant's jobs: t-<name>/teacher, t-<name>/traj/..., t-<name>/mid/..., ...
+ABLATION_TABLES = (
+    "method_init",
+    "nfe_solver",
+    "cmt_variants",
+    "loss",
+    "slow_fast",
+    "trajectory_count",
+    "budget_split",
+    "teacher_variants",
+)
 TABLES = ("main", *ABLATION_TABLES)
 SCOPES = ("main", "ablations")
 # the midtrain setting a CMT variant overrides -> the table that ablates it
@@ -60,6 +71,16 @@ def shard_name(k: int) -> str:
 def shard_names(count: int, shard_size: int) -> list[str]:
     """Every shard of a set of ``count`` trajectories in shards of ``shard_size``."""
     return [shard_name(k) for k in range(-(-count // shard_size))]
+
+
+def teacher_prefix(teacher: str) -> str:
+    """Where a teacher variant's jobs live: below ``t-<name>/``; the config's own teacher (``base``) has no prefix."""
+    return "" if teacher == BASE else f"{TEACHER_PREFIX}{teacher}/"
+
+
+def teacher_of(prefix: str) -> str:
+    """The teacher variant of a job-path prefix (``teacher_prefix``'s inverse)."""
+    return prefix.removeprefix(TEACHER_PREFIX).removesuffix("/") or BASE
 
 
 def traj_path(solver: str, nfe: int | str) -> str:
@@ -127,45 +148,78 @@ def cmt_variant(config: Mapping, method: str) -> str:
     return ((config.get("ablations") or {}).get("post", {}).get("cmt_variant") or {}).get(method, BASE)
 
 
-def init_job(init: str, job: str) -> str:
-    """The job a student's weights start from (its lineage): the teacher, another ``job``, or none (fresh weights,
-    a fetched file)."""
-    return {"teacher": TEACHER, "job": job}.get(init_source(init).weights, NO_VARIANT)
+def init_job(init: str, job: str, teacher: str = BASE) -> str:
+    """The job a student's weights start from (its lineage): the teacher (of variant ``teacher``), another ``job``,
+    or none (fresh weights, a fetched file)."""
+    return {"teacher": teacher_prefix(teacher) + TEACHER, "job": job}.get(init_source(init).weights, NO_VARIANT)
 
 
-def teacher_tags() -> dict:
-    return {"job": TEACHER, "kind": "teacher"}
+def teacher_axis(teacher: str) -> dict:
+    """The teacher-variant tag of a job below a teacher variant (none for the config's own teacher)."""
+    return {} if teacher == BASE else {"teacher_variant": teacher}
 
 
-def mid_tags(variant: str, solver: str, nfe: int | str, seed: int | str, init: str = "diffusion") -> dict:
-    """The axes of a CMT job, as MLflow tags (the job path included); ``init``: its ``midtrain.init`` source."""
+def teacher_tags(teacher: str = BASE) -> dict:
+    return {"job": teacher_prefix(teacher) + TEACHER, "kind": "teacher", **teacher_axis(teacher)}
+
+
+def teacher_section(config: Mapping, teacher: str) -> dict:
+    """The ``teacher`` section of a teacher variant: the config's, with the variant's overrides
+    (``ablations.teachers``)."""
+    if teacher == BASE:
+        return dict(config["teacher"])
+    variants = entries((config.get("ablations") or {}).get("teachers") or {})
+    if teacher not in variants:
+        raise ValueError(
+            f"unknown teacher variant {teacher!r}; configured in ablations.teachers: {', '.join(variants)}"
+        )
+    return merge(config["teacher"], variants[teacher])
+
+
+def mid_tags(
+    variant: str, solver: str, nfe: int | str, seed: int | str, init: str = "diffusion", teacher: str = BASE
+) -> dict:
+    """The axes of a CMT job, as MLflow tags (the job path included); ``init``: its ``midtrain.init`` source,
+    ``teacher``: its teacher variant."""
+    prefix = teacher_prefix(teacher)
     return {
-        "job": mid_path(variant, solver, nfe, seed),
+        "job": prefix + mid_path(variant, solver, nfe, seed),
         "kind": "mid",
         "variant": variant,
         "solver": solver,
         "nfe": str(nfe),
         "seed": str(seed),
-        "init_job": init_job(init, TEACHER),  # the paper's CMT starts from the teacher's weights
+        "init_job": init_job(init, "", teacher),  # the paper's CMT starts from the teacher's weights
+        **teacher_axis(teacher),
     }
 
 
 def post_tags(config: Mapping, method: str, init: str, variant: str, iterations: int | str, seed: int | str) -> dict:
-    """The axes of a post-training job; ``init_job`` is the job its weights start from (lineage)."""
+    """The axes of a post-training job of the config's own teacher; ``init_job`` is the job its weights start from
+    (lineage). ``variant_post_tags`` adds the teacher variant."""
+    return variant_post_tags(config, (method, init, variant, iterations, seed), BASE)
+
+
+def variant_post_tags(config: Mapping, axes: tuple, teacher: str) -> dict:
+    """``post_tags`` of a post-training job below teacher variant ``teacher``; ``axes``: (method, init, variant,
+    iterations, seed)."""
+    method, init, variant, iterations, seed = axes
+    prefix = teacher_prefix(teacher)
     from_job = init_source(init).weights == "job"
     if from_job == (variant == NO_VARIANT):
         expected = "a CMT variant" if from_job else repr(NO_VARIANT)
         raise ValueError(f"post-training from {init!r} init: the variant axis must be {expected}, got {variant!r}")
-    cmt_job = mid_path(variant, *default_set(config), seed) if init_source(init).weights == "job" else ""
+    cmt_job = prefix + mid_path(variant, *default_set(config), seed) if init_source(init).weights == "job" else ""
     return {
-        "job": post_path(method, init, variant, iterations, seed),
+        "job": prefix + post_path(method, init, variant, iterations, seed),
         "kind": "post",
         "method": method,
         "init": init,
         "variant": variant,
         "iterations": str(iterations),
         "seed": str(seed),
-        "init_job": init_job(init, cmt_job),
+        "init_job": init_job(init, cmt_job, teacher),
+        **teacher_axis(teacher),
     }
 
 
@@ -218,7 +272,28 @@ def sweep_jobs(config: Mapping) -> dict[str, set[str]]:
             tables = variant_tables(variant_overrides(config, variant))
             for which in (variant, BASE):  # the base row is every table's reference
                 jobs.setdefault(_post(config, "ect", "cmt", ect_iterations, seed, which), set()).update(tables)
+        for path in teacher_variant_jobs(config, seed):
+            jobs.setdefault(path, set()).add("teacher_variants")
     return jobs
+
+
+def teacher_variant_jobs(config: Mapping, seed: int) -> list[str]:
+    """With teacher variants (``ablations.teachers``): below each, its teacher, base CMT on the default set and every
+    post-training method x init of the sweep (with the CMT variant each method starts from); the config's own
+    teacher's are the reference rows. A teacher job is one job for every seed."""
+    ab = config["ablations"]
+    variants = list(entries(ab.get("teachers") or {}))
+    from_job = any(init_source(init).weights == "job" for init in ab["post"]["inits"])
+    found = []
+    for teacher in [BASE, *variants] if variants else []:
+        prefix = teacher_prefix(teacher)
+        found += [prefix + TEACHER, prefix + mid_path(BASE, *default_set(config), seed)]
+        for method in ab["post"]["methods"]:
+            iterations = config["posttrain"][method]["iterations"]
+            found += [prefix + _post(config, method, init, iterations, seed) for init in ab["post"]["inits"]]
+            if from_job:
+                found.append(prefix + mid_path(cmt_variant(config, method), *default_set(config), seed))
+    return list(dict.fromkeys(found))
 
 
 def scope_jobs(config: Mapping, scope: str) -> dict[str, set[str]]:

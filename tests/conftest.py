@@ -84,6 +84,7 @@ SWEEP = {  # a reduced sweep on the smoke project: two new trajectory sets, thre
     },
     "budget": {"short": ["traj128", 20]},
     "variant_post": [],
+    "teachers": {"weak": {"train": {"iterations": 20}}},  # a teacher variant: its own teacher, CMT and post-training
 }
 
 

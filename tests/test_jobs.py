@@ -22,6 +22,10 @@ from cmt.jobs import (
     record_groups,
     scope_jobs,
     sweep_jobs,
+    teacher_of,
+    teacher_prefix,
+    teacher_section,
+    variant_post_tags,
     variant_tables,
 )
 from cmt.tracking import ingest, search, write_history, write_record
@@ -55,7 +59,7 @@ def test_sweep_jobs_of_the_shipped_config(config):
     tables = job_tables(config)
     assert tables["mid/base/heun-nfe4/s1"] == ["nfe_solver"]
     assert tables["mid/slow/dpmpp3m_legacy-nfe16/s0"] == ["cmt_variants", "slow_fast"]
-    assert tables["mid/base/dpmpp3m_legacy-nfe16/s0"] == ["main", "nfe_solver", *TABLES[3:]]
+    assert tables["mid/base/dpmpp3m_legacy-nfe16/s0"] == ["main", "nfe_solver", *TABLES[3:-1]]  # not teacher_variants
     assert tables["post/ect-cmt/base/it600/s0"] == ["main", "method_init", "cmt_variants", "slow_fast", "budget_split"]
     assert tables["post/ect-cmt/short/it900/s1"] == ["budget_split"]
     assert tables["post/meanflow-cmt/flowmap/it600/s0"] == ["method_init"]
@@ -95,6 +99,31 @@ def test_tags_carry_the_axes_and_the_lineage(config):
     assert post_tags(config, "ecd", "diffusion", "none", 600, 0)["init_job"] == "teacher"
     with pytest.raises(ValueError, match="variant"):
         post_tags(config, "ect", "random", "base", 600, 0)
+
+
+def test_teacher_variants_get_their_own_jobs_below_a_prefix_and_one_teacher_for_every_seed(config):
+    """ablations.teachers: each variant's teacher, base CMT, the CMT variant each method starts from and every
+    post-training method x init live below t-<name>/ and feed the teacher_variants table; the config's own
+    teacher's jobs are the reference rows; nothing else moves."""
+    overlay = {**config, "ablations": {**config["ablations"], "teachers": {"weak": {"train": {"iterations": 50}}}}}
+    sweep, plain = sweep_jobs(overlay), sweep_jobs(config)
+    weak = {p for p in sweep if p.startswith("t-weak/")}
+    assert {p for p in weak if "/mid/" in p or p.endswith("teacher")} == {
+        "t-weak/teacher",  # one teacher job for both seeds
+        *(f"t-weak/mid/{v}/dpmpp3m_legacy-nfe16/s{s}" for v in ("base", "flowmap") for s in (0, 1)),
+    }
+    assert len([p for p in weak if "/post/" in p]) == 3 * 3 * 2  # method x init x seed
+    assert all(sweep[p] == {"teacher_variants"} for p in weak)
+    assert set(sweep) - weak == {*plain, "teacher"} and "teacher_variants" in sweep["post/ect-cmt/base/it600/s0"]
+    assert teacher_section(overlay, "weak")["train"] == {**config["teacher"]["train"], "iterations": 50}
+    mid = mid_tags("base", "heun", 8, 1, "diffusion", "weak")
+    assert mid["job"] == "t-weak/mid/base/heun-nfe8/s1" and mid["init_job"] == "t-weak/teacher"
+    assert mid["teacher_variant"] == "weak" and "teacher_variant" not in mid_tags("base", "heun", 8, 1)
+    post = variant_post_tags(overlay, ("ecd", "cmt", "base", 600, 0), "weak")
+    assert post["init_job"] == "t-weak/mid/base/dpmpp3m_legacy-nfe16/s0" and post["job"].startswith("t-weak/post/")
+    assert teacher_of(teacher_prefix("weak")) == "weak" and teacher_of("") == "base"
+    with pytest.raises(ValueError, match="unknown teacher variant 'strong'; configured in ablations.teachers: weak"):
+        teacher_section(overlay, "strong")
 
 
 def test_record_groups_name_training_and_evaluation_records(config):

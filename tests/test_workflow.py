@@ -204,7 +204,8 @@ def test_fetched_teacher_with_wrong_sha256_is_refused(smoke, tmp_path):
     fetch = {"url": weights.as_uri(), "sha256": "0" * 64}
     overlay = project / "config" / "fetched.yaml"
     overlay.write_text(yaml.safe_dump({"name": "fetched", "teacher": {"source": "fetch", "fetch": fetch}}))
-    args = ("--cores", "1", "teacher", "--configfile", "config/smoke.yaml", "config/fetched.yaml")
+    teacher = "results/fetched/teacher/model.safetensors"  # the teacher rule's output (a teacher variant's: t-<name>/)
+    args = ("--cores", "1", teacher, "--configfile", "config/smoke.yaml", "config/fetched.yaml")
     proc = snakemake(project, *args, check=False)
     assert proc.returncode != 0
     log = (project / "results" / "fetched" / "logs" / "teacher.log").read_text()
@@ -222,12 +223,12 @@ def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, swept):
     once."""
     args, planned = swept
     # the main run's teacher, trajectories, base CMT and evaluations are reused; only new jobs are planned
-    assert {k: planned[k] for k in ("midtrain", "posttrain", "trajectories")} == {
-        "midtrain": 4,  # base on 2 new sets, flowmap, traj128
-        "posttrain": 3,  # ECD and MeanFlow from CMT, the budget split
-        "trajectories": 2,
+    assert {k: planned[k] for k in ("teacher", "midtrain", "posttrain", "trajectories")} == {
+        "teacher": 1,  # the weak teacher variant
+        "midtrain": 6,  # base on 2 new sets, flowmap, traj128; base and flowmap from the weak teacher
+        "posttrain": 5,  # ECD and MeanFlow from CMT (for each teacher), the budget split
+        "trajectories": 3,  # 2 new sets; the weak teacher's default set
     }
-    assert "teacher" not in planned
     results = smoke / "results" / "smoke"
     assert (results / "post" / "meanflow-cmt" / "flowmap" / "it40" / "s0" / "model.safetensors").exists()
     assert (results / "eval" / "mid" / "base" / "heun-nfe4" / "s0" / "scores.json").exists()
@@ -260,9 +261,32 @@ def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, swept):
         "nfe_solver",
         "cmt_variants",
         "budget_split",
+        "teacher_variants",
     }
+    assert_teacher_variant(results, tables)
     assert "Nothing to be done" in snakemake(smoke, "-n", "all_ablations", *args).stdout
     assert "Nothing to be done" in snakemake(smoke, "-n", "all", *args).stdout  # `all` is inside `all_ablations`
+
+
+def assert_teacher_variant(results: Path, tables: Path) -> None:
+    """The weak teacher (20 iterations) is its own job; its trajectories, CMT and post-training read it, their tags
+    name it, and the teacher_variants table holds its rows beside the config's own teacher's."""
+    weak = results / "t-weak"
+    assert json.loads((weak / "teacher" / "meta.json").read_text())["config"]["teacher"]["train"]["iterations"] == 20
+    sha = hashlib.sha256((weak / "teacher" / "model.safetensors").read_bytes()).hexdigest()
+    index = json.loads((weak / "traj" / "dpmpp3m_legacy-nfe16" / "index.json").read_text())
+    base = json.loads((results / "traj" / "dpmpp3m_legacy-nfe16" / "index.json").read_text())
+    assert index["teacher_sha256"] == sha != base["teacher_sha256"]
+    record = json.loads((weak / "mid" / "base" / "dpmpp3m_legacy-nfe16" / "s0" / "run.json").read_text())
+    assert record["tags"]["teacher_variant"] == "weak" and record["tags"]["init_job"] == "t-weak/teacher"
+    rows = {(r["teacher"], r["model"], r["variant"]) for r in csv.DictReader((tables / "teacher_variants.csv").open())}
+    models = {
+        ("CMT only", "base"),
+        ("CMT only", "flowmap"),
+        ("ECD, CMT init", "base"),
+        ("MeanFlow, CMT init", "flowmap"),
+    }
+    assert rows == {(teacher, *model) for teacher in ("base", "weak") for model in models}
 
 
 def artifact_hashes(results: Path) -> dict[str, str]:
@@ -389,7 +413,7 @@ def test_the_teacher_rule_fetches_an_edm_pickle_over_http_and_converts_it_once(t
         args = ("--configfile", "config/smoke.yaml", "config/edm.yaml")
         dry = snakemake(project, "-n", "all", *args).stdout
         assert dry.index("rule teacher:") < dry.index("rule trajectories:")
-        snakemake(project, "--cores", "1", "teacher", *args)
+        snakemake(project, "--cores", "1", "results/edm/teacher/model.safetensors", *args)
     finally:
         server.shutdown()
     teacher, meta = load_denoiser(project / "results" / "edm" / "teacher")

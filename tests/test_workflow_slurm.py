@@ -207,6 +207,7 @@ def part_of_the_sweep(folder: Path) -> Path:
     sweep["cmt"] = {name: ({} if name == "base" else None) for name in sweep["cmt"]}
     sweep["post"] = {**sweep["post"], "methods": ["ecd"], "cmt_variant": {"ecd": "base"}}
     sweep["budget"] = {name: None for name in sweep["budget"]}
+    sweep["teachers"] = {name: None for name in sweep["teachers"]}
     path.write_text(yaml.safe_dump(overlay))
     return path
 

@@ -103,6 +103,13 @@ def shard_files(folder):
     return [f"{folder}/{name}" for name in jobs.shard_names(config["trajectories"]["count"], config["trajectories"]["shard_size"])]
 
 
+def teacher_params(wildcards):
+    """The teacher section of the job's teacher variant (the config's own for an empty prefix) and its tags."""
+    teacher = jobs.teacher_of(wildcards.tp)
+    section = jobs.teacher_section(config, teacher)
+    return subtree("network", "precond", "data", "seed", *TRAINING, teacher=section, job=jobs.teacher_tags(teacher))
+
+
 def trajectory_set(wildcards):
     """The trajectories subtree with solver and NFE taken from the path (one set per teacher, solver, NFE)."""
     return {**config["trajectories"], "solver": wildcards.solver, "nfe": int(wildcards.nfe)}
@@ -118,7 +125,8 @@ def midtrain_cfg(wildcards):
 
 def midtrain_params(wildcards):
     """The variant's midtrain settings, its trajectory set and seed, and the job's axes."""
-    job = jobs.mid_tags(wildcards.variant, wildcards.solver, wildcards.nfe, wildcards.seed, midtrain_cfg(wildcards)["init"])
+    axes = (wildcards.variant, wildcards.solver, wildcards.nfe, wildcards.seed, midtrain_cfg(wildcards)["init"])
+    job = jobs.mid_tags(*axes, jobs.teacher_of(wildcards.tp))
     return subtree(
         "precond",
         "data",
@@ -134,13 +142,12 @@ def stored_trajectories(wildcards):
     """The trajectory set a CMT job reads (none when it draws online trajectories)."""
     if midtrain_cfg(wildcards)["source"] == "online":
         return []
-    return result(jobs.traj_path(wildcards.solver, wildcards.nfe), jobs.TRAJ_INDEX)
+    return result(wildcards.tp + jobs.traj_path(wildcards.solver, wildcards.nfe), jobs.TRAJ_INDEX)
 
 
 def post_job(wildcards):
-    return jobs.post_tags(
-        config, wildcards.method, wildcards.init, wildcards.variant, wildcards.iters, wildcards.seed
-    )
+    axes = (wildcards.method, wildcards.init, wildcards.variant, wildcards.iters, wildcards.seed)
+    return jobs.variant_post_tags(config, axes, jobs.teacher_of(wildcards.tp))
 
 
 def init_model(wildcards):

@@ -1,4 +1,4 @@
-MID_JOB = jobs.mid_path("{variant}", "{solver}", "{nfe}", "{seed}")
+MID_JOB = "{tp}" + jobs.mid_path("{variant}", "{solver}", "{nfe}", "{seed}")
 
 
 rule midtrain:

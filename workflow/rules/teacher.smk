@@ -1,23 +1,27 @@
+TEACHER_JOB = "{tp}" + jobs.TEACHER
+
+
 rule teacher:
+    """The config's teacher, or a teacher variant's (ablations.teachers) below its prefix t-<name>/."""
     conda:
         "../../envs/cmt.yaml"
     input:
         data=DATA,
     output:
-        model=result(jobs.TEACHER, jobs.WEIGHTS),
-        meta=result(jobs.TEACHER, jobs.META),
-        record=result(jobs.TEACHER, jobs.RECORD),
+        model=result(TEACHER_JOB, jobs.WEIGHTS),
+        meta=result(TEACHER_JOB, jobs.META),
+        record=result(TEACHER_JOB, jobs.RECORD),
     params:
-        cfg=subtree("teacher", "network", "precond", "data", "seed", *TRAINING, job=jobs.teacher_tags()),
+        cfg=teacher_params,
         out=subpath(output.model, parent=True),
-        work=f"{WORK}/{jobs.TEACHER}",
+        work=f"{WORK}/{TEACHER_JOB}",
     threads: threads_of("teacher")
     resources:
         **resources_of("teacher"),
     log:
-        f"{RESULTS}/logs/teacher.log",
+        f"{RESULTS}/logs/{TEACHER_JOB}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/teacher.tsv"
+        f"{RESULTS}/benchmarks/{TEACHER_JOB}.tsv"
     shell:
         f"{training('teacher')}"
         " --out {params.out} --work {params.work} > {log} 2>&1"

@@ -1,4 +1,4 @@
-TRAJ_SET = jobs.traj_path("{solver}", "{nfe}")
+TRAJ_SET = "{tp}" + jobs.traj_path("{solver}", "{nfe}")
 
 
 rule trajectories:
