@@ -21,6 +21,11 @@ class InitSource:
     display: str
     weights: str
 
+    @property
+    def from_job(self) -> bool:
+        """Whether the weights are another job's output (the job path then names the CMT variant)."""
+        return self.weights == "job"
+
 
 INITS = {
     source.name: source

@@ -205,11 +205,11 @@ def variant_post_tags(config: Mapping, axes: tuple, teacher: str) -> dict:
     iterations, seed)."""
     method, init, variant, iterations, seed = axes
     prefix = teacher_prefix(teacher)
-    from_job = init_source(init).weights == "job"
+    from_job = init_source(init).from_job
     if from_job == (variant == NO_VARIANT):
         expected = "a CMT variant" if from_job else repr(NO_VARIANT)
         raise ValueError(f"post-training from {init!r} init: the variant axis must be {expected}, got {variant!r}")
-    cmt_job = prefix + mid_path(variant, *default_set(config), seed) if init_source(init).weights == "job" else ""
+    cmt_job = prefix + mid_path(variant, *default_set(config), seed) if from_job else ""
     return {
         "job": prefix + post_path(method, init, variant, iterations, seed),
         "kind": "post",
@@ -224,20 +224,26 @@ def variant_post_tags(config: Mapping, axes: tuple, teacher: str) -> dict:
 
 
 def _post(config: Mapping, method: str, init: str, iterations: int, seed: int, variant: str | None = None) -> str:
-    variant = variant or (cmt_variant(config, method) if init_source(init).weights == "job" else NO_VARIANT)
+    variant = variant or (cmt_variant(config, method) if init_source(init).from_job else NO_VARIANT)
     return post_path(method, init, variant, iterations, seed)
+
+
+def run_jobs(config: Mapping, methods: list[str], inits: list[str], seed: int) -> list[str]:
+    """One teacher's run: the teacher, base CMT on the default set, the CMT variant each method starts from (when an
+    init reads a CMT job), and every method x init."""
+    jobs = [TEACHER, mid_path(BASE, *default_set(config), seed)]
+    from_job = any(init_source(init).from_job for init in inits)
+    for method in methods:
+        if from_job:
+            jobs.append(mid_path(cmt_variant(config, method), *default_set(config), seed))
+        jobs += [_post(config, method, init, config["posttrain"][method]["iterations"], seed) for init in inits]
+    return list(dict.fromkeys(jobs))
 
 
 def main_jobs(config: Mapping) -> dict[str, set[str]]:
     """Jobs of the main run (``all``): the teacher, base CMT, every method x init; each feeds ``main``."""
-    seed, post = config["seed"], config["posttrain"]
-    jobs = [TEACHER, mid_path(BASE, *default_set(config), seed)]
-    for method in post["methods"]:
-        variant = cmt_variant(config, method)
-        if variant != BASE and any(init_source(init).weights == "job" for init in post["inits"]):
-            jobs.append(mid_path(variant, *default_set(config), seed))
-        jobs += [_post(config, method, init, post[method]["iterations"], seed) for init in post["inits"]]
-    return {job: {"main"} for job in jobs}
+    post = config["posttrain"]
+    return {job: {"main"} for job in run_jobs(config, post["methods"], post["inits"], config["seed"])}
 
 
 def variant_tables(overrides: Mapping) -> set[str]:
@@ -278,22 +284,13 @@ def sweep_jobs(config: Mapping) -> dict[str, set[str]]:
 
 
 def teacher_variant_jobs(config: Mapping, seed: int) -> list[str]:
-    """With teacher variants (``ablations.teachers``): below each, its teacher, base CMT on the default set and every
-    post-training method x init of the sweep (with the CMT variant each method starts from); the config's own
-    teacher's are the reference rows. A teacher job is one job for every seed."""
+    """With teacher variants (``ablations.teachers``): below each, its run (``run_jobs``) with the sweep's methods and
+    inits; the config's own teacher's are the reference rows. A teacher job is one job for every seed."""
     ab = config["ablations"]
     variants = list(entries(ab.get("teachers") or {}))
-    from_job = any(init_source(init).weights == "job" for init in ab["post"]["inits"])
-    found = []
-    for teacher in [BASE, *variants] if variants else []:
-        prefix = teacher_prefix(teacher)
-        found += [prefix + TEACHER, prefix + mid_path(BASE, *default_set(config), seed)]
-        for method in ab["post"]["methods"]:
-            iterations = config["posttrain"][method]["iterations"]
-            found += [prefix + _post(config, method, init, iterations, seed) for init in ab["post"]["inits"]]
-            if from_job:
-                found.append(prefix + mid_path(cmt_variant(config, method), *default_set(config), seed))
-    return list(dict.fromkeys(found))
+    teachers = [BASE, *variants] if variants else []
+    run = run_jobs(config, ab["post"]["methods"], ab["post"]["inits"], seed)
+    return [teacher_prefix(teacher) + job for teacher in teachers for job in run]
 
 
 def scope_jobs(config: Mapping, scope: str) -> dict[str, set[str]]:
