@@ -4,7 +4,7 @@
   bf16 + torch.compile + channels_last;
 * trajectory generation, 16 NFE of DPM-Solver++ 3M (the paper's teacher solve), in trajectories/s, teacher fp32
   and bf16, with the bf16 trajectories' error against fp32;
-* full trainer steps (``cmt.train.fit``: loss, backward, optimiser, EMA) of CMT (online, 8 trajectories x 16
+* full trainer steps (``cmt.training.loop.fit``: loss, backward, optimiser, EMA) of CMT (online, 8 trajectories x 16
   states), ECT, ECD and MeanFlow at the paper's batch of 128, in fp32 (the authors' setting) and with the fast paths;
 * peak GPU memory of every row;
 * the projected GPU-hours of the CIFAR-10 paper schedule (300k CMT + 100k ECT iterations, config/paper.yaml) on
@@ -31,23 +31,23 @@ from pathlib import Path
 import torch
 
 from cmt.config import load_config
-from cmt.data import ImageDataset
+from cmt.data.datasets import ImageDataset
+from cmt.formats.pretrained import MissingWeights, require_lpips_trunk
 from cmt.nets import add_second_time, build_network, network_config
+from cmt.numerics.precond import Denoiser
 from cmt.objectives import registry
 from cmt.objectives.base import Context
 from cmt.objectives.registry import Method
-from cmt.precond import Denoiser
-from cmt.stages.posttrain.runner import make_loss, method_compute
-from cmt.stages.student import set_dropout, student_loss
-from cmt.train import Compute, FitOptions, LoopConfig, fit, prepare_model
-from cmt.trajectories import (
+from cmt.sampling.trajectory_sets import (
     OnlineTrajectories,
     TrajectoryBatches,
     precision_error,
     trajectory_section,
     trajectory_spec,
 )
-from cmt.weights import MissingWeights, require_lpips_trunk
+from cmt.stages.posttrain.runner import make_loss, method_compute
+from cmt.stages.student import set_dropout, student_loss
+from cmt.training.loop import Compute, FitOptions, LoopConfig, fit, prepare_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = {"precision": "fp32"}

@@ -26,7 +26,7 @@ def step_peak(preset: str, batch: int) -> float:
     code = f"""
 import resource, torch
 from cmt.nets import build_network, network_config
-from cmt.precond import Denoiser
+from cmt.numerics.precond import Denoiser
 torch.manual_seed(0)
 net = Denoiser(build_network(network_config({{"preset": "{preset}"}}))).train()
 shape = net.model.cfg.image_shape

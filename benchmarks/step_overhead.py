@@ -1,6 +1,6 @@
 """What the shared machinery costs on top of plain PyTorch (issue 12, CPU):
 
-* a full trainer step (``cmt.train.fit``: LR schedule, gradient hygiene, EMA, history, progress bar) against a
+* a full trainer step (``cmt.training.loop.fit``: LR schedule, gradient hygiene, EMA, history, progress bar) against a
   bare loop with the same network, ECT loss and RAdam optimiser (target <= 1.05);
 * ``sample_trajectory`` over 16 DPM-Solver++ 3M steps against 16 bare denoiser calls (target <= 1.03).
 
@@ -20,14 +20,14 @@ import time
 import torch
 
 from cmt.config import resolve
-from cmt.data import load_digits
+from cmt.data.datasets import load_digits
 from cmt.nets import build_network, network_config
+from cmt.numerics.precond import Denoiser
+from cmt.numerics.solvers import logsnr_sigmas, sample_trajectory
 from cmt.objectives import registry
 from cmt.objectives.base import Context
-from cmt.precond import Denoiser
-from cmt.solvers import logsnr_sigmas, sample_trajectory
 from cmt.stages.posttrain.runner import make_loss
-from cmt.train import LoopConfig, fit, make_optimizer
+from cmt.training.loop import LoopConfig, fit, make_optimizer
 
 CPU = torch.device("cpu")
 

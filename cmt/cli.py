@@ -4,7 +4,7 @@ Each verb takes the config sections its rule passes (``--params``, a JSON object
 plus the job's axes under ``job``), fills the schema defaults of everything absent and validates it
 exactly as the workflow validates a config file, then calls the stage function with plain paths;
 nothing here knows about Snakemake.  Training verbs are plain ``python -m`` programs: ``accelerate launch
---multi_gpu --num_processes N -m cmt <verb>`` runs one as N data-parallel processes (``cmt.parallel``) that
+--multi_gpu --num_processes N -m cmt <verb>`` runs one as N data-parallel processes (``cmt.training.parallel``) that
 write one set of outputs.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -20,11 +21,14 @@ from typing import TYPE_CHECKING, Callable
 import yaml
 
 from cmt.config import JOB_KEY, ConfigError, load_config, resolve_params
+from cmt.errors import CmtError
+from cmt.formats.pretrained import MissingWeights, require_inception, require_lpips_trunk
 from cmt.inits import INITS
 from cmt.objectives import registry
-from cmt.preemption import EXIT_CODE as PREEMPTED_EXIT
-from cmt.preemption import Preempted
-from cmt.weights import MissingWeights, require_inception, require_lpips_trunk
+from cmt.training.preemption import EXIT_CODE as PREEMPTED_EXIT
+from cmt.training.preemption import Preempted
+
+ERROR_KINDS = {ConfigError: "config error", MissingWeights: "missing weights"}  # the label of an expected error
 
 if TYPE_CHECKING:
     from cmt.stages.student import StudentJob
@@ -33,12 +37,13 @@ if TYPE_CHECKING:
 def _params(args: argparse.Namespace, needs: Callable[[dict], object] | None = None) -> dict:
     """A torch job's resolved ``--params``; sets the process's kernel determinism (config ``deterministic``).
 
-    ``needs(params)`` checks the pretrained files the job reads (``cmt.weights``) before torch is imported, so a
+    ``needs(params)`` checks the pretrained files the job reads (``cmt.formats.pretrained``) before torch is imported,
+    so a
     missing one stops the job at once."""
     params = resolve_params(args.params)
     if needs is not None:
         needs(params)
-    from cmt.train import set_determinism
+    from cmt.training.loop import set_determinism
 
     set_determinism(params["deterministic"])
     return params
@@ -47,7 +52,7 @@ def _params(args: argparse.Namespace, needs: Callable[[dict], object] | None = N
 def _training(args: argparse.Namespace, needs: Callable[[dict], object] | None = None) -> dict:
     """``_params`` of a training verb, which joins the job's process group when launched as several processes."""
     params = _params(args, needs)
-    from cmt import parallel
+    from cmt.training import parallel
 
     parallel.start(params["device"])
     atexit.register(parallel.stop)
@@ -55,7 +60,7 @@ def _training(args: argparse.Namespace, needs: Callable[[dict], object] | None =
 
 
 def _compute(p: dict):
-    from cmt.train import Compute
+    from cmt.training.loop import Compute
 
     return Compute.from_dict(p["compute"])
 
@@ -88,8 +93,8 @@ def _featnet(args: argparse.Namespace) -> None:
 
 def _trajectories(args: argparse.Namespace) -> None:
     p = _params(args)
+    from cmt.sampling.trajectory_sets import trajectory_section
     from cmt.stages import trajectories
-    from cmt.trajectories import trajectory_section
 
     trajectories.run(trajectory_section(p), p["data"], p["seed"], args.teacher, args.out, p["device"])
 
@@ -114,8 +119,8 @@ def _student_job(p: dict, args: argparse.Namespace) -> StudentJob:
 
 def _midtrain(args: argparse.Namespace) -> None:
     p = _training(args, needs=_lpips_trunk)
+    from cmt.sampling.trajectory_sets import trajectory_section
     from cmt.stages import midtrain
-    from cmt.trajectories import trajectory_section
 
     midtrain.run(p["midtrain"], trajectory_section(p), args.traj or None, _student_job(p, args))
 
@@ -130,7 +135,7 @@ def _posttrain(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     p = _params(args, needs=_inception)
     from cmt.stages import evaluate
-    from cmt.train import resolve_device
+    from cmt.training.loop import resolve_device
 
     optional = {name: Path(path) if path else None for name, path in (("featnet", args.featnet), ("fid", args.fid_ref))}
     out, device = Path(args.out), resolve_device(p["device"])
@@ -145,7 +150,7 @@ def _sample(args: argparse.Namespace) -> None:
     files = [DEFAULT_CONFIG] if DEFAULT_CONFIG.is_file() else []
     config = load_config(*files, *args.configfile)
     from cmt.stages.sample import SampleJob, run
-    from cmt.train import resolve_device, set_determinism
+    from cmt.training.loop import resolve_device, set_determinism
 
     set_determinism(config["deterministic"])
     job = SampleJob(Path(args.checkpoint), args.steps, args.num, Path(args.out), resolve_device(config["device"]))
@@ -157,8 +162,8 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _dataset(args: argparse.Namespace) -> None:
-    from cmt.atomic import atomic_write_json
-    from cmt.dataset_tool import DatasetError, build
+    from cmt.data.dataset_tool import DatasetError, build
+    from cmt.formats.atomic import atomic_write_json
 
     p = resolve_params(args.params)
     if not p["data"]["build"]:
@@ -179,7 +184,7 @@ def _fid_reference(args: argparse.Namespace) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> None:
-    from cmt.tracking import ingest, tracking_uri, ui_url
+    from cmt.report.tracking import ingest, tracking_uri, ui_url
 
     groups = json.loads(args.groups) if args.groups else None
     counts = ingest(args.records, args.db, args.experiment, args.artifacts, root=args.root, groups=groups)
@@ -189,26 +194,26 @@ def _ingest(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from cmt import tables
+    from cmt.report import tables
 
     tables.main_report(args.db, args.experiment, args.out)
 
 
 def _report_ablations(args: argparse.Namespace) -> None:
-    from cmt.ablation_tables import ablation_report
+    from cmt.report.ablation_tables import ablation_report
 
     ablation_report(args.db, args.experiment, args.out)
 
 
 def _inspect_checkpoint(args: argparse.Namespace) -> None:
-    from cmt.checkpoint_import import describe
+    from cmt.formats.checkpoint_import import describe
 
     print(json.dumps(describe(args.path), indent=2, sort_keys=True))
 
 
 def _convert_checkpoint(args: argparse.Namespace) -> None:
-    from cmt.checkpoint_import import load_any
-    from cmt.checkpoints import save_denoiser
+    from cmt.formats.checkpoint_import import load_any
+    from cmt.formats.checkpoints import save_denoiser
 
     denoiser, meta = load_any(args.path, url=args.url)
     save_denoiser(args.out, denoiser, meta)
@@ -225,6 +230,9 @@ def _check_config(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmt", description="CMT reproduction: one verb per workflow stage.")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an expected error too (or set CMT_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
     _stage_verbs(sub)
     _store_verbs(sub)
@@ -282,7 +290,7 @@ def _store_verbs(sub: argparse._SubParsersAction) -> None:
     for name in ("db", "experiment", "artifacts", "done"):
         ing.add_argument(f"--{name}", required=True)
     ing.add_argument("--root", default=".", help="the results folder: record keys are relative to it")
-    ing.add_argument("--groups", help="JSON: record folder -> the tables its job feeds (cmt/jobs.py)")
+    ing.add_argument("--groups", help="JSON: record folder -> the tables its job feeds (cmt/workflow/jobs.py)")
     ing.set_defaults(func=_ingest)
     rep = sub.add_parser("report", help="paper tables and plots from the MLflow store")
     for name in ("db", "experiment", "out"):
@@ -323,18 +331,20 @@ def _checkpoint_verbs(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. An expected failure (``cmt.errors``) prints one line, ``cmt <verb>: <what>: <message>``, and
+    returns 1 (2 for a config error); ``--debug`` or ``CMT_DEBUG=1`` re-raises it with its traceback. Anything else
+    is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ConfigError as err:
-        print(f"config error:\n{err}", file=sys.stderr)
-        return 2
-    except MissingWeights as err:
-        print(f"missing weights: {err}", file=sys.stderr)
-        return 1
     except Preempted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
+        print(f"cmt {args.verb}: interrupted: {err}", file=sys.stderr)
         return PREEMPTED_EXIT
+    except CmtError as err:
+        if args.debug or os.environ.get("CMT_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"cmt {args.verb}: {ERROR_KINDS.get(type(err), 'error')}: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
     return 0
 
 

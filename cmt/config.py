@@ -22,12 +22,15 @@ from typing import Any
 import jsonschema
 import yaml
 
+from cmt.errors import CmtError
+from cmt.formats.atomic import atomic_write_bytes
+
 SCHEMA_NAME = "config.schema.json"
-JOB_KEY = "job"  # in --params only: the job's axes (cmt/jobs.py), written as MLflow tags
+JOB_KEY = "job"  # in --params only: the job's axes (cmt/workflow/jobs.py), written as MLflow tags
 EXTENDS = "extends"  # in config files only: the files a config builds on (``config_layers``)
 
 
-class ConfigError(ValueError):
+class ConfigError(CmtError, ValueError):
     """A configuration that cannot be read or does not match the schema."""
 
 
@@ -207,15 +210,33 @@ def params_schema() -> dict:
     return schema
 
 
-def resolve_params(text: str) -> dict:
-    """Parse and resolve a verb's ``--params`` JSON (errors name ``--params`` and the dotted key)."""
+def resolve_params(value: str) -> dict:
+    """Parse and resolve a verb's ``--params``: a JSON object, or the path of a file holding one (what the
+    workflow's rules pass, ``write_params``). Errors name ``--params`` or the file, and the dotted key."""
+    source, text = "--params", value
+    if not value.lstrip().startswith("{"):
+        source = value
+        try:
+            text = Path(value).read_text()
+        except OSError as err:
+            raise ConfigError(f"--params {value}: neither a JSON object nor a readable file ({err.strerror})") from err
     try:
         params = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConfigError(f"--params: not valid JSON: {err}") from err
+        raise ConfigError(f"{source}: not valid JSON: {err}") from err
     if not isinstance(params, dict):
-        raise ConfigError(f"--params: expected a JSON object of config sections, got {type(params).__name__}")
-    return resolve(params, "--params", schema=params_schema())
+        raise ConfigError(f"{source}: expected a JSON object of config sections, got {type(params).__name__}")
+    return resolve(params, source, schema=params_schema())
+
+
+def write_params(params: Mapping, folder: str | Path) -> str:
+    """A job's params as a file named by its content's hash below ``folder``, written once: a rule passes the path,
+    so its shell command stays short, and the path changes exactly when the params do (Snakemake's rerun trigger)."""
+    text = json.dumps(params, sort_keys=True)
+    path = Path(folder) / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.json"
+    if not path.exists():
+        atomic_write_bytes(path, (text + "\n").encode())
+    return str(path)
 
 
 def runtime_minutes(runtime: str) -> float:

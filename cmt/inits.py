@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cmt.errors import BadInput
+
 WEIGHTS = ("fresh", "teacher", "job", "file")
 
 
@@ -42,5 +44,5 @@ DEFAULT_INITS = tuple(name for name, source in INITS.items() if source.weights !
 def init_source(name: str) -> InitSource:
     """The registry entry of ``name``; an unknown name is refused listing the valid ones."""
     if name not in INITS:
-        raise ValueError(f"unknown init {name!r}; valid: {', '.join(INITS)}")
+        raise BadInput(f"unknown init {name!r}; valid: {', '.join(INITS)}")
     return INITS[name]

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cmt.errors import BadInput
+
 if TYPE_CHECKING:
-    from cmt.precond import Denoiser
+    from cmt.numerics.precond import Denoiser
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,13 @@ def teacher_kind(meta: dict) -> TeacherKind:
     """The kind a teacher's meta records; an unknown one is refused listing the known ones."""
     name = meta.get("teacher_kind", UNNAMED)
     if name not in TEACHER_KINDS:
-        raise ValueError(f"unknown teacher kind {name!r}; known: {', '.join(TEACHER_KINDS)}")
+        raise BadInput(f"unknown teacher kind {name!r}; known: {', '.join(TEACHER_KINDS)}")
     return TEACHER_KINDS[name]
 
 
 def load_teacher(folder: str | Path) -> tuple[Denoiser, TeacherKind]:
     """A teacher job's output, frozen and in eval mode, and its kind."""
-    from cmt.checkpoints import load_denoiser
+    from cmt.formats.checkpoints import load_denoiser
 
     denoiser, meta = load_denoiser(folder)
     return denoiser.eval().requires_grad_(False), teacher_kind(meta)

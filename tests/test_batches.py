@@ -5,11 +5,11 @@ import zipfile
 
 import pytest
 import torch
-from image_standins import write_image_folder
+from helpers.image_standins import write_image_folder
 
-from cmt.batches import StreamedBatches, make_batches
-from cmt.data import ImageDataset, load_dataset, load_edm_zip
-from cmt.dataset_tool import build
+from cmt.data.batches import StreamedBatches, make_batches
+from cmt.data.dataset_tool import build
+from cmt.data.datasets import ImageDataset, load_dataset, load_edm_zip
 
 LOADER = {"workers": 0, "prefetch": 2, "pin_memory": True, "xflip": False}
 CPU = torch.device("cpu")

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from cmt.atomic import PART_SUFFIX, atomic_write_json
-from cmt.checkpoints import load_denoiser, save_denoiser
+from cmt.formats.atomic import PART_SUFFIX, atomic_write_json
+from cmt.formats.checkpoints import load_denoiser, save_denoiser
 from cmt.nets import PRESETS, add_second_time, build_network
-from cmt.precond import Denoiser
+from cmt.numerics.precond import Denoiser
 
 
 def test_round_trip_reproduces_outputs_and_meta(tmp_path):
@@ -77,7 +77,7 @@ def test_checkpoints_name_their_family_and_unnamed_ones_load_as_ddpmpp(tmp_path,
 def test_a_safetensors_checkpoint_whose_header_length_starts_like_a_pickle_is_ours(tmp_path):
     """A safetensors file opens with its header length; when that length's low byte is 0x80 (a pickle's first
     byte), the file is still read as ours, not as a network pickle."""
-    from cmt.checkpoint_import import is_network_pickle, load_any
+    from cmt.formats.checkpoint_import import is_network_pickle, load_any
 
     torch.manual_seed(0)
     denoiser = Denoiser(build_network(PRESETS["digits-tiny"]))

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cmt.data import load_cifar10, load_dataset, load_digits, load_edm_zip, load_image_folder, load_npz, split
+from cmt.data.datasets import load_cifar10, load_dataset, load_digits, load_edm_zip, load_image_folder, load_npz, split
+from cmt.errors import BadInput
 
 
 def test_digits_shape_range_labels():
@@ -47,7 +48,7 @@ def test_npz_uint8_nhwc_and_float_range_check(tmp_path):
     np.savez(tmp_path / "bad.npz", images=np.full((2, 1, 4, 4), 3.0, dtype=np.float32))
     with pytest.raises(ValueError, match="bad.npz"):
         load_npz(tmp_path / "bad.npz")
-    with pytest.raises(KeyError, match="pixels"):
+    with pytest.raises(BadInput, match="pixels"):
         load_npz(tmp_path / "set.npz", images_key="pixels")
 
 

@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from image_standins import cifar_batches, write_cifar_tarball, write_image_folder
+from helpers.image_standins import cifar_batches, write_cifar_tarball, write_image_folder
 from PIL import Image
 
-from cmt.data import load_edm_zip
-from cmt.dataset_tool import DatasetError, build
-from cmt.fetch import file_sha256
+from cmt.data.dataset_tool import DatasetError, build
+from cmt.data.datasets import load_edm_zip
+from cmt.formats.fetch import file_sha256
 
 
 def test_cifar_tarball_round_trip_in_batch_order(tmp_path):

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import ROOT, snakemake
+from helpers.project import ROOT, snakemake
 
 DVC = Path(sys.executable).parent / "dvc"
 GIT = ["git", "-c", "user.name=cmt-test", "-c", "user.email=test@cmt.invalid"]

@@ -3,12 +3,11 @@ AD, and EDM2 snapshots (float16, Precond + UNet + uncertainty head) converted to
 
 import pytest
 import torch
-from edm_standin import edm2_snapshot, write_pickle
+from helpers.edm_standin import edm2_snapshot, write_pickle
 
-from cmt.checkpoint_import import describe, load_any
 from cmt.config import resolve
-from cmt.labels import conditioned
-from cmt.losses import make_distance
+from cmt.data.labels import conditioned
+from cmt.formats.checkpoint_import import describe, load_any
 from cmt.nets import (
     PRESETS,
     EDM2Config,
@@ -19,10 +18,11 @@ from cmt.nets import (
     network_config,
 )
 from cmt.nets.edm2 import mp_cat, mp_silu, mp_sum, normalize
+from cmt.numerics.precond import Denoiser
+from cmt.objectives.distances import make_distance
 from cmt.objectives.ect import ect_loss
 from cmt.objectives.meanflow import meanflow_loss
-from cmt.precond import Denoiser
-from cmt.train import LoopConfig, fit
+from cmt.training.loop import LoopConfig, fit
 
 TINY = EDM2Config(
     img_resolution=8,

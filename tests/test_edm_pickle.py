@@ -1,5 +1,5 @@
 """EDM network pickles read without running them: files written in EDM's format by a stand-in reducer
-(tests/edm_standin.py), hostile files that would run code if unpickled the stock way, and the conversion
+(tests/helpers/edm_standin.py), hostile files that would run code if unpickled the stock way, and the conversion
 to our denoisers (outputs equal to the pickled network's)."""
 
 import hashlib
@@ -12,31 +12,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from edm_standin import edm_snapshot, write_pickle
+from helpers.edm_standin import edm_snapshot, write_pickle
+from helpers.models import denoised, random_denoiser
 
-from cmt.checkpoint_import import describe, load_any
-from cmt.checkpoints import load_denoiser
-from cmt.edm_pickle import UnsafePickleError, read_network_pickle
-from cmt.nets import PRESETS, UNetConfig, build_network, count_parameters
-from cmt.precond import Denoiser
-
-
-def random_denoiser(label_dim: int = 0) -> Denoiser:
-    torch.manual_seed(label_dim)
-    cfg = UNetConfig.from_dict({**PRESETS["digits-tiny"].to_dict(), "label_dim": label_dim, "attn_resolutions": [4]})
-    denoiser = Denoiser(build_network(cfg)).eval()
-    with torch.no_grad():
-        for p in denoiser.parameters():
-            p.add_(0.05 * torch.randn_like(p))  # zero-initialised layers too, so every weight matters
-    return denoiser
-
-
-def denoised(denoiser: Denoiser, labels: torch.Tensor | None = None) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 1, 8, 8, generator=gen)
-    with torch.no_grad():
-        return denoiser(x, torch.tensor([0.01, 0.5, 3.0, 80.0]), None, labels)
-
+from cmt.formats.checkpoint_import import describe, load_any
+from cmt.formats.checkpoints import load_denoiser
+from cmt.formats.edm_pickle import UnsafePickleError, read_network_pickle
+from cmt.nets import count_parameters
 
 ONE_HOT = torch.eye(10)[[0, 3, 7, 9]]
 

@@ -5,12 +5,12 @@ convolutions block their work by batch size: about 1e-7 relative here)."""
 import numpy as np
 import pytest
 import torch
-from test_labels import conditional_denoiser
+from helpers.models import conditional_denoiser
 
-from cmt.data import ImageDataset
-from cmt.metrics import ClassifierFeatureNet, save_feature_net
+from cmt.data.datasets import ImageDataset
+from cmt.evaluation.featnet_fd import ClassifierFeatureNet, save_feature_net
 from cmt.nets import PRESETS, build_network
-from cmt.precond import Denoiser
+from cmt.numerics.precond import Denoiser
 from cmt.stages.evaluate import Scorer, sample_batches, samplers, score_samples
 
 PRECOND = {"sigma_max": 80.0, "sigma_min": 0.002}

@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 
-from cmt.fetch import FetchError, fetch
+from cmt.formats.fetch import FetchError, fetch
 
 PAYLOAD = b"teacher weights " * 1000
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

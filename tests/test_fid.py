@@ -9,21 +9,21 @@ import sys
 import numpy as np
 import pytest
 import torch
-from image_standins import write_image_folder, write_inception
+from helpers.image_standins import write_image_folder, write_inception
 
-from cmt.data import load_edm_zip
-from cmt.dataset_tool import build
-from cmt.fetch import FetchError
-from cmt.fid import (
+from cmt.data.dataset_tool import build
+from cmt.data.datasets import load_edm_zip
+from cmt.evaluation.frechet import feature_distance, frechet_distance, statistics
+from cmt.evaluation.inception_fid import (
     InceptionFeatures,
     fid,
     load_statistics,
     reference_statistics,
     save_statistics,
 )
-from cmt.frechet import feature_distance, frechet_distance, statistics
+from cmt.formats.fetch import FetchError
+from cmt.formats.pretrained import INCEPTION_DIR_ENV
 from cmt.stages import fid_reference
-from cmt.weights import INCEPTION_DIR_ENV
 
 CPU = torch.device("cpu")
 

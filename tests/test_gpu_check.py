@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers.project import ROOT
 
 
 @pytest.mark.slow  # bf16 on a CPU without bf16 units is slow: about a minute

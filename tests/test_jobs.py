@@ -1,17 +1,18 @@
-"""The workflow's jobs (cmt/jobs.py): paths, axes, the main run as the sweep's reference point, table grouping;
+"""The workflow's jobs (cmt/workflow/jobs.py): paths, axes, the main run as the sweep's reference point, table grouping;
 and the ablation tables built from a real MLflow store."""
 
 import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
+from helpers.figures import assert_plot
 
-from cmt.ablation_tables import ablation_report
 from cmt.config import load_config
-from cmt.jobs import (
+from cmt.formats.pretrained import lpips_trunk_path
+from cmt.report.ablation_tables import ablation_report
+from cmt.report.tracking import ingest, search, write_history, write_record
+from cmt.workflow.jobs import (
     SETTING_TABLES,
     TABLES,
     job_tables,
@@ -28,8 +29,6 @@ from cmt.jobs import (
     variant_post_tags,
     variant_tables,
 )
-from cmt.tracking import ingest, search, write_history, write_record
-from cmt.weights import lpips_trunk_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,14 +194,6 @@ def test_report_from_mlflow_sums_the_lineage_and_groups_runs_per_table(tmp_path,
     assert again["ungrouped"] == 2
     dropped = search(db, "ab").query("`tags.cmt_record`.str.endswith('base/it4/s1')")
     assert set(dropped["tags.tables"]) == {""}
-
-
-def assert_plot(path: Path, size: tuple[int, int]) -> None:
-    """A real figure: the expected size in pixels, and not one flat colour."""
-    with Image.open(path) as image:
-        assert image.size == size
-        pixels = np.asarray(image.convert("L"), dtype=float)
-    assert pixels.std() > 5 and (pixels < 128).mean() > 0.005
 
 
 def test_an_overlay_drops_sweep_entries_with_null(config, tmp_path):

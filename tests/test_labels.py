@@ -2,20 +2,9 @@
 
 import pytest
 import torch
+from helpers.models import conditional_denoiser
 
-from cmt.labels import class_grid_order, conditioned, draw_labels, label_dim_of, one_hot
-from cmt.nets import PRESETS, UNetConfig, build_network
-from cmt.precond import Denoiser
-
-
-def conditional_denoiser(label_dim: int = 10) -> Denoiser:
-    torch.manual_seed(0)
-    cfg = UNetConfig.from_dict({**PRESETS["digits-tiny"].to_dict(), "label_dim": label_dim})
-    denoiser = Denoiser(build_network(cfg)).eval()
-    with torch.no_grad():
-        for p in denoiser.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return denoiser
+from cmt.data.labels import class_grid_order, conditioned, draw_labels, label_dim_of, one_hot
 
 
 def test_one_hot_follows_edm_and_refuses_what_the_network_cannot_take():

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmt.losses import LPIPSDistance, make_distance
-from cmt.weights import LPIPS_TRUNK_FILES, torch_hub_checkpoints
+from cmt.formats.pretrained import LPIPS_TRUNK_FILES, torch_hub_checkpoints
+from cmt.objectives.distances import LPIPSDistance, make_distance
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_a_cmt_job_stops_naming_the_trunk_before_importing_torch(tmp_path):
 
 @pytest.mark.parametrize("env", [{"TORCH_HOME": "/a/th"}, {"XDG_CACHE_HOME": "/b/xdg"}, {}])
 def test_the_hub_folder_is_torchs_own(monkeypatch, env):
-    """``cmt.weights`` finds torchvision's folder without importing torch: the same path as torch.hub."""
+    """``cmt.formats.pretrained`` finds torchvision's folder without importing torch: the same path as torch.hub."""
     for var in ("TORCH_HOME", "XDG_CACHE_HOME"):
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():

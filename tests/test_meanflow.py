@@ -4,11 +4,11 @@ the converted student's start, and exact flow-map sampling."""
 import pytest
 import torch
 
-from cmt import oracle
 from cmt.nets import PRESETS, add_second_time, build_network
+from cmt.numerics import oracle
+from cmt.numerics.precond import Denoiser, fm_time, fm_velocity, mean_velocity
 from cmt.objectives.meanflow import meanflow_target, sample_times
-from cmt.precond import Denoiser, fm_time, fm_velocity, mean_velocity
-from cmt.sampling import sample_meanflow
+from cmt.sampling.samplers import sample_meanflow
 
 MU, S = 0.3, 0.5
 T_MIN, T_MAX = fm_time(0.002), fm_time(80.0)  # the EDM sigma range in flow-matching time

@@ -9,9 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cmt.data import load_digits, split
-from cmt.frechet import feature_distance
-from cmt.metrics import (
+from cmt.data.datasets import load_digits, split
+from cmt.evaluation.featnet_fd import (
     classifier_scores,
     extract,
     kernel_distance,
@@ -19,6 +18,7 @@ from cmt.metrics import (
     save_feature_net,
     train_feature_net,
 )
+from cmt.evaluation.frechet import feature_distance
 
 
 def test_frechet_distance_closed_form():
@@ -58,7 +58,7 @@ def test_feature_net_files_are_byte_identical_across_processes_and_old_files_loa
     net, accuracy, holdout = featnet
     torch.save(net.state_dict(), tmp_path / "state.pt")
     script = (
-        "import sys, torch; from cmt.metrics import ClassifierFeatureNet, save_feature_net;"
+        "import sys, torch; from cmt.evaluation.featnet_fd import ClassifierFeatureNet, save_feature_net;"
         f"net = ClassifierFeatureNet(**{net.config!r}); net.load_state_dict(torch.load(sys.argv[1]));"
         "save_feature_net(net, sys.argv[2], {'holdout_accuracy': 0.9})"
     )

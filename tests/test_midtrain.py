@@ -3,11 +3,12 @@
 import json
 
 import pytest
-from conftest import count_teacher_loads, smoke_config, smoke_job
+from helpers.models import count_teacher_loads
+from helpers.project import smoke_config, smoke_job
 
+from cmt.sampling.trajectory_sets import StoredTrajectories
 from cmt.stages import midtrain
 from cmt.stages import trajectories as trajectories_stage
-from cmt.trajectories import StoredTrajectories
 
 CFG = smoke_config()
 TINY = {"iterations": 4, "eval_every": 2, "eval_samples": 50, "checkpoint_every": 0}

@@ -6,19 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from cmt import oracle
 from cmt.config import resolve
-from cmt.data import load_digits
-from cmt.losses import l2_norm, pseudo_huber, pseudo_huber_c, squared_l2
+from cmt.data.datasets import load_digits
 from cmt.nets import build_network, network_config
+from cmt.numerics import oracle
+from cmt.numerics.precond import Denoiser
 from cmt.objectives import registry
 from cmt.objectives.cmt import CMTConsistency, cmt_loss, state_points
 from cmt.objectives.cmt_flowmap import CMTFlowMap, cmt_flowmap_loss, state_pairs
+from cmt.objectives.distances import l2_norm, pseudo_huber, pseudo_huber_c, squared_l2
 from cmt.objectives.ecd import teacher_step
 from cmt.objectives.ect import ect_loss, ect_r, ect_stage
-from cmt.precond import Denoiser
 from cmt.stages.posttrain.runner import method_compute
-from cmt.train import Compute, prepare_model, set_precision
+from cmt.training.loop import Compute, prepare_model, set_precision
 
 MU, S = 0.3, 0.5
 SIGMAS = torch.tensor([80.0, 5.657, 0.7757, 0.0549, 0.002], dtype=torch.float64)

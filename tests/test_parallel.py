@@ -13,16 +13,16 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers.training import killed_at, loop, regression_problem
 from safetensors.torch import load_file
-from test_train import killed_at, loop, regression_problem
 
-from cmt import parallel
-from cmt.checkpoints import save_denoiser
 from cmt.config import load_config
-from cmt.launch import launcher
-from cmt.preemption import Preempted
+from cmt.formats.checkpoints import save_denoiser
 from cmt.stages.teacher import build_denoiser
-from cmt.train import RESUME_FILE, fit
+from cmt.training import parallel
+from cmt.training.loop import RESUME_FILE, fit
+from cmt.training.preemption import Preempted
+from cmt.workflow.launch import launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"

@@ -7,16 +7,16 @@ import math
 
 import pytest
 import torch
-from conftest import count_teacher_loads, smoke_config, smoke_job
-from test_labels import conditional_denoiser
+from helpers.models import conditional_denoiser, count_teacher_loads
+from helpers.project import smoke_config, smoke_job
 
-from cmt.checkpoints import load_denoiser
 from cmt.config import resolve
-from cmt.data import ImageDataset
+from cmt.data.datasets import ImageDataset
+from cmt.formats.checkpoints import load_denoiser
 from cmt.nets import add_second_time
+from cmt.numerics.precond import Denoiser
 from cmt.objectives import registry
 from cmt.objectives.base import Context
-from cmt.precond import Denoiser
 from cmt.stages import midtrain
 from cmt.stages.posttrain import runner
 

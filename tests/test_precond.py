@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from cmt import oracle
 from cmt.nets import PRESETS, build_network
-from cmt.precond import (
+from cmt.numerics import oracle
+from cmt.numerics.precond import (
     Denoiser,
     boundary_scalings,
     edm_loss_weight,

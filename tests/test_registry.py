@@ -12,7 +12,7 @@ from cmt.config import load_schema
 from cmt.inits import DEFAULT_INITS, INITS
 from cmt.nets import FAMILIES, PRESETS
 from cmt.objectives import registry
-from cmt.tables import INIT_NAMES, METHOD_NAMES
+from cmt.report.tables import INIT_NAMES, METHOD_NAMES
 from cmt.teachers import TEACHER_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,8 @@ def test_the_registries_and_the_serial_rules_modules_load_without_torch():
     import sys
 
     modules = (
-        "cmt.objectives.registry, cmt.inits, cmt.teachers, cmt.jobs, cmt.tracking, cmt.tables, cmt.ablation_tables"
+        "cmt.objectives.registry, cmt.inits, cmt.teachers, cmt.workflow.jobs, cmt.report.tracking, cmt.report.tables, "
+        "cmt.report.ablation_tables"
     )
-    code = f"import sys, {modules}, cmt.ablation_tables; print('torch' in sys.modules)"
+    code = f"import sys, {modules}, cmt.report.ablation_tables; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

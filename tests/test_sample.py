@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmt import jobs
 from cmt.config import load_config
-from cmt.images import tile
+from cmt.formats.images import tile
+from cmt.workflow import jobs
 
 
 def sample(project, job: str, out, *args: str) -> subprocess.CompletedProcess:

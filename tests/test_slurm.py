@@ -1,9 +1,9 @@
-"""cmt.slurm without a cluster: sinfo's fields parsed, GPU requests spelt for the site, and every cause that would
-make sbatch refuse a job found before submission (the cluster itself: test_workflow_slurm.py)."""
+"""cmt.workflow.slurm without a cluster: sinfo's fields parsed, GPU requests spelt for the site, and every cause that
+would make sbatch refuse a job found before submission (the cluster itself: test_workflow_slurm.py)."""
 
 import pytest
 
-from cmt.slurm import (
+from cmt.workflow.slurm import (
     Node,
     Request,
     SlurmSettingError,

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import EDM_RANGE
+from helpers.project import EDM_RANGE
 
-from cmt import oracle
-from cmt.solvers import (
+from cmt.numerics import oracle
+from cmt.numerics.solvers import (
     SOLVERS,
     denoiser_calls,
     dpmpp_update,

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.figures import assert_plot
 from PIL import Image
-from test_jobs import assert_plot
 
-from cmt.checkpoints import save_denoiser
 from cmt.cli import main
 from cmt.config import load_config
-from cmt.data import load_digits
-from cmt.fetch import FetchError, file_sha256
+from cmt.data.datasets import load_digits
+from cmt.formats.checkpoints import save_denoiser
+from cmt.formats.fetch import FetchError, file_sha256
 from cmt.objectives import registry
 from cmt.objectives.base import Context
 from cmt.objectives.edm import edm_loss

@@ -4,7 +4,16 @@ import json
 
 import pytest
 
-from cmt.tracking import EXPERIMENT_KIND, HISTORY, RECORD, ingest, search, tracking_uri, write_history, write_record
+from cmt.report.tracking import (
+    EXPERIMENT_KIND,
+    HISTORY,
+    RECORD,
+    ingest,
+    search,
+    tracking_uri,
+    write_history,
+    write_record,
+)
 
 
 @pytest.fixture

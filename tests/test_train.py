@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.training import CFG, killed_at, loop, regression_problem
 from torch import nn
 
-from cmt.atomic import PART_SUFFIX
-from cmt.preemption import Preempted
-from cmt.train import (
+from cmt.formats.atomic import PART_SUFFIX
+from cmt.training.loop import (
     RESUME_FILE,
     Compute,
     FitOptions,
-    LoopConfig,
     NonFiniteLoss,
     clean_gradients,
     ema_beta_halflife,
@@ -26,38 +25,7 @@ from cmt.train import (
     make_optimizer,
     set_determinism,
 )
-
-
-def regression_problem():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.1), nn.Tanh(), nn.Linear(16, 1))
-    w = torch.randn(4, 1)
-
-    def loss_fn(net, step, gen):
-        x = torch.randn(32, 4, generator=gen)
-        return (net(x) - x @ w).square().mean()
-
-    return model, loss_fn
-
-
-def killed_at(kill_step, loss_fn):
-    """The loss function of a run that is killed when it reaches ``kill_step``."""
-
-    def loss(net, step, gen):
-        if step == kill_step:
-            raise KeyboardInterrupt
-        return loss_fn(net, step, gen)
-
-    return loss
-
-
-def loop(**settings) -> LoopConfig:
-    """A plain Adam loop at constant LR; ``settings`` on top."""
-    plain = {"optimizer": "adam", "betas": (0.9, 0.999), "lr_schedule": "constant", "warmup_iterations": 0}
-    return LoopConfig(**{**plain, "checkpoint_every": 0, "eval_every": 0, **settings})
-
-
-CFG = loop(iterations=30, batch_size=32, lr=1e-2, ema_beta=0.9, checkpoint_every=10)
+from cmt.training.preemption import Preempted
 
 
 def test_schedules():
@@ -220,8 +188,8 @@ def test_damaged_resume_checkpoint_is_named_and_kept(tmp_path):
 KILLED_MID_WRITE = """
 import os, sys, time
 sys.path.insert(0, {tests!r})
-from test_train import CFG, regression_problem
-from cmt.train import fit
+from helpers.training import CFG, regression_problem
+from cmt.training.loop import fit
 
 real_fdopen, writes = os.fdopen, []
 

@@ -6,18 +6,17 @@ import sys
 
 import pytest
 import torch
-from conftest import EDM_RANGE
-from test_labels import conditional_denoiser
+from helpers.models import conditional_denoiser
+from helpers.project import EDM_RANGE
 
-from cmt.atomic import atomic_save_tensors
-from cmt.data import ImageDataset
-from cmt.fetch import file_sha256
-from cmt.labels import conditioned
+from cmt.data.datasets import ImageDataset
+from cmt.data.labels import conditioned
+from cmt.formats.atomic import atomic_save_tensors
+from cmt.formats.fetch import file_sha256
 from cmt.nets import PRESETS, build_network
-from cmt.precond import Denoiser
-from cmt.solvers import logsnr_sigmas, sample_trajectory
-from cmt.stages.midtrain import online_precision_error
-from cmt.trajectories import (
+from cmt.numerics.precond import Denoiser
+from cmt.numerics.solvers import logsnr_sigmas, sample_trajectory
+from cmt.sampling.trajectory_sets import (
     INDEX,
     OnlineTrajectories,
     SetSize,
@@ -27,6 +26,7 @@ from cmt.trajectories import (
     shard_seed,
     write_set,
 )
+from cmt.stages.midtrain import online_precision_error
 
 SPEC = TrajectorySpec("dpmpp3m_legacy", logsnr_sigmas(4, *EDM_RANGE), "prior", (1, 8, 8))
 
@@ -156,7 +156,7 @@ def test_a_stored_set_is_read_row_by_row_never_whole(tmp_path):
     (tmp_path / INDEX).write_text(json.dumps(index))
     probe = f"""
 import resource, torch
-from cmt.trajectories import StoredTrajectories
+from cmt.sampling.trajectory_sets import StoredTrajectories
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 stored = StoredTrajectories({str(tmp_path)!r})
 gen = torch.Generator().manual_seed(0)

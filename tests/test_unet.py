@@ -5,7 +5,7 @@ import torch
 from torch.func import jvp
 
 from cmt.nets import PRESETS, UNetConfig, add_second_time, build_network, count_parameters, network_config
-from cmt.precond import Denoiser
+from cmt.numerics.precond import Denoiser
 
 
 def perturbed(net, scale=0.05, seed=0):

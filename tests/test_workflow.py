@@ -19,16 +19,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import SNAKEMAKE, copy_project, planned_jobs, snakemake
-from edm_standin import edm_snapshot, write_pickle
-from image_standins import write_image_folder, write_inception
+from helpers.edm_standin import edm_snapshot, write_pickle
+from helpers.figures import assert_plot
+from helpers.image_standins import write_image_folder, write_inception
+from helpers.models import denoised, random_denoiser
+from helpers.project import SNAKEMAKE, artifact_hashes, copy_project, planned_jobs, snakemake
 from PIL import Image
 from safetensors.torch import load_file
-from test_edm_pickle import denoised, random_denoiser
-from test_jobs import assert_plot
 
-from cmt.checkpoints import load_denoiser
-from cmt.train import RESUME_FILE
+from cmt.formats.checkpoints import load_denoiser
+from cmt.training.loop import RESUME_FILE
 
 QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
@@ -128,9 +128,14 @@ def test_paper_configs_plan_their_whole_pipeline_on_gpus(project, name):
     commands = [line for line in dry.splitlines() if " -m cmt " in line]
     method = "ecd" if name == "imagenet64" else "ect"
     assert all(f"--method {method}" in c for c in commands if "cmt posttrain" in c)
-    assert all('"source": "online"' in c and '"loss": "lpips"' in c for c in commands if "cmt midtrain" in c)
-    evaluations = [c for c in commands if "cmt evaluate" in c]
-    assert evaluations and all('"num_samples": 50000' in c and '"metrics": ["fid"]' in c for c in evaluations)
+
+    def params(command: str) -> dict:  # a rule passes its params as a file (docs/workflow.md 1.6)
+        return json.loads((project / re.search(r"--params (\S+)", command)[1]).read_text())
+
+    mids = [params(c)["midtrain"] for c in commands if "cmt midtrain" in c]
+    assert mids and all(m["source"] == "online" and m["loss"] == "lpips" for m in mids)
+    evaluations = [params(c)["evaluate"] for c in commands if "cmt evaluate" in c]
+    assert evaluations and all(e["num_samples"] == 50000 and e["metrics"] == ["fid"] for e in evaluations)
     for rule, res in job_resources(dry).values():
         gpus = 1 if rule in ("teacher", "midtrain", "posttrain", "evaluate", "fid_reference") else 0
         assert (f"gpu={gpus}" in res) or (gpus == 0 and "gpu=" not in res), (rule, res)
@@ -151,7 +156,7 @@ def test_smoke_run_produces_tables_from_mlflow(smoke):
     assert int(rows[2]["images teacher"]) == int(rows[2]["images mid"]) == 0
     assert_plot(results / "tables" / "fd_vs_iterations.png", (1080, 408))
     assert_sample_links(results / "tables" / "main.md", 5)
-    from cmt.tracking import EXPERIMENT_KIND, search, tracking_uri
+    from cmt.report.tracking import EXPERIMENT_KIND, search, tracking_uri
 
     runs = search(results / "mlflow.db", "smoke", stage="evaluate")
     assert set(runs["tags.job"]) == MAIN
@@ -210,6 +215,11 @@ def test_fetched_teacher_with_wrong_sha256_is_refused(smoke, tmp_path):
     assert proc.returncode != 0
     log = (project / "results" / "fetched" / "logs" / "teacher.log").read_text()
     assert "sha256 mismatch" in log and weights.as_uri() in log
+    # one line naming the section and the file, no traceback; Snakemake shows the log (the workflow profile's
+    # show-failed-logs) and a shell command that holds the params file's path, not the params
+    error = f"cmt teacher: error: teacher.fetch: sha256 mismatch for {weights.as_uri()}"
+    assert error in log and "Traceback" not in log and error in proc.stdout + proc.stderr
+    assert "--params work/fetched/params/" in proc.stdout + proc.stderr and '{"' not in proc.stdout + proc.stderr
     assert not any(p.is_file() for p in (project / "results" / "fetched" / "teacher").rglob("*"))
 
     fetch["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -219,8 +229,8 @@ def test_fetched_teacher_with_wrong_sha256_is_refused(smoke, tmp_path):
 
 
 def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, swept):
-    """A reduced sweep on the smoke project (conftest.SWEEP): the main run's jobs are reused, every other job runs
-    once."""
+    """A reduced sweep on the smoke project (SWEEP in helpers/project.py): the main run's jobs are reused, every
+    other job runs once."""
     args, planned = swept
     # the main run's teacher, trajectories, base CMT and evaluations are reused; only new jobs are planned
     assert {k: planned[k] for k in ("teacher", "midtrain", "posttrain", "trajectories")} == {
@@ -232,7 +242,7 @@ def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, swept):
     results = smoke / "results" / "smoke"
     assert (results / "post" / "meanflow-cmt" / "flowmap" / "it40" / "s0" / "model.safetensors").exists()
     assert (results / "eval" / "mid" / "base" / "heun-nfe4" / "s0" / "scores.json").exists()
-    from cmt.tracking import search
+    from cmt.report.tracking import search
 
     runs = search(results / "mlflow.db", "smoke", stage="evaluate")
     assert {"post/ecd-cmt/base/it40/s0", "post/ect-cmt/traj128/it20/s0"} <= set(runs["tags.job"])
@@ -289,12 +299,6 @@ def assert_teacher_variant(results: Path, tables: Path) -> None:
     assert rows == {(teacher, *model) for teacher in ("base", "weak") for model in models}
 
 
-def artifact_hashes(results: Path) -> dict[str, str]:
-    """sha256 of every model file, trajectory shard and score file below a results folder."""
-    files = [*results.rglob("*.safetensors"), *results.rglob("scores.json"), *results.rglob("meta.json")]
-    return {str(f.relative_to(results)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-
-
 def test_a_hard_killed_fresh_run_resumes_to_the_same_bytes_as_an_uninterrupted_one(smoke, tmp_path):
     """kill -9 of the whole Snakemake tree while CMT has a resume checkpoint; `--unlock`; the same command again:
     the incomplete CMT job reruns, says where it resumed, and every artifact equals the uninterrupted smoke
@@ -344,7 +348,7 @@ def test_a_truncated_resume_checkpoint_stops_the_job_naming_it_until_the_user_de
     proc = snakemake(project, *args, check=False)
     assert proc.returncode != 0
     log = (project / "results" / "smoke" / "logs" / f"{mid}.log").read_text()
-    assert f"work/smoke/{mid}/{RESUME_FILE}: cannot resume from this checkpoint" in log
+    assert f"cmt midtrain: error: midtrain: work/smoke/{mid}/{RESUME_FILE}: cannot resume from this checkpoint" in log
     assert "delete it to start this job over" in log
     assert checkpoint.exists() and not model.exists()
 
@@ -476,7 +480,7 @@ def test_a_dataset_built_from_an_image_folder_is_streamed_and_scored_with_fid_an
 
 
 def two_gpu_overlay(folder: Path) -> Path:
-    """Every training rule given two GPUs (the launch comes from resources, cmt/launch.py), and smaller budgets
+    """Every training rule given two GPUs (the launch comes from resources, cmt/workflow/launch.py), and smaller budgets
     where they are not part of a job's path (fewer steps and evaluations: the same files)."""
     overlay = folder / "two-gpus.yaml"
     entry = {"gpu": 2, "cpus": 1, "mem_mb": 4000, "runtime": "1h"}

@@ -1,5 +1,5 @@
-"""The workflow on a real single-node SLURM cluster (tests/slurm_cluster.py), through the shipped profile and the
-real executor plugin: `--profile slurm` from the project root, every job submitted with sbatch, the same bytes as a
+"""The workflow on a real single-node SLURM cluster (tests/helpers/slurm_cluster.py), through the shipped profile and
+the real executor plugin: `--profile slurm` from the project root, every job submitted with sbatch, the same bytes as a
 local run, a training job cancelled mid-way and resumed, settings refused before the first submission, and a failed
 job's log named. Two clusters, one after the other: without accounting (the profile's squeue status) and with
 slurmdbd and MariaDB (`--slurm-status-command sacct`). They need root and Debian packages; elsewhere they skip."""
@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SNAKEMAKE, copy_project, planned_jobs, sweep_overlay
-from slurm_cluster import PARTITION, LocalSlurm, Unavailable
-from test_workflow import artifact_hashes
+from helpers.project import SNAKEMAKE, artifact_hashes, copy_project, planned_jobs, sweep_overlay
+from helpers.slurm_cluster import PARTITION, LocalSlurm, Unavailable
 
-from cmt.slurm import ACCOUNT_VAR, PARTITION_VAR
+from cmt.workflow.slurm import ACCOUNT_VAR, PARTITION_VAR
 
 pytestmark = pytest.mark.slurm
 
@@ -198,8 +197,8 @@ def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_the_step_it_sa
 
 
 def part_of_the_sweep(folder: Path) -> Path:
-    """An overlay whose sweep is part of conftest.SWEEP (the Heun set, base CMT on it, ECD from base CMT): its jobs
-    are jobs of the local sweep, so their files must match."""
+    """An overlay whose sweep is part of SWEEP in helpers/project.py (the Heun set, base CMT on it, ECD from base
+    CMT): its jobs are jobs of the local sweep, so their files must match."""
     path = sweep_overlay(folder)
     overlay = yaml.safe_load(path.read_text())
     sweep = overlay["ablations"]

@@ -1,5 +1,5 @@
 """Network families, one registry: each family's config class, its builder, and how a config ``network`` section's
-keys become its config fields. A checkpoint's ``architecture`` names its family (``cmt.nets.config``); one written
+keys become its config fields. A checkpoint's ``architecture`` names its family (``cmt.nets.architecture``); one written
 before families were named is DDPM++.
 
 Adding a family: its module under ``cmt/nets/`` (a frozen config dataclass with ``ArchitectureDict`` and a
@@ -13,7 +13,8 @@ from dataclasses import dataclass, fields, replace
 
 from torch import nn
 
-from cmt.nets.config import ArchitectureDict
+from cmt.errors import BadInput
+from cmt.nets.architecture import ArchitectureDict
 from cmt.nets.edm2 import EDM2Config, EDM2UNet
 from cmt.nets.presets import PRESETS
 from cmt.nets.unet import SongUNet, UNetConfig
@@ -26,7 +27,7 @@ def _edm2_channels(overrides: dict) -> dict:
     """EDM2 outputs its input's channels: ``in_channels`` / ``out_channels`` set ``img_channels`` and must agree."""
     channels = {overrides.pop(k) for k in ("in_channels", "out_channels") if k in overrides}
     if len(channels) > 1:
-        raise ValueError(f"network: an EDM2 network outputs its input's channels; in/out_channels differ {channels}")
+        raise BadInput(f"network: an EDM2 network outputs its input's channels; in/out_channels differ {channels}")
     return overrides | ({"img_channels": channels.pop()} if channels else {})
 
 
@@ -50,7 +51,7 @@ def family(cfg: NetConfig | dict) -> Family:
     """The family of a config or of an architecture dict; an unknown name is refused listing the known ones."""
     name = cfg.get("family", UNNAMED) if isinstance(cfg, dict) else cfg.family
     if name not in FAMILIES:
-        raise ValueError(f"unknown network family {name!r}; known: {', '.join(FAMILIES)}")
+        raise BadInput(f"unknown network family {name!r}; known: {', '.join(FAMILIES)}")
     return FAMILIES[name]
 
 
@@ -79,11 +80,11 @@ def network_config(section: dict) -> NetConfig:
     (translated by the family, e.g. EDM2's channels)."""
     name = section["preset"]
     if name not in PRESETS:
-        raise ValueError(f"network.preset: unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        raise BadInput(f"network.preset: unknown preset {name!r}; known: {', '.join(PRESETS)}")
     preset = PRESETS[name]
     fam = family(preset)
     overrides = fam.section_keys({k: v for k, v in section.items() if k != "preset"})
     unknown = sorted(set(overrides) - {f.name for f in fields(preset)})
     if unknown:
-        raise ValueError(f"network.{unknown[0]}: not a field of {fam.display} preset {name!r}")
+        raise BadInput(f"network.{unknown[0]}: not a field of {fam.display} preset {name!r}")
     return fam.config.from_dict({**preset.to_dict(), **overrides})

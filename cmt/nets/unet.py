@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmt.nets.config import ArchitectureDict
+from cmt.nets.architecture import ArchitectureDict
 from cmt.nets.resample import fir_filter, fir_resample
 
 

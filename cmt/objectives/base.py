@@ -14,12 +14,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor, nn
 
-
-class ImageBatch(NamedTuple):
-    """This process's share of a step's training images (n, C, H, W) in [-1, 1] and their labels (n,) or None."""
-
-    images: Tensor
-    labels: Tensor | None = None
+from cmt.data.batches import ImageBatch
 
 
 class TrajectoryBatch(NamedTuple):

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cmt import parallel
-from cmt.labels import conditioned
-from cmt.losses import Distance, make_distance
+from cmt.data.labels import conditioned
+from cmt.errors import BadInput
+from cmt.numerics.precond import Denoiser
 from cmt.objectives.base import Context, TrajectoryBatch
-from cmt.precond import Denoiser
+from cmt.objectives.distances import Distance, make_distance
+from cmt.training import parallel
 
 POINTS = ("all", "one", "noise")
 
@@ -60,13 +61,13 @@ def state_points(variant: str, n: int, states: int, gen: torch.Generator) -> Ten
         return parallel.randint(states, (n, 1), gen)
     if variant == "noise":
         return torch.zeros((n, 1), dtype=torch.long, device=gen.device)
-    raise ValueError(f"unknown CMT variant {variant!r}; valid: {', '.join(POINTS)}")
+    raise BadInput(f"unknown CMT variant {variant!r}; valid: {', '.join(POINTS)}")
 
 
 def every_state(batch_size: int, states: int) -> int:
     """Trajectories per step when each gives ``states`` student inputs."""
     if batch_size % states:
-        raise ValueError(f"midtrain.batch_size ({batch_size}) must be a multiple of the {states} states per trajectory")
+        raise BadInput(f"midtrain.batch_size ({batch_size}) must be a multiple of the {states} states per trajectory")
     return batch_size // states
 
 

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cmt import parallel
-from cmt.losses import squared_l2
+from cmt.errors import BadInput
+from cmt.numerics.precond import Denoiser, edm_to_fm, mean_velocity
 from cmt.objectives.base import Context, TrajectoryBatch
 from cmt.objectives.cmt import every_state, with_labels
-from cmt.precond import Denoiser, edm_to_fm, mean_velocity
+from cmt.objectives.distances import squared_l2
+from cmt.training import parallel
 
 
 def state_pairs(states: int, device: torch.device | None = None) -> Tensor:
@@ -59,5 +60,5 @@ class CMTFlowMap:
 def build(cfg: dict, context: Context) -> CMTFlowMap:
     """From the ``midtrain`` section (``form: flowmap``)."""
     if cfg["loss"] != "l2":
-        raise ValueError("midtrain.form 'flowmap' uses the l2 loss (method.md 4); set midtrain.loss: l2")
+        raise BadInput("midtrain.form 'flowmap' uses the l2 loss (method.md 4); set midtrain.loss: l2")
     return CMTFlowMap()

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from cmt.labels import conditioned
-from cmt.losses import make_distance
-from cmt.objectives.base import Context, ImageBatch
+from cmt.data.batches import ImageBatch
+from cmt.data.labels import conditioned
+from cmt.errors import BadInput
+from cmt.numerics.precond import Denoiser
+from cmt.objectives.base import Context
+from cmt.objectives.distances import make_distance
 from cmt.objectives.ect import ECT, consistency_pair_loss
-from cmt.precond import Denoiser
 
 TEACHER_CALLS = {"euler": 1, "heun": 2}  # teacher evaluations per row of one step
 
@@ -27,7 +29,7 @@ def teacher_step(teacher: Denoiser, x_t: Tensor, t: Tensor, r: Tensor, kind: str
     if kind == "heun":
         d_r = (x_r - teacher(x_r, r)) / rv
         return x_t + (rv - tv) * (d + d_r) / 2
-    raise ValueError(f"unknown teacher step {kind!r}; valid: euler, heun")
+    raise BadInput(f"unknown teacher step {kind!r}; valid: euler, heun")
 
 
 @dataclass(frozen=True)
@@ -54,5 +56,5 @@ class ECD(ECT):
 def build(cfg: dict, context: Context) -> ECD:
     """From the ``posttrain.ecd`` section, with the frozen teacher of ``context``."""
     if context.teacher is None:
-        raise ValueError("ECD needs the frozen teacher")
+        raise BadInput("ECD needs the frozen teacher")
     return ECD(cfg, make_distance(cfg["loss"], pseudo_huber_c_value=cfg["pseudo_huber_c"]), context.teacher)

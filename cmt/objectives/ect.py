@@ -12,11 +12,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from cmt import parallel
-from cmt.labels import conditioned
-from cmt.losses import Distance, make_distance
-from cmt.objectives.base import Context, ImageBatch
-from cmt.precond import SIGMA_DATA, Denoiser
+from cmt.data.batches import ImageBatch
+from cmt.data.labels import conditioned
+from cmt.errors import BadInput
+from cmt.numerics.precond import SIGMA_DATA, Denoiser
+from cmt.objectives.base import Context
+from cmt.objectives.distances import Distance, make_distance
+from cmt.training import parallel
 
 PairFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (y, x_t, t, r) -> x_r
 
@@ -38,7 +40,7 @@ def pair_weight(t: Tensor, r: Tensor, weighting: str, sigma_data: float = SIGMA_
         return 1 / (t - r)
     if weighting == "edm2":
         return 1 / t**2 + 1 / sigma_data**2
-    raise ValueError(f"unknown weighting {weighting!r}; valid: inverse_dt, edm2")
+    raise BadInput(f"unknown weighting {weighting!r}; valid: inverse_dt, edm2")
 
 
 def consistency_pair_loss(

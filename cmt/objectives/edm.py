@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cmt import parallel
-from cmt.labels import conditioned
-from cmt.objectives.base import Context, ImageBatch
-from cmt.precond import Denoiser, edm_loss_weight
+from cmt.data.batches import ImageBatch
+from cmt.data.labels import conditioned
+from cmt.numerics.precond import Denoiser, edm_loss_weight
+from cmt.objectives.base import Context
+from cmt.training import parallel
 
 
 def edm_loss(
@@ -25,7 +26,7 @@ def edm_loss(
     """EDM loss: lambda(sigma) ||D(y + sigma n, sigma; labels) - y||^2, ln sigma ~ N(p_mean, p_std^2) (EDM eq. 2, 8).
 
     Per-sample sum over pixels, mean over the batch (numerics.md 2.2); ``labels``: integer class labels. ``images`` are
-    this process's share of the batch; sigma and noise are drawn for the global batch (``cmt.parallel``).
+    this process's share of the batch; sigma and noise are drawn for the global batch (``cmt.training.parallel``).
     """
     sigma = (parallel.randn((images.shape[0],), generator) * p_std + p_mean).exp()
     noise = parallel.randn(images.shape, generator)

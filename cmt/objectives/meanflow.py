@@ -2,7 +2,7 @@
 numerics.md 6.1, 9).
 
 FM path z_t = (1 - t) x + t eps (t = 0 is data), velocity v = eps - x; the student's mean velocity u(z, r, t) is read
-through the EDM converter (``cmt.precond.mean_velocity``). Training target (MeanFlow identity):
+through the EDM converter (``cmt.numerics.precond.mean_velocity``). Training target (MeanFlow identity):
 u_tgt = sg[v - clip(t - r, 0, 1) (v . d_z u + d_t u)], the bracket from one forward-mode JVP with tangents (v, 1) for
 (z, t) at fixed r.
 """
@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 from torch.func import jvp
 
-from cmt import parallel
-from cmt.labels import conditioned
-from cmt.objectives.base import Context, ImageBatch
-from cmt.precond import Denoiser, fm_time, mean_velocity
+from cmt.data.batches import ImageBatch
+from cmt.data.labels import conditioned
+from cmt.numerics.precond import Denoiser, fm_time, mean_velocity
+from cmt.objectives.base import Context
+from cmt.training import parallel
 
 
 def _col(v: Tensor, like: Tensor) -> Tensor:

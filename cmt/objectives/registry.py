@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from cmt.errors import BadInput
+
 STAGES = ("teacher", "midtrain", "posttrain")
 READS = ("images", "trajectories", "teacher")
 TEACHER_NFE = ("none", "per_row", "per_trajectory")
@@ -26,10 +28,10 @@ class ModelKind:
     """What a trained network is, and how it is sampled."""
 
     name: str
-    sampler: str  # what ``cmt.sampling.sample`` runs for it
+    sampler: str  # what ``cmt.sampling.samplers.sample`` runs for it
     steps: tuple[int, ...] | None  # the step counts its sampler defines; None: any positive count
     eval_steps: tuple[int, ...]  # the step counts scored along training and by ``evaluate`` (the teacher: its ODE)
-    saved_mode: str  # preconditioning mode of the saved weights (``cmt.precond.Denoiser.set_mode``)
+    saved_mode: str  # preconditioning mode of the saved weights (``cmt.numerics.precond.Denoiser.set_mode``)
     second_time: bool  # the network takes a second time input h = t - r
 
 
@@ -61,6 +63,11 @@ class Method:
     @property
     def model_kind(self) -> ModelKind:
         return MODEL_KINDS[self.kind]
+
+    @property
+    def section(self) -> str:
+        """The config section that sets a run of this method, which its errors name."""
+        return {"teacher": "teacher.train", "midtrain": "midtrain"}.get(self.stage, f"{self.stage}.{self.name}")
 
 
 ECT_FP32 = "its target f(x_t) - f(x_r) is O(1/q) of f, below bf16's 2^-8 resolution at the recipe's q (measured)"
@@ -95,7 +102,7 @@ METHODS = (
 def names(stage: str) -> tuple[str, ...]:
     """The methods of one stage, in registry order."""
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+        raise BadInput(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
     return tuple(m.name for m in METHODS if m.stage == stage)
 
 
@@ -104,7 +111,7 @@ def method(stage: str, name: str) -> Method:
     for entry in METHODS:
         if entry.stage == stage and entry.name == name:
             return entry
-    raise ValueError(f"unknown {stage} method {name!r}; valid: {', '.join(names(stage))}")
+    raise BadInput(f"unknown {stage} method {name!r}; valid: {', '.join(names(stage))}")
 
 
 def build(entry: Method, cfg: dict, context: object) -> object:

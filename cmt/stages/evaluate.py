@@ -11,26 +11,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmt.atomic import atomic_write_json
-from cmt.checkpoints import load_denoiser
-from cmt.data import Images, train_holdout
-from cmt.fid import InceptionFeatures, fid, load_statistics
-from cmt.frechet import feature_distance
-from cmt.images import save_grid
-from cmt.labels import class_grid_order, draw_labels, label_dim_of
-from cmt.metrics import (
+from cmt.data.datasets import Images, train_holdout
+from cmt.data.labels import class_grid_order, draw_labels, label_dim_of
+from cmt.errors import BadInput
+from cmt.evaluation.featnet_fd import (
     class_probs,
     extract,
     kernel_distance,
     load_feature_net,
     probs_scores,
 )
+from cmt.evaluation.frechet import feature_distance
+from cmt.evaluation.inception_fid import InceptionFeatures, fid, load_statistics
+from cmt.formats.atomic import atomic_write_json
+from cmt.formats.checkpoints import load_denoiser
+from cmt.formats.images import save_grid
+from cmt.numerics.precond import Denoiser
+from cmt.numerics.solvers import denoiser_calls, sigma_grid
 from cmt.objectives.registry import MODEL_KINDS
-from cmt.precond import Denoiser
-from cmt.sampling import Draws, Sampler, SamplerSettings, make_sampler, sample_few_step
+from cmt.report.tracking import write_record
+from cmt.sampling.samplers import Draws, Sampler, SamplerSettings, make_sampler, sample_few_step
 from cmt.seeds import index_normal
-from cmt.solvers import denoiser_calls, sigma_grid
-from cmt.tracking import write_record
 
 
 @dataclass
@@ -46,11 +47,11 @@ class Scorer:
 
     def __post_init__(self) -> None:
         if self.featnet_path is None and self.fid_reference is None:
-            raise ValueError("nothing to score with: give a feature net, FID reference statistics, or both")
+            raise BadInput("nothing to score with: give a feature net, FID reference statistics, or both")
         self.net = self.inception = self.fid_stats = None
         if self.featnet_path is not None:
             if self.reference is None or len(self.reference) == 0:
-                raise ValueError(
+                raise BadInput(
                     "the feature-net FD needs held-out images: set data.holdout_fraction > 0, "
                     "or score with FID only (evaluate.metrics: [fid])"
                 )
@@ -60,7 +61,7 @@ class Scorer:
             self.inception = InceptionFeatures(self.fid_mode, self.device)
             self.fid_stats = load_statistics(self.fid_reference)
             if self.fid_stats["mode"] != self.fid_mode:
-                raise ValueError(
+                raise BadInput(
                     f"{self.fid_reference}: statistics of mode {self.fid_stats['mode']!r}, "
                     f"evaluate.fid.mode is {self.fid_mode!r} (never compare across modes)"
                 )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cmt import parallel
-from cmt.data import train_holdout
-from cmt.metrics import save_feature_net, train_feature_net
-from cmt.tracking import write_record
-from cmt.train import Compute
+from cmt.data.datasets import train_holdout
+from cmt.evaluation.featnet_fd import save_feature_net, train_feature_net
+from cmt.report.tracking import write_record
+from cmt.training import parallel
+from cmt.training.loop import Compute
 
 
 def run(cfg: dict, data_cfg: dict, seed: int, out_file: str | Path, compute: Compute | None = None) -> dict:

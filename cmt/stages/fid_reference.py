@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from cmt.data import load_dataset
-from cmt.fetch import fetch
-from cmt.fid import load_statistics, reference_statistics, save_statistics
-from cmt.train import resolve_device
+from cmt.data.datasets import load_dataset
+from cmt.errors import BadInput, about
+from cmt.evaluation.inception_fid import load_statistics, reference_statistics, save_statistics
+from cmt.formats.fetch import fetch
+from cmt.training.loop import resolve_device
 
 PUBLISHED_MODE = "legacy_tensorflow"  # EDM's fid-refs come from its metric code: the TF-compatible Inception
 
@@ -19,12 +20,13 @@ def run(fid_cfg: dict, data_cfg: dict, out: str | Path, work_dir: str | Path, de
     published = fid_cfg["reference"]
     if published:
         if fid_cfg["mode"] != PUBLISHED_MODE:
-            raise ValueError(
+            raise BadInput(
                 f"evaluate.fid.reference: published statistics are {PUBLISHED_MODE} mode, evaluate.fid.mode is "
                 f"{fid_cfg['mode']!r}; compute them from the training set instead (reference: null)"
             )
         name = Path(urlparse(published["url"]).path).name or "fid-ref.npz"
-        path = fetch(published["url"], published["sha256"], Path(work_dir) / name)
+        with about("evaluate.fid.reference"):
+            path = fetch(published["url"], published["sha256"], Path(work_dir) / name)
         stats = {**load_statistics(path), "mode": PUBLISHED_MODE}
     else:
         stats = reference_statistics(

@@ -8,11 +8,20 @@ from pathlib import Path
 
 import torch
 
-from cmt.checkpoints import read_meta
 from cmt.config import config_hash
-from cmt.data import Images, train_holdout
+from cmt.data.datasets import Images, train_holdout
+from cmt.errors import BadInput
+from cmt.formats.checkpoints import read_meta
+from cmt.numerics.solvers import denoiser_calls
 from cmt.objectives import registry
-from cmt.solvers import denoiser_calls
+from cmt.sampling.trajectory_sets import (
+    OnlineTrajectories,
+    StoredTrajectories,
+    TrajectoryBatches,
+    TrajectorySource,
+    precision_error,
+    trajectory_spec,
+)
 from cmt.stages.student import (
     InitWeights,
     Record,
@@ -25,15 +34,7 @@ from cmt.stages.student import (
     train_student,
 )
 from cmt.teachers import load_teacher, teacher_kind
-from cmt.train import AMP_DTYPES, LoopConfig, resolve_device, set_precision
-from cmt.trajectories import (
-    OnlineTrajectories,
-    StoredTrajectories,
-    TrajectoryBatches,
-    TrajectorySource,
-    precision_error,
-    trajectory_spec,
-)
+from cmt.training.loop import AMP_DTYPES, LoopConfig, resolve_device, set_precision
 
 
 def trajectory_source(
@@ -43,7 +44,7 @@ def trajectory_source(
     job's teacher (its network in ``compute.teacher_precision``) and solver in the loop."""
     if cfg["source"] == "stored":
         if traj_dir is None:
-            raise ValueError("midtrain.source 'stored' needs a trajectory folder")
+            raise BadInput("midtrain.source 'stored' needs a trajectory folder")
         return StoredTrajectories(traj_dir, device, limit=cfg["max_trajectories"])
     teacher, _ = load_teacher(job.teacher_dir)
     set_precision(teacher, job.compute.teacher_precision)

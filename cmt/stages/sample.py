@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cmt.atomic import atomic_write_bytes, writing
-from cmt.checkpoint_import import load_any
-from cmt.images import png_bytes, tile, to_uint8
+from cmt.formats.atomic import atomic_write_bytes, writing
+from cmt.formats.checkpoint_import import load_any
+from cmt.formats.images import png_bytes, tile, to_uint8
 from cmt.objectives.registry import MODEL_KINDS
-from cmt.sampling import make_sampler
+from cmt.sampling.samplers import make_sampler
 from cmt.stages.evaluate import sample_batches, sampler_settings
 
 

@@ -9,24 +9,25 @@ from pathlib import Path
 
 import torch
 
-from cmt import parallel
-from cmt.checkpoint_import import fetch_checkpoint
-from cmt.checkpoints import load_denoiser, save_denoiser
-from cmt.data import Images
-from cmt.images import save_grid
+from cmt.data.datasets import Images
+from cmt.data.labels import class_columns, label_dim_of
+from cmt.errors import BadInput, about
+from cmt.formats.checkpoint_import import fetch_checkpoint
+from cmt.formats.checkpoints import load_denoiser, save_denoiser
+from cmt.formats.images import save_grid
 from cmt.inits import init_source
-from cmt.labels import class_columns, label_dim_of
 from cmt.nets import UNetBlock, add_second_time, build_network
 from cmt.nets.edm2 import Block as EDM2Block
+from cmt.numerics.precond import Denoiser
 from cmt.objectives.base import Batch, Context, Objective
 from cmt.objectives.registry import Method
-from cmt.plots import save_loss_curve
-from cmt.precond import Denoiser
-from cmt.sampling import Draws, sample_few_step
+from cmt.report.plots import save_loss_curve
+from cmt.report.tracking import write_history, write_record
+from cmt.sampling.samplers import Draws, sample_few_step
 from cmt.seeds import seeded
 from cmt.stages.evaluate import Scorer, few_step_fd_callback
-from cmt.tracking import write_history, write_record
-from cmt.train import Compute, FitOptions, FitResult, LoopConfig, LossFn, Stateful, clear_resume, fit
+from cmt.training import parallel
+from cmt.training.loop import Compute, FitOptions, FitResult, LoopConfig, LossFn, Stateful, clear_resume, fit
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class StudentJob:
     work_dir: Path
     device: str
     compute: Compute = field(default_factory=Compute.from_dict)
-    tags: dict | None = None  # the job's axes (cmt/jobs.py), written as MLflow tags
+    tags: dict | None = None  # the job's axes (cmt/workflow/jobs.py), written as MLflow tags
 
 
 def job_label(job: StudentJob, fallback: str) -> str:
@@ -82,7 +83,7 @@ def init_student(weights: InitWeights, job: StudentJob, dropout: float, method: 
         elif source.weights == "file":
             student, meta = fetched_weights(weights.file, job.work_dir)
         elif weights.folder is None:
-            raise ValueError(f"init {weights.init!r} needs a checkpoint folder")
+            raise BadInput(f"init {weights.init!r} needs a checkpoint folder")
         else:
             student, meta = load_denoiser(weights.folder)
         if method.model_kind.second_time and not student.model.cfg.second_time:
@@ -94,8 +95,9 @@ def init_student(weights: InitWeights, job: StudentJob, dropout: float, method: 
 def fetched_weights(spec: dict | None, work_dir: Path) -> tuple[Denoiser, dict]:
     """A checkpoint fetched by the job's ``init_file`` ({url, sha256}; any format ``cmt convert-checkpoint`` reads)."""
     if not spec or not spec.get("url"):
-        raise ValueError("init 'file' needs the job's init_file: {url: ..., sha256: ...}")
-    return fetch_checkpoint(spec, work_dir, "init")
+        raise BadInput("init 'file' needs the job's init_file: {url: ..., sha256: ...}")
+    with about("init_file"):
+        return fetch_checkpoint(spec, work_dir, "init")
 
 
 def objective_context(
@@ -155,7 +157,8 @@ def train_student(job: StudentJob, run: StudentRun, holdout: Images, record: Rec
             scorer, run.method.kind, run.eval_samples, sigma_max, run.t_mid, job.seed, holdout.shape
         )
     options = FitOptions(evaluate, run.fingerprint, run.extra, job.compute)
-    result = fit(run.student, run.loss, run.loop, job.work_dir, run.desc, job.seed, options)
+    with about(run.method.section):
+        result = fit(run.student, run.loss, run.loop, job.work_dir, run.desc, job.seed, options)
     evals = [h for h in result.history if "fd_1step" in h]
     final = {**run.costs(), **{k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("fd_")}}
     finish(job, result, run, record, final)

@@ -8,26 +8,27 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cmt import parallel
-from cmt.batches import make_batches
-from cmt.checkpoint_import import fetch_checkpoint
-from cmt.checkpoints import save_denoiser
 from cmt.config import config_hash
-from cmt.data import Images, train_holdout
-from cmt.images import save_grid
-from cmt.labels import class_columns, conditioned, dataset_labels, label_dim_of
+from cmt.data.batches import make_batches
+from cmt.data.datasets import Images, train_holdout
+from cmt.data.labels import class_columns, conditioned, dataset_labels, label_dim_of
+from cmt.errors import about
+from cmt.formats.checkpoint_import import fetch_checkpoint
+from cmt.formats.checkpoints import save_denoiser
+from cmt.formats.images import save_grid
 from cmt.nets import build_network, count_parameters, network_config
+from cmt.numerics.precond import Denoiser
+from cmt.numerics.solvers import sigma_grid
 from cmt.objectives import registry
 from cmt.objectives.base import Context
-from cmt.plots import save_loss_curve
-from cmt.precond import Denoiser
-from cmt.sampling import sample_diffusion
+from cmt.report.plots import save_loss_curve
+from cmt.report.tracking import write_history, write_record
+from cmt.sampling.samplers import sample_diffusion
 from cmt.seeds import seeded
-from cmt.solvers import sigma_grid
 from cmt.stages.student import student_loss
 from cmt.teachers import TEACHER_KINDS
-from cmt.tracking import write_history, write_record
-from cmt.train import Compute, FitOptions, FitResult, LoopConfig, clear_resume, fit, resolve_device
+from cmt.training import parallel
+from cmt.training.loop import Compute, FitOptions, FitResult, LoopConfig, clear_resume, fit, resolve_device
 
 
 def build_denoiser(network: dict, precond: dict, seed: int) -> Denoiser:
@@ -73,7 +74,8 @@ def train_teacher(denoiser: Denoiser, train_set: Images, cfg: dict, job: Teacher
     loss_fn = student_loss(registry.build(registry.method("teacher", "edm"), cfg, context), batches)
     fingerprint = config_hash({"train": cfg, "architecture": denoiser.model.cfg.to_dict(), "seed": job.seed})
     options = FitOptions(fingerprint=fingerprint, compute=job.compute)
-    return fit(denoiser.to(context.device), loss_fn, loop, job.work_dir, "teacher", job.seed, options)
+    with about("teacher.train"):
+        return fit(denoiser.to(context.device), loss_fn, loop, job.work_dir, "teacher", job.seed, options)
 
 
 def sample_grid_images(
@@ -165,6 +167,7 @@ def _write_run(job: TeacherJob, meta: dict, losses: list[float], run_facts: dict
 def _fetched(cfg: dict, work_dir: str | Path) -> tuple[Denoiser, dict, list[float]]:
     """The checkpoint of ``teacher.fetch`` (sha256-verified; ours, an EDM or an EDM2 network pickle read without
     running it) as our denoiser, with its provenance."""
-    denoiser, meta = fetch_checkpoint(cfg, work_dir, "fetched")
+    with about("teacher.fetch"):
+        denoiser, meta = fetch_checkpoint(cfg, work_dir, "fetched")
     provenance = {"source": "fetch", "url": cfg["url"], "sha256": cfg["sha256"], "fetched_meta": meta}
     return denoiser, provenance, []

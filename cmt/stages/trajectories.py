@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cmt.data import train_holdout
-from cmt.fetch import file_sha256
+from cmt.data.datasets import train_holdout
+from cmt.formats.fetch import file_sha256
+from cmt.sampling.trajectory_sets import SetSize, trajectory_spec, write_set
 from cmt.teachers import load_teacher
-from cmt.train import resolve_device
-from cmt.trajectories import SetSize, trajectory_spec, write_set
+from cmt.training.loop import resolve_device
 
 
 def run(

@@ -1,16 +1,17 @@
 # Shared definitions: config defaults and validation, paths, resources, per-job parameter subtrees.
-# Job paths come from cmt/jobs.py (the one place their format is written); rules call it with wildcard names.
+# Job paths come from cmt/workflow/jobs.py (the one place their format is written); rules call it with wildcard names.
 import json
 import os
 import sys
 
 from snakemake.exceptions import WorkflowError
 
-from cmt import jobs, slurm
+from cmt.formats import names
 from cmt.inits import INITS
+from cmt.workflow import jobs, slurm
 from cmt.objectives import registry
-from cmt.launch import training_launcher
-from cmt.config import config_layers, merge_layers, resolve, scaled_resources
+from cmt.workflow.launch import training_launcher
+from cmt.config import config_layers, merge_layers, resolve, scaled_resources, write_params
 
 # Snakemake's order: the Snakefile's `configfile:`, then each --configfile, then --config values; every file's
 # layers with what it `extends` in front of it
@@ -44,7 +45,7 @@ TRAINING = (*DEVICE, "compute")  # a training job also reads its fast paths (rec
 
 
 def training(group):
-    """The start of a training rule's shell command (its verb is the group's name; the launcher: cmt/launch.py),
+    """The start of a training rule's shell command (its verb is the group's name; the launcher: cmt/workflow/launch.py),
     escaped for Snakemake's shell formatting.
 
     `exec`: the trainer replaces the shell, so SLURM's SIGTERM (walltime warning, scancel, preemption) reaches it
@@ -55,8 +56,9 @@ def training(group):
 
 
 def subtree(*keys, **extra):
-    """JSON of the config sections a job reads, so an edit reruns exactly the jobs that read them."""
-    return json.dumps({**{k: config[k] for k in keys}, **extra}, sort_keys=True)
+    """The config sections a job reads, as a params file (work/<name>/params/<hash>.json, cmt/config.py:
+    write_params): an edit changes the path of exactly the jobs that read it, and so reruns them."""
+    return write_params({**{k: config[k] for k in keys}, **extra}, f"{WORK}/params")
 
 
 def threads_of(group):
@@ -65,7 +67,7 @@ def threads_of(group):
 
 def resources_of(group):
     """The rule group's resources from config; memory and runtime scale with the attempt. A GPU request is spelt
-    as the SLURM site wants it (cmt/slurm.py: partition, model, --gpus or --gres from the environment)."""
+    as the SLURM site wants it (cmt/workflow/slurm.py: partition, model, --gpus or --gres from the environment)."""
     entry = config["resources"][group]
     return {
         **slurm.gpu_resources(entry["gpu"], os.environ),
@@ -100,7 +102,7 @@ def result(path, name):
 
 
 def shard_files(folder):
-    return [f"{folder}/{name}" for name in jobs.shard_names(config["trajectories"]["count"], config["trajectories"]["shard_size"])]
+    return [f"{folder}/{name}" for name in names.shard_names(config["trajectories"]["count"], config["trajectories"]["shard_size"])]
 
 
 def teacher_params(wildcards):
@@ -142,7 +144,7 @@ def stored_trajectories(wildcards):
     """The trajectory set a CMT job reads (none when it draws online trajectories)."""
     if midtrain_cfg(wildcards)["source"] == "online":
         return []
-    return result(wildcards.tp + jobs.traj_path(wildcards.solver, wildcards.nfe), jobs.TRAJ_INDEX)
+    return result(wildcards.tp + jobs.traj_path(wildcards.solver, wildcards.nfe), names.TRAJ_INDEX)
 
 
 def post_job(wildcards):
@@ -153,7 +155,7 @@ def post_job(wildcards):
 def init_model(wildcards):
     """The weights a post-training job starts from: none (random), the teacher, or a CMT job's student."""
     init_job = post_job(wildcards)["init_job"]
-    return [] if init_job == jobs.NO_VARIANT else result(init_job, jobs.WEIGHTS)
+    return [] if init_job == jobs.NO_VARIANT else result(init_job, names.WEIGHTS)
 
 
 def posttrain_params(wildcards):
@@ -166,5 +168,5 @@ def posttrain_params(wildcards):
 
 def ingest_records(wildcards):
     """Every record of a scope; the sweep's ingest waits for the main report (one writer of the store at a time)."""
-    records = [result(folder, jobs.RECORD) for folder in jobs.record_folders(config, wildcards.scope)]
+    records = [result(folder, names.RECORD) for folder in jobs.record_folders(config, wildcards.scope)]
     return records + (list(rules.report.output) if wildcards.scope == "ablations" else [])

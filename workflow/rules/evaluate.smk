@@ -24,13 +24,13 @@ rule evaluate:
     conda:
         "../../envs/cmt.yaml"
     input:
-        model=result("{job}", jobs.WEIGHTS),
+        model=result("{job}", names.WEIGHTS),
         featnet=FEATNET_INPUT,
         fid_ref=[FID_REF] if "fid" in config["evaluate"]["metrics"] else [],
         data=DATA,
     output:
         scores=result(jobs.eval_path("{job}"), "scores.json"),
-        record=result(jobs.eval_path("{job}"), jobs.RECORD),
+        record=result(jobs.eval_path("{job}"), names.RECORD),
     params:
         cfg=subtree("evaluate", "precond", "data", "seed", *DEVICE, teacher={"sample": config["teacher"]["sample"]}),
         out=subpath(output.scores, parent=True),

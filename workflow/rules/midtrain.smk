@@ -2,7 +2,7 @@ MID_JOB = "{tp}" + jobs.mid_path("{variant}", "{solver}", "{nfe}", "{seed}")
 
 
 rule midtrain:
-    """CMT: one variant of the midtrain settings on one trajectory set and seed (cmt/jobs.py)."""
+    """CMT: one variant of the midtrain settings on one trajectory set and seed (cmt/workflow/jobs.py)."""
     conda:
         "../../envs/cmt.yaml"
     input:
@@ -11,8 +11,8 @@ rule midtrain:
         traj=stored_trajectories,
         data=DATA,
     output:
-        model=result(MID_JOB, jobs.WEIGHTS),
-        record=result(MID_JOB, jobs.RECORD),
+        model=result(MID_JOB, names.WEIGHTS),
+        record=result(MID_JOB, names.RECORD),
     params:
         cfg=midtrain_params,
         out=subpath(output.model, parent=True),

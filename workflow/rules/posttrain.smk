@@ -2,7 +2,7 @@ POST_JOB = "{tp}" + jobs.post_path("{method}", "{init}", "{variant}", "{iters}",
 
 
 rule posttrain:
-    """ECT, ECD or MeanFlow from random, diffusion or CMT weights (cmt/jobs.py)."""
+    """ECT, ECD or MeanFlow from random, diffusion or CMT weights (cmt/workflow/jobs.py)."""
     conda:
         "../../envs/cmt.yaml"
     input:
@@ -11,8 +11,8 @@ rule posttrain:
         init=init_model,
         data=DATA,
     output:
-        model=result(POST_JOB, jobs.WEIGHTS),
-        record=result(POST_JOB, jobs.RECORD),
+        model=result(POST_JOB, names.WEIGHTS),
+        record=result(POST_JOB, names.RECORD),
     params:
         cfg=posttrain_params,
         out=subpath(output.model, parent=True),

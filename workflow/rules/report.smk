@@ -11,7 +11,7 @@ rule ingest:
     output:
         done=f"{RESULTS}/mlflow-{{scope}}.json",
     params:
-        records=lambda wildcards, input: [f for f in input.records if f.endswith(jobs.RECORD)],
+        records=lambda wildcards, input: [f for f in input.records if f.endswith(names.RECORD)],
         db=MLFLOW_DB,
         experiment=config["name"],
         artifacts=f"{RESULTS}/mlartifacts",

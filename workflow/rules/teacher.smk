@@ -8,9 +8,9 @@ rule teacher:
     input:
         data=DATA,
     output:
-        model=result(TEACHER_JOB, jobs.WEIGHTS),
-        meta=result(TEACHER_JOB, jobs.META),
-        record=result(TEACHER_JOB, jobs.RECORD),
+        model=result(TEACHER_JOB, names.WEIGHTS),
+        meta=result(TEACHER_JOB, names.META),
+        record=result(TEACHER_JOB, names.RECORD),
     params:
         cfg=teacher_params,
         out=subpath(output.model, parent=True),
@@ -34,7 +34,7 @@ rule featnet:
         data=DATA,
     output:
         net=FEATNET,
-        record=result(jobs.FEATNET, jobs.RECORD),
+        record=result(jobs.FEATNET, names.RECORD),
     params:
         cfg=subtree("featnet", "data", "seed", "compute"),
     threads: threads_of("featnet")

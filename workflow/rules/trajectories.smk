@@ -8,7 +8,7 @@ rule trajectories:
         teacher=rules.teacher.output.model,
         data=DATA,
     output:
-        index=result(TRAJ_SET, jobs.TRAJ_INDEX),
+        index=result(TRAJ_SET, names.TRAJ_INDEX),
         shards=shard_files(f"{RESULTS}/{TRAJ_SET}"),
     params:
         cfg=trajectory_params,

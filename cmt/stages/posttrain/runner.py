@@ -6,16 +6,16 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from cmt.batches import make_batches
-from cmt.checkpoints import read_meta
 from cmt.config import config_hash
-from cmt.data import Images, train_holdout
+from cmt.data.batches import make_batches
+from cmt.data.datasets import Images, train_holdout
+from cmt.data.labels import dataset_labels, label_dim_of
+from cmt.formats.checkpoints import read_meta
 from cmt.inits import init_source
-from cmt.labels import dataset_labels, label_dim_of
+from cmt.numerics.precond import Denoiser
 from cmt.objectives import registry
 from cmt.objectives.base import Context, Objective
 from cmt.objectives.registry import Method
-from cmt.precond import Denoiser
 from cmt.stages.student import (
     InitWeights,
     Record,
@@ -28,7 +28,7 @@ from cmt.stages.student import (
     train_student,
 )
 from cmt.teachers import load_teacher, teacher_kind
-from cmt.train import Compute, LoopConfig, LossFn, resolve_device
+from cmt.training.loop import Compute, LoopConfig, LossFn, resolve_device
 
 
 def method_compute(method: Method, compute: Compute) -> Compute:
@@ -43,8 +43,8 @@ def method_compute(method: Method, compute: Compute) -> Compute:
 def make_loss(
     method: Method, cfg: dict, data: Images, label_dim: int, context: Context, seed: int, loader: dict
 ) -> tuple[LossFn, Objective]:
-    """A method's loss on minibatches of ``data`` (``cmt.batches``; for a student of ``label_dim`` classes, with each
-    image's label), and its objective."""
+    """A method's loss on minibatches of ``data`` (``cmt.data.batches``; for a student of ``label_dim`` classes, with
+    each image's label), and its objective."""
     labels = dataset_labels(data.labels, label_dim, f"post-training on {data.name}")
     batches = make_batches(data, labels, cfg["batch_size"], seed, context.device, loader)
     objective = registry.build(method, cfg, context)

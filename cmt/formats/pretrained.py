@@ -1,0 +1,73 @@
+"""Pretrained weight files the metrics and losses read, where they are looked for, and checks that fail at once,
+naming the file, when one is missing. Nothing is ever downloaded. Plain ``os``/``pathlib`` only, so a job can
+check its files before it imports torch (environment.md 4, 5).
+
+* Inception-v3 for FID (clean-fid's TorchScript file): ``$CMT_INCEPTION_DIR``, default clean-fid's own cache
+  folder (``/tmp``, ``./`` on Windows).
+* LPIPS trunks (torchvision's ImageNet weights): the torch hub cache, ``<torch hub dir>/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from cmt.errors import BadInput, MissingInput
+
+INCEPTION_FILE = "inception-2015-12-05.pt"
+INCEPTION_URL = f"https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/{INCEPTION_FILE}"
+INCEPTION_DIR_ENV = "CMT_INCEPTION_DIR"
+# torchvision's file names for the ImageNet trunks the lpips package loads (environment.md 5.1)
+LPIPS_TRUNK_FILES = {
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+}
+
+
+class MissingWeights(MissingInput):
+    """A pretrained weight file that is not where it is looked for; the message says where to put it."""
+
+
+def inception_dir() -> Path:
+    """``$CMT_INCEPTION_DIR``, else clean-fid's cache folder (``/tmp``; ``./`` on Windows)."""
+    default = "./" if platform.system() == "Windows" else "/tmp"
+    return Path(os.environ.get(INCEPTION_DIR_ENV) or default)
+
+
+def require_inception() -> Path:
+    """The Inception weights' path; raises ``MissingWeights`` when they are not there."""
+    path = inception_dir() / INCEPTION_FILE
+    if not path.is_file():
+        raise MissingWeights(
+            f"FID needs the Inception weights at {path} (nothing is downloaded). Put {INCEPTION_FILE} there "
+            f"(from {INCEPTION_URL}) or point {INCEPTION_DIR_ENV} at the folder holding it; "
+            "or score with the offline feature net only (evaluate.metrics: [featnet])"
+        )
+    return path
+
+
+def torch_hub_checkpoints() -> Path:
+    """Where torchvision looks for pretrained weights: ``torch.hub.get_dir()/checkpoints``, that is
+    ``$TORCH_HOME`` (default ``$XDG_CACHE_HOME/torch``, ``~/.cache/torch``) + ``/hub/checkpoints``."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "torch")
+    return Path(home).expanduser() / "hub" / "checkpoints"
+
+
+def lpips_trunk_path(net: str) -> Path:
+    """The torchvision file an LPIPS trunk loads from (environment.md 5.1)."""
+    if net not in LPIPS_TRUNK_FILES:
+        raise BadInput(f"unknown LPIPS net {net!r}; valid: {', '.join(LPIPS_TRUNK_FILES)}")
+    return torch_hub_checkpoints() / LPIPS_TRUNK_FILES[net]
+
+
+def require_lpips_trunk(net: str) -> Path:
+    """The LPIPS trunk's path; raises ``MissingWeights`` when it is not in the torch hub cache."""
+    trunk = lpips_trunk_path(net)
+    if not trunk.is_file():
+        raise MissingWeights(
+            f"LPIPS-{net} needs the pretrained ImageNet trunk at {trunk} (no downloads are attempted); "
+            f"copy torchvision's {LPIPS_TRUNK_FILES[net]} there or set TORCH_HOME"
+        )
+    return trunk

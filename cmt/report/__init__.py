@@ -1,0 +1,1 @@
+"""Records and results: MLflow ingestion, the paper's tables and plots."""

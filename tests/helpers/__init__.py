@@ -1,0 +1,1 @@
+"""Code the tests share: the smoke project, stand-ins for foreign files, small models, a local SLURM cluster."""
