@@ -1,11 +1,12 @@
-"""Command-line entry point: ``python -m cmt <verb> --params JSON ...``, one verb per workflow stage.
+"""Command-line entry point: ``python -m cmt <verb> --params JSON|FILE ...``, one verb per workflow stage.
 
-Each verb takes the config sections its rule passes (``--params``, a JSON object shaped like the config,
-plus the job's axes under ``job``), fills the schema defaults of everything absent and validates it
-exactly as the workflow validates a config file, then calls the stage function with plain paths;
-nothing here knows about Snakemake.  Training verbs are plain ``python -m`` programs: ``accelerate launch
---multi_gpu --num_processes N -m cmt <verb>`` runs one as N data-parallel processes (``cmt.training.parallel``) that
-write one set of outputs.
+Each verb takes the config sections its rule passes (``--params``, a JSON object shaped like the config, plus the
+job's axes under ``job``, inline or in a file: the workflow writes one per job, ``cmt.config.write_params``), fills
+the schema defaults of everything absent and validates it exactly as the workflow validates a config file, then
+calls the stage function with plain paths; nothing here knows about Snakemake. Training verbs are plain ``python
+-m`` programs: ``accelerate launch --multi_gpu --num_processes N -m cmt <verb>`` runs one as N data-parallel
+processes (``cmt.training.parallel``) that write one set of outputs. An expected failure (``cmt.errors``) ends a
+verb with one line (``main``).
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ def _params(args: argparse.Namespace, needs: Callable[[dict], object] | None = N
     """A torch job's resolved ``--params``; sets the process's kernel determinism (config ``deterministic``).
 
     ``needs(params)`` checks the pretrained files the job reads (``cmt.formats.pretrained``) before torch is imported,
-    so a
-    missing one stops the job at once."""
+    so a missing one stops the job at once."""
     params = resolve_params(args.params)
     if needs is not None:
         needs(params)
@@ -254,7 +254,9 @@ def _stage_verbs(sub: argparse._SubParsersAction) -> None:
 
     def verb(name: str, func, help: str, *paths: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help)
-        cmd.add_argument("--params", required=True, help="JSON object: the config subtree of this stage")
+        cmd.add_argument(
+            "--params", required=True, help="the config subtree of this stage: a JSON object, or a file holding one"
+        )
         for path in paths:
             cmd.add_argument(f"--{path}", required=path in ("out", "work", "teacher", "model"))
         cmd.set_defaults(func=func)

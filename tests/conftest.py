@@ -4,7 +4,7 @@ import os
 import tempfile
 
 import pytest
-from helpers.project import copy_project, planned_jobs, snakemake, sweep_overlay
+from helpers.project import copy_project, killed_and_resumed, planned_jobs, snakemake, sweep_overlay
 
 _HOME = tempfile.mkdtemp(prefix="cmt-tests-")
 for var, sub in {
@@ -36,6 +36,14 @@ def swept(smoke, tmp_path_factory):
     planned = planned_jobs(snakemake(smoke, "-n", "all_ablations", *args).stdout)
     snakemake(smoke, "--cores", "2", "all_ablations", *args)
     return args, planned
+
+
+@pytest.fixture(scope="session")
+def killed_rerun(smoke, tmp_path_factory):
+    """A second, fresh run of the smoke config, hard-killed once mid-CMT and resumed (``killed_and_resumed``): the
+    project and what each step showed. Tests of resumption and of reproducibility (Snakemake's, DVC's) share it."""
+    project = copy_project(tmp_path_factory.mktemp("killed"))
+    return project, killed_and_resumed(project)
 
 
 def pytest_collection_modifyitems(items):

@@ -7,13 +7,9 @@ import hashlib
 import http.server
 import io
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -23,14 +19,12 @@ from helpers.edm_standin import edm_snapshot, write_pickle
 from helpers.figures import assert_plot
 from helpers.image_standins import write_image_folder, write_inception
 from helpers.models import denoised, random_denoiser
-from helpers.project import SNAKEMAKE, artifact_hashes, copy_project, planned_jobs, snakemake
+from helpers.project import SMOKE_MID, artifact_hashes, copy_project, planned_jobs, snakemake
 from PIL import Image
 from safetensors.torch import load_file
 
 from cmt.formats.checkpoints import load_denoiser
 from cmt.training.loop import RESUME_FILE
-
-QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
 MAIN = {
     "teacher",
@@ -299,31 +293,17 @@ def assert_teacher_variant(results: Path, tables: Path) -> None:
     assert rows == {(teacher, *model) for teacher in ("base", "weak") for model in models}
 
 
-def test_a_hard_killed_fresh_run_resumes_to_the_same_bytes_as_an_uninterrupted_one(smoke, tmp_path):
+def test_a_hard_killed_fresh_run_resumes_to_the_same_bytes_as_an_uninterrupted_one(smoke, killed_rerun):
     """kill -9 of the whole Snakemake tree while CMT has a resume checkpoint; `--unlock`; the same command again:
     the incomplete CMT job reruns, says where it resumed, and every artifact equals the uninterrupted smoke
     run's, byte for byte (so two fresh runs of one config agree, too)."""
-    project = copy_project(tmp_path / "killed")
-    args = ("--cores", "2", "all", "--configfile", "config/smoke.yaml")
-    checkpoint = project / "work" / "smoke" / "mid" / "base" / "dpmpp3m_legacy-nfe16" / "s0" / "resume.pt"
-    proc = subprocess.Popen([str(SNAKEMAKE), *args], cwd=project, start_new_session=True, **QUIET)
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert checkpoint.exists(), "CMT never wrote a resume checkpoint"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (project / "results" / "smoke" / "tables" / "main.md").exists()
-    # as if the kill had come between the job's two output writes: Snakemake finds an incomplete output,
-    # and the workflow profile's `rerun-incomplete` reruns the job instead of stopping
-    partial = project / "results" / "smoke" / "mid" / "base" / "dpmpp3m_legacy-nfe16" / "s0" / "model.safetensors"
-    partial.write_bytes(b"cut short")
-    locked = snakemake(project, *args, check=False)
+    project, seen = killed_rerun
+    assert seen["checkpoint"], "CMT never wrote a resume checkpoint"
+    assert not seen["tables_after_kill"]
+    locked = seen["locked"]
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
-    snakemake(project, "--unlock", *args)
-    snakemake(project, *args)
-    log = (project / "results" / "smoke" / "logs" / "mid" / "base" / "dpmpp3m_legacy-nfe16" / "s0.log").read_text()
-    assert f"resumed from step 20 (checkpoint work/smoke/mid/base/dpmpp3m_legacy-nfe16/s0/{RESUME_FILE})" in log
+    log = (project / "results" / "smoke" / "logs" / f"{SMOKE_MID}.log").read_text()
+    assert f"resumed from step 20 (checkpoint work/smoke/{SMOKE_MID}/{RESUME_FILE})" in log
     resumed, uninterrupted = (
         artifact_hashes(project / "results" / "smoke"),
         artifact_hashes(smoke / "results" / "smoke"),

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-Denoiser = Callable[[Tensor, Tensor], Tensor]
+DenoiserFn = Callable[[Tensor, Tensor], Tensor]  # denoiser(x, sigma) -> D; a precond.Denoiser is one
 
 
 def karras_sigmas(
@@ -73,11 +73,11 @@ def _finish_grid(sigmas: Tensor, sigma_min: float, sigma_max: float, append_zero
     return sigmas.to(dtype)
 
 
-def _call(denoiser: Denoiser, x: Tensor, sigma: Tensor) -> Tensor:
+def _call(denoiser: DenoiserFn, x: Tensor, sigma: Tensor) -> Tensor:
     return denoiser(x, sigma.expand(x.shape[0]))
 
 
-def euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor) -> list[Tensor]:
+def euler(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor) -> list[Tensor]:
     """EDM Euler: one denoiser call per step; a step to sigma = 0 returns D exactly."""
     states = [x]
     for s, t in zip(sigmas[:-1], sigmas[1:]):
@@ -87,7 +87,7 @@ def euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor) -> list[Tensor]:
     return states
 
 
-def heun(denoiser: Denoiser, x: Tensor, sigmas: Tensor) -> list[Tensor]:
+def heun(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor) -> list[Tensor]:
     """EDM Algorithm 2 (deterministic): Euler predictor, trapezoidal corrector unless stepping to 0."""
     states = [x]
     for s, t in zip(sigmas[:-1], sigmas[1:]):
@@ -143,7 +143,7 @@ def dpmpp_update(
     return x_t + phi2 * d1 - d2_scale * phi3 * d2  # numerics.md 7.2: exact weight needs d2_scale = 2
 
 
-def _dpmpp_multistep(denoiser: Denoiser, x: Tensor, sigmas: Tensor, max_order: int, d2_scale: float) -> list[Tensor]:
+def _dpmpp_multistep(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, max_order: int, d2_scale: float) -> list[Tensor]:
     steps = len(sigmas) - 1
     states, denoised, lambdas = [x], [], []
     for k, order in enumerate(multistep_orders(steps, max_order)):
@@ -156,22 +156,22 @@ def _dpmpp_multistep(denoiser: Denoiser, x: Tensor, sigmas: Tensor, max_order: i
     return states
 
 
-def dpmpp2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor) -> list[Tensor]:
+def dpmpp2m(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor) -> list[Tensor]:
     """DPM-Solver++(2M), midpoint form, first and last step first order."""
     return _dpmpp_multistep(denoiser, x, sigmas, max_order=2, d2_scale=2.0)
 
 
-def dpmpp3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor) -> list[Tensor]:
+def dpmpp3m(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor) -> list[Tensor]:
     """DPM-Solver++(3M) of true third order (D2 weight doubled, numerics.md 7.2); orders 1, 2, 3, ..., 2, 1."""
     return _dpmpp_multistep(denoiser, x, sigmas, max_order=3, d2_scale=2.0)
 
 
-def dpmpp3m_legacy(denoiser: Denoiser, x: Tensor, sigmas: Tensor) -> list[Tensor]:
+def dpmpp3m_legacy(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor) -> list[Tensor]:
     """DPM-Solver++(3M) with the reference libraries' D2 weight, as in the authors' code; only 2nd order."""
     return _dpmpp_multistep(denoiser, x, sigmas, max_order=3, d2_scale=1.0)
 
 
-SOLVERS: dict[str, Callable[[Denoiser, Tensor, Tensor], list[Tensor]]] = {
+SOLVERS: dict[str, Callable[[DenoiserFn, Tensor, Tensor], list[Tensor]]] = {
     "euler": euler,
     "heun": heun,
     "dpmpp2m": dpmpp2m,
@@ -195,7 +195,7 @@ def _check_solver(solver: str) -> None:
 
 
 @torch.no_grad()
-def sample_trajectory(denoiser: Denoiser, x: Tensor, sigmas: Tensor, solver: str = "dpmpp3m") -> Tensor:
+def sample_trajectory(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, solver: str = "dpmpp3m") -> Tensor:
     """Integrate the PF-ODE from ``x`` at sigmas[0] along ``sigmas``; returns (len(sigmas), B, ...).
 
     ``sigmas`` is a 1-D decreasing tensor (it may end with 0); result[0] is ``x`` and every state

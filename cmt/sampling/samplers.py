@@ -13,8 +13,7 @@ from torch import Tensor
 from cmt.data.labels import conditioned
 from cmt.errors import BadInput
 from cmt.numerics.precond import Denoiser, fm_time, mean_velocity
-from cmt.numerics.solvers import Denoiser as DenoiserFn
-from cmt.numerics.solvers import sample_trajectory, sigma_grid
+from cmt.numerics.solvers import DenoiserFn, sample_trajectory, sigma_grid
 from cmt.objectives.registry import MODEL_KINDS
 
 

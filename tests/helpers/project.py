@@ -5,8 +5,10 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,3 +109,30 @@ def load_tool(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+SMOKE_MID = "mid/base/dpmpp3m_legacy-nfe16/s0"  # the smoke run's CMT job
+
+
+def killed_and_resumed(project: Path) -> dict:
+    """The smoke config run from scratch in ``project``, the whole Snakemake tree killed (SIGKILL) once CMT has written
+    a resume checkpoint, the CMT output left cut short, then run again until done (``--unlock`` first). Returns what
+    each step showed: whether the checkpoint appeared, whether tables existed after the kill, the locked attempt."""
+    args = ("--cores", "2", "all", "--configfile", "config/smoke.yaml")
+    checkpoint = project / "work" / "smoke" / SMOKE_MID / "resume.pt"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen([str(SNAKEMAKE), *args], cwd=project, start_new_session=True, **quiet)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    seen = {"checkpoint": checkpoint.exists()}
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    seen["tables_after_kill"] = (project / "results" / "smoke" / "tables" / "main.md").exists()
+    # as if the kill had come between the job's two output writes: Snakemake finds an incomplete output,
+    # and the workflow profile's `rerun-incomplete` reruns the job instead of stopping
+    (project / "results" / "smoke" / SMOKE_MID / "model.safetensors").write_bytes(b"cut short")
+    seen["locked"] = snakemake(project, *args, check=False)
+    snakemake(project, "--unlock", *args)
+    snakemake(project, *args)
+    return seen
