@@ -3,8 +3,9 @@
 Every expected error derives from ``CmtError`` and says in its message which file and which key are at fault. The
 command line prints such an error as one line and exits non-zero without a traceback (``CMT_DEBUG=1`` or ``--debug``
 shows it); any other exception is unexpected and keeps its traceback. The classes also derive from the built-in
-exception they refine (``ValueError``, ``FileNotFoundError``), so callers that catch those keep working. No imports:
-every layer may raise them; ``about(key)`` puts the config key a stage was working on in front of the message.
+exception they refine (``ValueError``, ``FileNotFoundError``), so callers that catch those keep working. Standard
+library only, so every layer may raise them; ``about(key)`` puts the config key a stage was working on in front of
+the message.
 """
 
 from __future__ import annotations

@@ -412,29 +412,15 @@ def test_the_teacher_rule_fetches_an_edm_pickle_over_http_and_converts_it_once(t
     assert meta["fetched_meta"]["extras"] == ["model.map_augment.weight"]
 
 
-def test_a_class_conditional_smoke_run_carries_labels_through_every_stage(smoke, tmp_path):
-    """`network.label_dim: 10` on digits: the teacher, the stored trajectories, every student and every sampler are
-    class-conditional, and the evaluation grids are per class (column k: class k)."""
-    project = copy_project(tmp_path / "conditional")
-    snakemake(project, "--cores", "2", "all", "--configfile", "config/smoke.yaml", "config/smoke-conditional.yaml")
-    results = project / "results" / "smoke-conditional"
-    index = json.loads((results / "traj" / "dpmpp3m_legacy-nfe16" / "index.json").read_text())
-    assert index["label_dim"] == 10
-    shard = load_file(results / "traj" / "dpmpp3m_legacy-nfe16" / index["shards"][0]["file"])
-    assert shard["labels"].shape == (index["shards"][0]["count"],) and set(shard["labels"].tolist()) == set(range(10))
-    for job in MAIN:
-        assert json.loads((results / job / "meta.json").read_text())["architecture"]["label_dim"] == 10
-    assert (results / "tables" / "main.md").read_text().count("\n| ") == 6  # header + 5 models
-    for grid in assert_sample_links(results / "tables" / "main.md", 5):  # the report shows per-class grids
-        assert Image.open(grid).width == 4 * (10 * (8 + 1) + 1)  # ten columns of 8-pixel digits, 1-pixel borders
-
-
 @pytest.mark.slow  # a real workflow run
-def test_a_dataset_built_from_an_image_folder_is_streamed_and_scored_with_fid_and_fd(tmp_path, monkeypatch):
-    """`data.build` on an image folder: the `dataset` rule writes the EDM zip and its sha256 record, every job reads
-    the zip through the DataLoader, `fid_reference` computes the training set's statistics once (stand-in Inception
-    at $CMT_INCEPTION_DIR), and the table carries FD and FID under distinct names, with the FID mode recorded."""
-    write_image_folder(tmp_path / "images", 240, 10, classes=3)
+def test_a_class_conditional_run_on_a_dataset_built_from_an_image_folder(tmp_path, monkeypatch):
+    """`config/smoke-conditional.yaml` (`network.label_dim: 10`) on `data.build` from an image folder of ten class
+    folders. The data: the `dataset` rule writes the EDM zip and its sha256 record, every job reads the zip through
+    the DataLoader, `fid_reference` computes the training set's statistics once (stand-in Inception at
+    $CMT_INCEPTION_DIR), and the table carries FD and FID under distinct names, with the FID mode recorded. The
+    labels: the teacher, the stored trajectories, every student and every sampler are class-conditional, and the
+    evaluation grids are per class (column k: class k)."""
+    write_image_folder(tmp_path / "images", 240, 10, classes=10)
     write_inception(tmp_path / "inception")
     monkeypatch.setenv("CMT_INCEPTION_DIR", str(tmp_path / "inception"))
     project = copy_project(tmp_path / "files")
@@ -446,17 +432,29 @@ def test_a_dataset_built_from_an_image_folder_is_streamed_and_scored_with_fid_an
         "evaluate": {"metrics": ["featnet", "fid"]},
     }
     (project / "config" / "files.yaml").write_text(yaml.safe_dump(overlay))
-    snakemake(project, "--cores", "2", "all", "--configfile", "config/smoke.yaml", "config/files.yaml")
+    configs = ("config/smoke.yaml", "config/smoke-conditional.yaml", "config/files.yaml")
+    snakemake(project, "--cores", "2", "all", "--configfile", *configs)
     results = project / "results" / "files"
     record = json.loads((results / "dataset" / "build.json").read_text())
-    assert record["count"] == 240 and record["shape"] == [3, 8, 8] and record["classes"] == 3
+    assert record["count"] == 240 and record["shape"] == [3, 8, 8] and record["classes"] == 10
     assert record["sha256"] == hashlib.sha256((results / "dataset" / "images.zip").read_bytes()).hexdigest()
     assert (results / "fid-ref" / "legacy_tensorflow.npz").is_file()
     scores = json.loads((results / "eval" / "post" / "ect-cmt" / "base" / "it40" / "s0" / "scores.json").read_text())
     assert scores["fid_mode"] == "legacy_tensorflow" and scores["fid_reference_count"] == 240
     assert scores["fid_2step"] > 0 and scores["fd_2step"] > 0
-    header = (results / "tables" / "main.md").read_text().split("\n| model")[1].split("\n")[0]
+    table = (results / "tables" / "main.md").read_text()
+    header = table.split("\n| model")[1].split("\n")[0]
     assert "| FD 1-step | FD 2-step |" in header and "| FID 1-step | FID 2-step |" in header
+
+    index = json.loads((results / "traj" / "dpmpp3m_legacy-nfe16" / "index.json").read_text())
+    assert index["label_dim"] == 10
+    shard = load_file(results / "traj" / "dpmpp3m_legacy-nfe16" / index["shards"][0]["file"])
+    assert shard["labels"].shape == (index["shards"][0]["count"],) and set(shard["labels"].tolist()) == set(range(10))
+    for job in MAIN:
+        assert json.loads((results / job / "meta.json").read_text())["architecture"]["label_dim"] == 10
+    assert table.count("\n| ") == 6  # header + 5 models
+    for grid in assert_sample_links(results / "tables" / "main.md", 5):  # the report shows per-class grids
+        assert Image.open(grid).width == 4 * (10 * (8 + 1) + 1)  # ten columns of 8-pixel images, 1-pixel borders
 
 
 def two_gpu_overlay(folder: Path) -> Path:

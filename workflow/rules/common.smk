@@ -1,17 +1,18 @@
 # Shared definitions: config defaults and validation, paths, resources, per-job parameter subtrees.
-# Job paths come from cmt/workflow/jobs.py (the one place their format is written); rules call it with wildcard names.
+# Job paths come from cmt/workflow/jobs.py (the one place their format is written); rules call it with wildcard
+# names.
 import json
 import os
 import sys
 
 from snakemake.exceptions import WorkflowError
 
+from cmt.config import config_layers, merge_layers, resolve, scaled_resources, write_params
 from cmt.formats import names
 from cmt.inits import INITS
-from cmt.workflow import jobs, slurm
 from cmt.objectives import registry
+from cmt.workflow import jobs, slurm
 from cmt.workflow.launch import training_launcher
-from cmt.config import config_layers, merge_layers, resolve, scaled_resources, write_params
 
 # Snakemake's order: the Snakefile's `configfile:`, then each --configfile, then --config values; every file's
 # layers with what it `extends` in front of it
@@ -45,8 +46,8 @@ TRAINING = (*DEVICE, "compute")  # a training job also reads its fast paths (rec
 
 
 def training(group):
-    """The start of a training rule's shell command (its verb is the group's name; the launcher: cmt/workflow/launch.py),
-    escaped for Snakemake's shell formatting.
+    """The start of a training rule's shell command (its verb is the group's name; the launcher:
+    cmt/workflow/launch.py), escaped for Snakemake's shell formatting.
 
     `exec`: the trainer replaces the shell, so SLURM's SIGTERM (walltime warning, scancel, preemption) reaches it
     with no shell that would die first; it saves a resume checkpoint and exits, and Snakemake waits for it."""
