@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 import yaml
 
 from cmt.config import JOB_KEY, ConfigError, load_config, resolve_params
-from cmt.errors import CmtError
+from cmt.errors import CmtError, about
 from cmt.formats.pretrained import MissingWeights, require_inception, require_lpips_trunk
 from cmt.inits import INITS
 from cmt.objectives import registry
@@ -67,11 +67,17 @@ def _compute(p: dict):
 
 def _lpips_trunk(p: dict) -> None:
     if p["midtrain"]["loss"] == "lpips":
-        require_lpips_trunk(p["midtrain"]["lpips_net"])
+        with about("midtrain.lpips_net"):
+            require_lpips_trunk(p["midtrain"]["lpips_net"])
 
 
 def _inception(p: dict) -> None:
     if "fid" in p["evaluate"]["metrics"]:
+        _inception_for("evaluate.metrics")
+
+
+def _inception_for(key: str) -> None:
+    with about(key):
         require_inception()
 
 
@@ -177,7 +183,7 @@ def _dataset(args: argparse.Namespace) -> None:
 
 
 def _fid_reference(args: argparse.Namespace) -> None:
-    p = _params(args, needs=lambda p: p["evaluate"]["fid"]["reference"] or require_inception())
+    p = _params(args, needs=lambda p: p["evaluate"]["fid"]["reference"] or _inception_for("evaluate.fid"))
     from cmt.stages import fid_reference
 
     fid_reference.run(p["evaluate"]["fid"], p["data"], args.out, args.work, p["device"])

@@ -57,10 +57,12 @@ def test_the_jobs_stop_naming_the_file_before_importing_torch_or_reading_data(tm
         "fid-reference": ["--params", "{%s}" % data, "--work", str(tmp_path / "w")],
         "evaluate": ["--params", '{%s, "evaluate": {"metrics": ["fid"]}}' % data, "--model", "m", "--label", "x"],
     }
+    keys = {"fid-reference": "evaluate.fid", "evaluate": "evaluate.metrics"}  # the setting that needs the file
     for verb, args in verbs.items():
         cmd = [sys.executable, "-X", "importtime", "-m", "cmt", verb, *args, "--out", str(tmp_path / "r.npz")]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        assert done.returncode == 1 and f"missing weights: FID needs the Inception weights at {tmp_path}" in done.stderr
+        message = f"cmt {verb}: missing weights: {keys[verb]}: FID needs the Inception weights at {tmp_path}"
+        assert done.returncode == 1 and message in done.stderr
         assert "| torch" not in done.stderr and "/nowhere" not in done.stderr and not (tmp_path / "r.npz").exists()
 
 

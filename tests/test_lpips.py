@@ -44,7 +44,8 @@ def test_a_cmt_job_stops_naming_the_trunk_before_importing_torch(tmp_path):
     trunk = tmp_path / "torch" / "hub" / "checkpoints" / LPIPS_TRUNK_FILES["vgg"]
     assert (
         done.returncode == 1
-        and f"missing weights: LPIPS-vgg needs the pretrained ImageNet trunk at {trunk}" in done.stderr
+        and f"missing weights: midtrain.lpips_net: LPIPS-vgg needs the pretrained ImageNet trunk at {trunk}"
+        in done.stderr
     )
     assert "| torch" not in done.stderr
 

@@ -123,7 +123,7 @@ def test_a_fetched_init_file_starts_a_student_from_its_weights_and_a_bad_checksu
     assert (
         meta["converted_from"]["sha256"] == spec["sha256"] and student.sigma_min == cfg["precond"]["boundary_sigma_min"]
     )
-    with pytest.raises(FetchError, match="sha256"):
+    with pytest.raises(FetchError, match="^posttrain.ect.init_file: sha256 mismatch"):
         init_student(InitWeights("file", file={**spec, "sha256": "0" * 64}), job, 0.0, ECT)
-    with pytest.raises(ValueError, match="init 'file' needs the job's init_file"):
+    with pytest.raises(ValueError, match="^posttrain.ect.init_file: init 'file' needs the job's init_file"):
         init_student(InitWeights("file"), job, 0.0, ECT)

@@ -81,7 +81,8 @@ def init_student(weights: InitWeights, job: StudentJob, dropout: float, method: 
             template, meta = load_denoiser(job.teacher_dir)
             student = Denoiser(build_network(template.model.cfg), sigma_data=template.sigma_data)
         elif source.weights == "file":
-            student, meta = fetched_weights(weights.file, job.work_dir)
+            with about(f"{method.section}.init_file"):
+                student, meta = fetched_weights(weights.file, job.work_dir)
         elif weights.folder is None:
             raise BadInput(f"init {weights.init!r} needs a checkpoint folder")
         else:
@@ -96,8 +97,7 @@ def fetched_weights(spec: dict | None, work_dir: Path) -> tuple[Denoiser, dict]:
     """A checkpoint fetched by the job's ``init_file`` ({url, sha256}; any format ``cmt convert-checkpoint`` reads)."""
     if not spec or not spec.get("url"):
         raise BadInput("init 'file' needs the job's init_file: {url: ..., sha256: ...}")
-    with about("init_file"):
-        return fetch_checkpoint(spec, work_dir, "init")
+    return fetch_checkpoint(spec, work_dir, "init")
 
 
 def objective_context(
