@@ -101,6 +101,14 @@ def fill_defaults(instance: dict, schema: dict, root: dict) -> dict:
     return instance
 
 
+def stray(err: jsonschema.ValidationError, root: dict) -> bool:
+    """An ``unevaluatedProperties`` error that names no unknown key: JSON Schema 2020-12 counts a key whose value
+    failed inside an ``allOf``/``$ref`` as unevaluated, so it echoes that key's own error."""
+    if err.validator != "unevaluatedProperties" or not isinstance(err.instance, dict):
+        return False
+    return not set(err.instance) - set(properties(err.schema, root))
+
+
 def describe(err: jsonschema.ValidationError, root: dict) -> tuple[str, list[str]]:
     """One line naming the dotted key and the expectation of a schema error, and the key's path."""
     path = [str(p) for p in err.absolute_path]
@@ -114,12 +122,21 @@ def describe(err: jsonschema.ValidationError, root: dict) -> tuple[str, list[str
         missing = err.message.split("'")[1]
         return f"{'.'.join([*path, missing])}: required key is missing", path
     if err.validator == "type":
-        return f"{key}: expected {_or(err.validator_value)}, got {err.instance!r} ({type(err.instance).__name__})", path
+        got = f"{err.instance!r} ({type(err.instance).__name__}){_yaml_number_hint(err.instance)}"
+        return f"{key}: expected {_or(err.validator_value)}, got {got}", path
     if err.validator == "enum":
         return f"{key}: expected one of {', '.join(map(repr, err.validator_value))}, got {err.instance!r}", path
     if err.validator == "pattern":
         return f"{key}: {err.instance!r} does not match {err.validator_value!r}", path
     return f"{key}: {err.message}", path
+
+
+def _yaml_number_hint(value: Any) -> str:
+    """PyYAML (YAML 1.1) reads ``2e-5`` as text: say how to write it as a number."""
+    if not isinstance(value, str) or not re.fullmatch(r"[-+]?[0-9]+e[-+]?[0-9]+", value.strip(), re.I):
+        return ""
+    mantissa, exponent = value.strip().lower().split("e")
+    return f"; YAML reads {value} as text, write {mantissa}.0e{exponent}"
 
 
 def _or(types: str | list[str]) -> str:
@@ -150,6 +167,8 @@ def resolve(cfg: Any, source: str, layers: list[tuple[str, Any]] | None = None, 
     errors = jsonschema.Draft202012Validator(schema).iter_errors(cfg)
     problems = []
     for err in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
+        if stray(err, schema):
+            continue
         line, path = describe(err, schema)
         problems.append(f"{_where(path, layers or [], source)}: {line}")
     if problems:

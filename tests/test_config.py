@@ -148,6 +148,18 @@ def test_wrong_type_says_what_was_expected_and_names_the_overlay(tmp_path):
         load_config(DEFAULT, path)
 
 
+def test_a_wrong_value_in_a_composed_block_is_one_line_and_yamls_text_exponent_gets_a_hint(tmp_path):
+    """posttrain.meanflow takes its keys through allOf/$ref: the schema's echo of a failed key as 'unevaluated' is not
+    reported as a second, nameless 'unknown key' line; PyYAML reads `2e-5` as text."""
+    path = tmp_path / "lr.yaml"
+    path.write_text("posttrain:\n  meanflow: {lr: 2e-5}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(DEFAULT, path)
+    assert str(err.value).splitlines() == [
+        f"{path}: posttrain.meanflow.lr: expected number, got '2e-5' (str); YAML reads 2e-5 as text, write 2.0e-5"
+    ]
+
+
 def test_enum_lists_choices_and_runtime_needs_units(tmp_path):
     path = write(tmp_path, {"trajectories": {"solver": "dpmpp4m"}, "resources": {"midtrain": {"runtime": "90"}}})
     with pytest.raises(ConfigError) as err:
