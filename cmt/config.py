@@ -251,8 +251,8 @@ def resolve_params(value: str) -> dict:
 def write_params(params: Mapping, folder: str | Path) -> str:
     """A job's params as a file named by its content's hash below ``folder``, written once: a rule passes the path,
     so its shell command stays short, and the path changes exactly when the params do (Snakemake's rerun trigger)."""
-    text = json.dumps(params, sort_keys=True)
-    path = Path(folder) / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.json"
+    text = canonical_json(params)
+    path = Path(folder) / f"{_digest(text, 20)}.json"
     if not path.exists():
         atomic_write_bytes(path, (text + "\n").encode())
     return str(path)
@@ -272,6 +272,15 @@ def scaled_resources(entry: Mapping, attempt: int) -> dict:
     return {"gpu": entry["gpu"], "mem_mb": entry["mem_mb"] * attempt, "runtime": f"{minutes}m"}
 
 
+def canonical_json(subtree: Any) -> str:
+    """A config subtree as JSON with sorted keys: equal subtrees give equal text, whatever their key order."""
+    return json.dumps(subtree, sort_keys=True)
+
+
+def _digest(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
 def config_hash(subtree: Any) -> str:
     """Short, stable hash of a config subtree (canonical JSON), recorded with every artifact."""
-    return hashlib.sha256(json.dumps(subtree, sort_keys=True).encode()).hexdigest()[:12]
+    return _digest(canonical_json(subtree), 12)
