@@ -208,7 +208,16 @@ def _report(args: argparse.Namespace) -> None:
 def _report_ablations(args: argparse.Namespace) -> None:
     from cmt.report.ablation_tables import ablation_report
 
-    ablation_report(args.db, args.experiment, args.out)
+    names = tuple(args.tables.split(",")) if args.tables else None
+    ablation_report(args.db, args.experiment, args.out, args.scope, *([names] if names else []))
+
+
+def _report_study(args: argparse.Namespace) -> None:
+    from cmt.report.study import PlateauRule, study_report
+    from cmt.workflow.jobs import table_id
+
+    rule = PlateauRule(*args.plateau)
+    study_report(args.db, args.experiment, args.out, table_id(args.scope, "method_init"), rule, tuple(args.thresholds))
 
 
 def _inspect_checkpoint(args: argparse.Namespace) -> None:
@@ -307,7 +316,15 @@ def _store_verbs(sub: argparse._SubParsersAction) -> None:
     rab = sub.add_parser("report-ablations", help="ablation tables and curves from the MLflow store")
     for name in ("db", "experiment", "out"):
         rab.add_argument(f"--{name}", required=True)
+    rab.add_argument("--scope", default="ablations", help="the sweep (cmt/workflow/jobs.py: SWEEPS)")
+    rab.add_argument("--tables", help="comma-separated tables of the sweep (default: every ablation table)")
     rab.set_defaults(func=_report_ablations)
+    rst = sub.add_parser("report-study", help="plateau check, cost to quality and FD bands of a sweep's comparison")
+    for name in ("db", "experiment", "out", "scope"):
+        rst.add_argument(f"--{name}", required=True)
+    rst.add_argument("--plateau", nargs=2, type=float, required=True, metavar=("TAIL", "TOLERANCE"))
+    rst.add_argument("--thresholds", nargs="+", type=float, required=True, help="multiples of the teacher's FD")
+    rst.set_defaults(func=_report_study)
 
 
 def _checkpoint_verbs(sub: argparse._SubParsersAction) -> None:

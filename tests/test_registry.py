@@ -30,16 +30,15 @@ def test_the_schemas_enums_list_the_registrys_names():
     schema = load_schema()
     props = schema["properties"]
     assert enum_at(props, "posttrain", "properties", "methods", "items") == POST
-    assert enum_at(props, "ablations", "properties", "post", "properties", "methods", "items") == POST
-    assert enum_at(props, "ablations", "properties", "post", "properties", "cmt_variant", "propertyNames") == POST
+    sweep = schema["$defs"]["sweep"]  # the schema of every sweep section (ablations, study, study_extras)
+    assert enum_at(sweep, "properties", "post", "properties", "methods", "items") == POST
+    assert enum_at(sweep, "properties", "post", "properties", "cmt_variant", "propertyNames") == POST
+    assert list(sweep["properties"]["post_variants"]["additionalProperties"]["properties"]) == POST
     assert enum_at(schema["$defs"], "midtrain", "properties", "form") == list(registry.names("midtrain"))
-    for path in (("posttrain",), ("ablations", "properties", "post")):
-        section = props
-        for key in path:
-            section = section[key]
+    for section in (props["posttrain"], sweep["properties"]["post"]):
         assert enum_at(section["properties"], "inits", "items") == list(INITS)
-    sweep = props["ablations"]["properties"]["post"]["properties"]
-    assert sweep["methods"]["default"] == POST and sweep["inits"]["default"] == list(DEFAULT_INITS)  # the sweep's
+    post = sweep["properties"]["post"]["properties"]
+    assert post["methods"]["default"] == POST and post["inits"]["default"] == list(DEFAULT_INITS)  # a sweep's
     assert props["posttrain"]["properties"]["inits"]["default"] == list(DEFAULT_INITS)
     midtrain_inits = enum_at(schema["$defs"], "midtrain", "properties", "init")
     assert set(midtrain_inits) == {n for n, s in INITS.items() if s.weights != "job"}  # CMT starts from no other job

@@ -28,11 +28,11 @@ from cmt.report.tables import (
     tag,
     to_markdown,
 )
-from cmt.workflow.jobs import ABLATION_TABLES
+from cmt.workflow.jobs import ABLATION_TABLES, table_id
 
 COSTS = ("images", "teacher_nfe")
 STUDENT = ("mid", "post")  # the stages whose costs a row carries (the teacher is shared by every init but random)
-AXES = ["teacher", "kind", "variant", "solver", "nfe", "method", "init", "iterations", "seed"]
+AXES = ["teacher", "kind", "variant", "solver", "nfe", "method", "init", "post_variant", "iterations", "seed"]
 FRAME_COLUMNS = [
     *AXES,
     "model",
@@ -46,6 +46,7 @@ FRAME_COLUMNS = [
 # table -> (group-by columns, cost columns averaged over seeds); the CMT-variant tables share one layout
 LAYOUT = {
     "method_init": (["method", "init", "variant", "iterations"], COSTS),
+    "post_variants": (["method", "init", "variant", "post_variant", "iterations"], COSTS),
     "nfe_solver": (["solver", "nfe"], ("teacher_nfe", "distinct_trajectories")),
     "teacher_variants": (["teacher", "model", "variant"], COSTS),
 }
@@ -59,16 +60,19 @@ TITLES = {
     "trajectory_count": "distinct stored trajectories vs online trajectories",
     "budget_split": "mid/post iteration split at a fixed total",
     "teacher_variants": "every post-training method x init and CMT alone under each teacher variant",
+    "post_variants": "post-training settings (named variants) from CMT init, next to the method's own",
 }
 
 
-def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per evaluated student of the sweep: its axes, tables, FDs and its lineage's cost."""
+def ablation_frame(runs: pd.DataFrame, scope: str = "ablations") -> pd.DataFrame:
+    """One row per evaluated student of a sweep: its axes, the sweep's tables it feeds, FDs and its lineage's
+    cost."""
     train, evals = split_runs(runs)
+    ids = {table_id(scope, name): name for name in ABLATION_TABLES}
     rows = []
     for _, ev in evals[evals["tags.kind"].isin(STUDENT)].iterrows():
-        tables = tag(ev, "tables").split(",")
-        if not set(tables) & set(ABLATION_TABLES):
+        tables = [ids[t] for t in tag(ev, "tables").split(",") if t in ids]
+        if not tables:
             continue
         chain = lineage(train, tag(ev, "job"))
         source, kind, method, init = chain[-1], tag(ev, "kind"), tag(ev, "method"), tag(ev, "init")
@@ -81,6 +85,7 @@ def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
                 "nfe": int(tag(ev, "nfe") or 0),
                 "method": method,
                 "init": init,
+                "post_variant": tag(ev, "post_variant") or "base",
                 "model": "CMT only" if kind == "mid" else f"{METHOD_NAMES[method]}, {INIT_NAMES[init]}",
                 "iterations": int(source["params.iterations"]),
                 "seed": int(tag(ev, "seed")),
@@ -113,10 +118,11 @@ def summarise(df: pd.DataFrame, by: list[str], extra: tuple[str, ...] = ()) -> p
     return pd.DataFrame(out) if out else pd.DataFrame(columns=by)
 
 
-def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Every ablation table of cmt/workflow/jobs.py from the rows that feed it (a table without runs has no rows)."""
+def tables(df: pd.DataFrame, names: tuple[str, ...] = ABLATION_TABLES) -> dict[str, pd.DataFrame]:
+    """The sweep tables ``names`` (cmt/workflow/jobs.py) from the rows that feed each (a table without runs has no
+    rows)."""
     result = {}
-    for name in ABLATION_TABLES:
+    for name in names:
         by, extra = LAYOUT.get(name, VARIANT_LAYOUT)
         result[name] = summarise(df[df["tables"].apply(lambda feeds, name=name: name in feeds)], by, extra)
     return result
@@ -162,21 +168,28 @@ def fd_vs_images(db: str | Path, df: pd.DataFrame) -> dict[tuple[str, str], list
     return curves
 
 
-def ablation_report(db: str | Path, experiment: str, out_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """Write one Markdown + CSV per ablation table and the FD-vs-images plot into ``out_dir``."""
+def ablation_report(
+    db: str | Path,
+    experiment: str,
+    out_dir: str | Path,
+    scope: str = "ablations",
+    names: tuple[str, ...] = ABLATION_TABLES,
+) -> dict[str, pd.DataFrame]:
+    """Write one Markdown + CSV per table ``names`` of sweep ``scope`` and the FD-vs-images plot into ``out_dir``."""
     out = Path(out_dir)
-    df = ablation_frame(_runs(db, experiment))
-    result = tables(df)
+    df = ablation_frame(_runs(db, experiment), scope)
+    result = tables(df, names)
     for name, table in result.items():
         atomic_write_bytes(out / f"{name}.csv", table.to_csv(index=False).encode())
+        heading = "Ablation" if scope == "ablations" else scope
         md = (
-            f"# Ablation: {TITLES[name]} ({experiment})\n\nMean ± std over seeds. {SCORE_NOTE}. "
+            f"# {heading}: {TITLES[name]} ({experiment})\n\nMean ± std over seeds. {SCORE_NOTE}. "
             "Images and teacher NFE are what the student lineage spent "
             f"(mid + post; the teacher's own training, shared by every init but random, is not counted). "
             f"From MLflow store {Path(db).name}.\n\n" + to_markdown(table)
         )
         atomic_write_bytes(out / f"{name}.md", md.encode())
-        log_tables(db, experiment, [out / f"{name}.md", out / f"{name}.csv"], table=name)
+        log_tables(db, experiment, [out / f"{name}.md", out / f"{name}.csv"], table=table_id(scope, name))
     plot_fd_vs_images(fd_vs_images(db, df), out / "fd_vs_images.png")
     log_tables(db, experiment, [out / "fd_vs_images.png"])
     return result

@@ -8,15 +8,20 @@ from MLflow tags, never from paths):
     traj/<solver>-nfe<NFE>                             a stored trajectory set
     mid/<variant>/<solver>-nfe<NFE>/s<seed>            CMT: a variant (named midtrain overrides) on a set
     post/<method>-<init>/<variant>/it<iters>/s<seed>   post-training; <variant>: the CMT init's, else `none`
+    post/<method>-<init>/<variant>/it<iters>/p-<name>/s<seed>   a post-training variant (named method overrides)
     eval/<job>                                         the evaluation of a trained job
     featnet                                            the offline metric's feature net
     dataset/images.zip, dataset/build.json             the EDM zip built from ``data.build`` and its record
     fid-ref/<mode>.npz                                 FID reference statistics of the training set
 
+A teacher variant's jobs (its own teacher section, and optionally its own network) live below ``t-<name>/``.
+
 The main run (target ``all``) is the sweep's reference point: the ``base`` CMT variant on the default
 trajectory set and every configured method x init at the configured iterations, with the config's seed.
-The sweep (``all_ablations``, config section ``ablations``) varies the axes around it; a job both need is
-one job. A job feeds ``main`` and/or ablation tables: the first names its MLflow parent run.
+A sweep varies the axes around it; a job that several targets need is one job. Each sweep is a config section of
+one schema and a target: ``ablations`` (``all_ablations``, the paper's ablations), ``study`` and ``study_extras``
+(the study's targets, config/study.yaml). A job feeds ``main`` and/or sweep tables (a table of another sweep than
+``ablations`` is named ``<sweep>.<table>``): the first names its MLflow parent run.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from collections.abc import Mapping
 from cmt.config import merge
 from cmt.errors import BadInput
 from cmt.formats.pretrained import lpips_trunk_path
-from cmt.inits import init_source
+from cmt.inits import INITS, init_source
+from cmt.objectives import registry
 
 TEACHER = "teacher"
 FEATNET = "featnet"
@@ -35,6 +41,8 @@ DATASET = "dataset"
 NO_VARIANT = "none"  # the variant axis of a post-training job that does not start from CMT
 BASE = "base"  # the CMT variant (and the teacher variant) that overrides nothing: the main run's
 TEACHER_PREFIX = "t-"  # a teacher variant's jobs: t-<name>/teacher, t-<name>/traj/..., t-<name>/mid/..., ...
+POST_VARIANT_PREFIX = "p-"  # a post-training variant's segment before s<seed>
+SWEEPS = ("ablations", "study", "study_extras")  # config sections of the sweep schema; each is a target's scope
 ABLATION_TABLES = (
     "method_init",
     "nfe_solver",
@@ -44,9 +52,10 @@ ABLATION_TABLES = (
     "trajectory_count",
     "budget_split",
     "teacher_variants",
+    "post_variants",
 )
 TABLES = ("main", *ABLATION_TABLES)
-SCOPES = ("main", "ablations")
+SCOPES = ("main", *SWEEPS)
 # the midtrain setting a CMT variant overrides -> the table that ablates it
 SETTING_TABLES = {
     "loss": "loss",
@@ -77,8 +86,24 @@ def mid_path(variant: str, solver: str, nfe: int | str, seed: int | str) -> str:
     return f"mid/{variant}/{solver}-nfe{nfe}/s{seed}"
 
 
-def post_path(method: str, init: str, variant: str, iterations: int | str, seed: int | str) -> str:
-    return f"post/{method}-{init}/{variant}/it{iterations}/s{seed}"
+def post_variant_prefix(post_variant: str) -> str:
+    """The path segment of a post-training variant (none for ``base``, the method's own section)."""
+    return "" if post_variant == BASE else f"{POST_VARIANT_PREFIX}{post_variant}/"
+
+
+def post_variant_of(prefix: str) -> str:
+    """The post-training variant of a path segment (``post_variant_prefix``'s inverse)."""
+    return prefix.removeprefix(POST_VARIANT_PREFIX).removesuffix("/") or BASE
+
+
+POST_PATH = "post/{method}-{init}/{variant}/it{iters}/{pv}s{seed}"  # its fields are the post-training rule's wildcards
+
+
+def post_path(
+    method: str, init: str, variant: str, iterations: int | str, seed: int | str, post_variant: str = BASE
+) -> str:
+    pv = post_variant_prefix(post_variant)
+    return POST_PATH.format(method=method, init=init, variant=variant, iters=iterations, pv=pv, seed=seed)
 
 
 def eval_path(job: str) -> str:
@@ -104,34 +129,65 @@ def entries(mapping: Mapping) -> dict:
     return {name: value for name, value in mapping.items() if value is not None}
 
 
+def sweep_sections(config: Mapping) -> dict[str, Mapping]:
+    """The sweeps this config configures (``SWEEPS`` order), by section name."""
+    return {name: config[name] for name in SWEEPS if config.get(name)}
+
+
+def named(config: Mapping, key: str) -> dict:
+    """The named entries of ``key`` (CMT, teacher or post-training variants) over every sweep of the config; a name
+    two sweeps define differently is refused, since a job path names one setting."""
+    found: dict = {}
+    where: dict[str, str] = {}
+    for section, sweep in sweep_sections(config).items():
+        for name, value in entries(sweep.get(key) or {}).items():
+            if name in found and found[name] != value:
+                raise BadInput(f"{section}.{key}.{name}: differs from {where[name]}.{key}.{name}; give it another name")
+            found[name], where[name] = value, section
+    return found
+
+
 def variant_overrides(config: Mapping, variant: str) -> dict:
-    """The midtrain settings a CMT variant changes (``base``: none, with or without an ``ablations`` section)."""
-    variants = {BASE: {}, **entries((config.get("ablations") or {}).get("cmt", {}))}
+    """The midtrain settings a CMT variant changes (``base``: none, with or without a sweep section)."""
+    variants = {BASE: {}, **named(config, "cmt")}
     if variant not in variants:
-        raise BadInput(f"unknown CMT variant {variant!r}; configured in ablations.cmt: {', '.join(variants)}")
+        raise BadInput(
+            f"unknown CMT variant {variant!r}; configured in the sweeps' cmt sections: {', '.join(variants)}"
+        )
     return variants[variant]
 
 
-def runnable_variants(config: Mapping) -> dict:
-    """The sweep's CMT variants, less those that switch to the LPIPS loss while its ImageNet trunk is not in the torch
+def post_overrides(config: Mapping, post_variant: str, method: str) -> dict:
+    """The settings a post-training variant changes in ``method``'s section (``base``: none)."""
+    if post_variant == BASE:
+        return {}
+    variants = named(config, "post_variants")
+    if method not in variants.get(post_variant, {}):
+        raise BadInput(f"no post-training variant {post_variant!r} of {method}; configured: {', '.join(variants)}")
+    return variants[post_variant][method]
+
+
+def runnable_variants(config: Mapping, scope: str) -> dict:
+    """A sweep's CMT variants, less those that switch to the LPIPS loss while its ImageNet trunk is not in the torch
     hub cache (nothing is downloaded): those are left out of the sweep, with a note naming the missing file. Where
     LPIPS is the configured loss itself (the paper configs) every variant stays, and a job fails at once naming
     the file."""
     variants = {}
-    for name, overrides in entries(config["ablations"]["cmt"]).items():
+    for name, overrides in entries(config[scope]["cmt"]).items():
         settings = {**config["midtrain"], **overrides}
         if settings["loss"] == "lpips" and config["midtrain"]["loss"] != "lpips":  # only variants that switch to it
             trunk = lpips_trunk_path(settings["lpips_net"])
             if not trunk.is_file():
-                print(f"ablations.cmt.{name}: left out of the sweep, no LPIPS trunk at {trunk}", file=sys.stderr)
+                print(f"{scope}.cmt.{name}: left out of the sweep, no LPIPS trunk at {trunk}", file=sys.stderr)
                 continue
         variants[name] = overrides
     return variants
 
 
-def cmt_variant(config: Mapping, method: str) -> str:
-    """The CMT variant a method's CMT init comes from (``ablations.post.cmt_variant``; default ``base``)."""
-    return ((config.get("ablations") or {}).get("post", {}).get("cmt_variant") or {}).get(method, BASE)
+def cmt_variant(sweep: Mapping, method: str) -> str:
+    """The CMT variant a method's CMT init comes from in a sweep (``post.cmt_variant``; default ``base``); the main run
+    reads the ``ablations`` section's."""
+    return ((sweep or {}).get("post", {}).get("cmt_variant") or {}).get(method, BASE)
 
 
 def init_job(init: str, job: str, teacher: str = BASE) -> str:
@@ -149,15 +205,30 @@ def teacher_tags(teacher: str = BASE) -> dict:
     return {"job": teacher_prefix(teacher) + TEACHER, "kind": "teacher", **teacher_axis(teacher)}
 
 
+def teacher_variant(config: Mapping, teacher: str) -> dict:
+    """The overrides of a teacher variant (the sweeps' ``teachers``): of the ``teacher`` section, and under the key
+    ``network`` of the network (a teacher of another size; its students inherit it)."""
+    variants = named(config, "teachers")
+    if teacher not in variants:
+        raise BadInput(
+            f"unknown teacher variant {teacher!r}; configured in the sweeps' teachers: {', '.join(variants)}"
+        )
+    return variants[teacher]
+
+
 def teacher_section(config: Mapping, teacher: str) -> dict:
-    """The ``teacher`` section of a teacher variant: the config's, with the variant's overrides
-    (``ablations.teachers``)."""
+    """The ``teacher`` section of a teacher variant: the config's, with the variant's overrides."""
     if teacher == BASE:
         return dict(config["teacher"])
-    variants = entries((config.get("ablations") or {}).get("teachers") or {})
-    if teacher not in variants:
-        raise BadInput(f"unknown teacher variant {teacher!r}; configured in ablations.teachers: {', '.join(variants)}")
-    return merge(config["teacher"], variants[teacher])
+    overrides = {k: v for k, v in teacher_variant(config, teacher).items() if k != "network"}
+    return merge(config["teacher"], overrides)
+
+
+def network_section(config: Mapping, teacher: str) -> dict:
+    """The ``network`` section of a teacher variant's teacher: the config's, with the variant's ``network``."""
+    if teacher == BASE:
+        return dict(config["network"])
+    return merge(config["network"], teacher_variant(config, teacher).get("network") or {})
 
 
 def mid_tags(
@@ -180,22 +251,23 @@ def mid_tags(
 
 def post_tags(config: Mapping, method: str, init: str, variant: str, iterations: int | str, seed: int | str) -> dict:
     """The axes of a post-training job of the config's own teacher; ``init_job`` is the job its weights start from
-    (lineage). ``variant_post_tags`` adds the teacher variant."""
+    (lineage). ``variant_post_tags`` adds the teacher and post-training variants."""
     return variant_post_tags(config, (method, init, variant, iterations, seed), BASE)
 
 
-def variant_post_tags(config: Mapping, axes: tuple, teacher: str) -> dict:
-    """``post_tags`` of a post-training job below teacher variant ``teacher``; ``axes``: (method, init, variant,
-    iterations, seed)."""
+def variant_post_tags(config: Mapping, axes: tuple, teacher: str, post_variant: str = BASE) -> dict:
+    """``post_tags`` of a post-training job below teacher variant ``teacher`` with the settings of ``post_variant``;
+    ``axes``: (method, init, variant, iterations, seed)."""
     method, init, variant, iterations, seed = axes
     prefix = teacher_prefix(teacher)
     from_job = init_source(init).from_job
     if from_job == (variant == NO_VARIANT):
         expected = "a CMT variant" if from_job else repr(NO_VARIANT)
         raise BadInput(f"post-training from {init!r} init: the variant axis must be {expected}, got {variant!r}")
+    post_overrides(config, post_variant, method)  # refuses an unknown one
     cmt_job = prefix + mid_path(variant, *default_set(config), seed) if from_job else ""
     return {
-        "job": prefix + post_path(method, init, variant, iterations, seed),
+        "job": prefix + post_path(method, init, variant, iterations, seed, post_variant),
         "kind": "post",
         "method": method,
         "init": init,
@@ -204,30 +276,44 @@ def variant_post_tags(config: Mapping, axes: tuple, teacher: str) -> dict:
         "seed": str(seed),
         "init_job": init_job(init, cmt_job, teacher),
         **teacher_axis(teacher),
+        **({} if post_variant == BASE else {"post_variant": post_variant}),
     }
 
 
-def _post(config: Mapping, method: str, init: str, iterations: int, seed: int, variant: str | None = None) -> str:
-    variant = variant or (cmt_variant(config, method) if init_source(init).from_job else NO_VARIANT)
-    return post_path(method, init, variant, iterations, seed)
+def _post(sweep: Mapping, config: Mapping, axes: tuple, variant: str | None = None, post_variant: str = BASE) -> str:
+    """The path of a post-training job; ``axes``: (method, init, iterations, seed); the CMT variant of a CMT init is
+    the sweep's for the method unless ``variant`` names one."""
+    method, init, iterations, seed = axes
+    variant = variant or (cmt_variant(sweep, method) if init_source(init).from_job else NO_VARIANT)
+    return post_path(method, init, variant, iterations, seed, post_variant)
 
 
-def run_jobs(config: Mapping, methods: list[str], inits: list[str], seed: int) -> list[str]:
-    """One teacher's run: the teacher, base CMT on the default set, the CMT variant each method starts from (when an
-    init reads a CMT job), and every method x init."""
+def post_pairs(post: Mapping) -> list[tuple[str, str]]:
+    """The (method, init) pairs of a ``posttrain`` or sweep ``post`` section: its ``pairs`` (``<method>-<init>``) when
+    given, else every method x init."""
+    if not post.get("pairs"):
+        return [(method, init) for method in post["methods"] for init in post["inits"]]
+    pairs = [tuple(pair.split("-", 1)) for pair in post["pairs"]]
+    for method, init in pairs:
+        registry.method("posttrain", method), init_source(init)  # refuse unknown names, listing the valid ones
+    return pairs
+
+
+def run_jobs(config: Mapping, sweep: Mapping, pairs: list[tuple[str, str]], seed: int) -> list[str]:
+    """One teacher's run: the teacher, base CMT on the default set, the CMT variant a method starts from (for a pair
+    whose init reads a CMT job), and every (method, init) pair."""
     jobs = [TEACHER, mid_path(BASE, *default_set(config), seed)]
-    from_job = any(init_source(init).from_job for init in inits)
-    for method in methods:
-        if from_job:
-            jobs.append(mid_path(cmt_variant(config, method), *default_set(config), seed))
-        jobs += [_post(config, method, init, config["posttrain"][method]["iterations"], seed) for init in inits]
+    for method, init in pairs:
+        if init_source(init).from_job:
+            jobs.append(mid_path(cmt_variant(sweep, method), *default_set(config), seed))
+        jobs.append(_post(sweep, config, (method, init, config["posttrain"][method]["iterations"], seed)))
     return list(dict.fromkeys(jobs))
 
 
 def main_jobs(config: Mapping) -> dict[str, set[str]]:
     """Jobs of the main run (``all``): the teacher, base CMT, every method x init; each feeds ``main``."""
-    post = config["posttrain"]
-    return {job: {"main"} for job in run_jobs(config, post["methods"], post["inits"], config["seed"])}
+    run = run_jobs(config, config.get("ablations") or {}, post_pairs(config["posttrain"]), config["seed"])
+    return {job: {"main"} for job in run}
 
 
 def variant_tables(overrides: Mapping) -> set[str]:
@@ -236,60 +322,99 @@ def variant_tables(overrides: Mapping) -> set[str]:
     return {"cmt_variants"} | {SETTING_TABLES[key] for key in changed if key in SETTING_TABLES}
 
 
-def sweep_jobs(config: Mapping) -> dict[str, set[str]]:
-    """Jobs of the ablation sweep (``all_ablations``) and the tables each feeds."""
-    ab = config.get("ablations")
+def sweep_tables(config: Mapping, scope: str) -> list[str]:
+    """The tables (``ABLATION_TABLES`` order, bare names) some job of a sweep feeds."""
+    fed = {table for tables in sweep_jobs(config, scope).values() for table in tables}
+    return [name for name in ABLATION_TABLES if table_id(scope, name) in fed]
+
+
+def table_id(scope: str, table: str) -> str:
+    """A sweep table's name in tags and reports: bare for ``ablations``, ``<sweep>.<table>`` for the others."""
+    return table if scope in ("main", "ablations") else f"{scope}.{table}"
+
+
+def sweep_jobs(config: Mapping, scope: str = "ablations") -> dict[str, set[str]]:
+    """Jobs of a sweep (``all_ablations``, ``study``, ``study_extras``) and the tables each feeds."""
+    ab = config.get(scope)
     if not ab:
-        raise BadInput("this config has no `ablations` section: add one (see config/config.yaml) to run all_ablations")
+        raise BadInput(f"this config has no `{scope}` section: add one (see config/config.yaml) to run its target")
     jobs: dict[str, set[str]] = {}
+
+    def add(path: str, *tables: str) -> None:
+        jobs.setdefault(path, set()).update(table_id(scope, table) for table in tables)
+
     solver, nfe = default_set(config)
     sets = {(s, n) for s in ab["trajectory_sets"]["solvers"] for n in ab["trajectory_sets"]["nfes"]} | {(solver, nfe)}
+    post = ab["post"]
     for seed in ab["seeds"]:
         for s, n in sets:
-            jobs.setdefault(mid_path(BASE, s, n, seed), set()).add("nfe_solver")
-        for variant, overrides in runnable_variants(config).items():
-            jobs.setdefault(mid_path(variant, solver, nfe, seed), set()).update(variant_tables(overrides))
-        for method in ab["post"]["methods"]:
-            for init in ab["post"]["inits"]:
-                path = _post(config, method, init, config["posttrain"][method]["iterations"], seed)
-                jobs.setdefault(path, set()).add("method_init")
+            add(mid_path(BASE, s, n, seed), "nfe_solver")
+        add(mid_path(BASE, solver, nfe, seed), "method_init")  # CMT alone: the comparison's reference row
+        for variant, overrides in runnable_variants(config, scope).items():
+            add(mid_path(variant, solver, nfe, seed), *variant_tables(overrides))
+        for method, init in post_pairs(post):
+            add(_post(ab, config, (method, init, config["posttrain"][method]["iterations"], seed)), "method_init")
         for variant, iterations in entries(ab["budget"]).values():
-            jobs.setdefault(_post(config, "ect", "cmt", iterations, seed, variant), set()).add("budget_split")
+            add(_post(ab, config, ("ect", "cmt", iterations, seed), variant), "budget_split")
         ect_iterations = config["posttrain"]["ect"]["iterations"]
         for variant in ab["variant_post"]:
             tables = variant_tables(variant_overrides(config, variant))
             for which in (variant, BASE):  # the base row is every table's reference
-                jobs.setdefault(_post(config, "ect", "cmt", ect_iterations, seed, which), set()).update(tables)
-        for path in teacher_variant_jobs(config, seed):
-            jobs.setdefault(path, set()).add("teacher_variants")
+                add(_post(ab, config, ("ect", "cmt", ect_iterations, seed), which), *tables)
+        for path in post_variant_jobs(config, ab, seed):
+            add(path, "post_variants")
+        for path in teacher_variant_jobs(config, ab, seed):
+            add(path, "teacher_variants")
     return jobs
 
 
-def teacher_variant_jobs(config: Mapping, seed: int) -> list[str]:
-    """With teacher variants (``ablations.teachers``): below each, its run (``run_jobs``) with the sweep's methods and
-    inits; the config's own teacher's are the reference rows. A teacher job is one job for every seed."""
-    ab = config["ablations"]
-    variants = list(entries(ab.get("teachers") or {}))
+def post_variant_jobs(config: Mapping, sweep: Mapping, seed: int) -> list[str]:
+    """With post-training variants (a sweep's ``post_variants``: name -> method -> overrides): each from the inits that
+    start from CMT (the question they answer: does post-training add on top of CMT?), and the method's own settings
+    as the reference rows."""
+    variants = entries(sweep.get("post_variants") or {})
+    cmt_inits = [name for name, source in INITS.items() if source.from_job]
+    paths = []
+    for name, methods in variants.items():
+        for method in methods:
+            axes = [(method, init, config["posttrain"][method]["iterations"], seed) for init in cmt_inits]
+            paths += [_post(sweep, config, a, post_variant=which) for a in axes for which in (name, BASE)]
+    return list(dict.fromkeys(paths))
+
+
+def teacher_variant_jobs(config: Mapping, sweep: Mapping, seed: int) -> list[str]:
+    """With teacher variants (a sweep's ``teachers``): below each, its run (``run_jobs``) with the sweep's (method,
+    init) pairs; the config's own teacher's are the reference rows. A teacher job is one job for every seed."""
+    variants = list(entries(sweep.get("teachers") or {}))
     teachers = [BASE, *variants] if variants else []
-    run = run_jobs(config, ab["post"]["methods"], ab["post"]["inits"], seed)
+    run = run_jobs(config, sweep, post_pairs(sweep["post"]), seed)
     return [teacher_prefix(teacher) + job for teacher in teachers for job in run]
 
 
 def scope_jobs(config: Mapping, scope: str) -> dict[str, set[str]]:
-    """The jobs a target asks for: ``main`` (``all``) or ``ablations`` (``all_ablations``, which includes ``all``)."""
+    """The jobs a target asks for: ``main`` (``all``) or a sweep's (which includes ``all``'s)."""
     if scope not in SCOPES:
         raise BadInput(f"unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
     jobs = main_jobs(config)
-    if scope == "ablations":
-        for path, tables in sweep_jobs(config).items():
+    if scope != "main":
+        for path, tables in sweep_jobs(config, scope).items():
             jobs.setdefault(path, set()).update(tables)
     return jobs
 
 
+def _table_order(table: str) -> tuple[int, int, str]:
+    scope, _, name = table.rpartition(".")
+    return (SWEEPS.index(scope) if scope else -1, TABLES.index(name), table)
+
+
 def job_tables(config: Mapping) -> dict[str, list[str]]:
-    """Every job of both targets -> the tables it feeds, in ``TABLES`` order (the first names its parent run)."""
-    jobs = scope_jobs(config, "ablations") if config.get("ablations") else main_jobs(config)
-    return {path: [t for t in TABLES if t in tables] for path, tables in sorted(jobs.items())}
+    """Every job of every target -> the tables it feeds, ``main`` first, then by sweep in ``TABLES`` order (the first
+    names its parent run)."""
+    jobs = main_jobs(config)
+    for scope in sweep_sections(config):
+        for path, tables in sweep_jobs(config, scope).items():
+            jobs.setdefault(path, set()).update(tables)
+    return {path: sorted(tables, key=_table_order) for path, tables in sorted(jobs.items())}
 
 
 def record_folders(config: Mapping, scope: str) -> list[str]:

@@ -109,8 +109,9 @@ def shard_files(folder):
 def teacher_params(wildcards):
     """The teacher section of the job's teacher variant (the config's own for an empty prefix) and its tags."""
     teacher = jobs.teacher_of(wildcards.tp)
-    section = jobs.teacher_section(config, teacher)
-    return subtree("network", "precond", "data", "seed", *TRAINING, teacher=section, job=jobs.teacher_tags(teacher))
+    section, network = jobs.teacher_section(config, teacher), jobs.network_section(config, teacher)
+    tags = jobs.teacher_tags(teacher)
+    return subtree("precond", "data", "seed", *TRAINING, network=network, teacher=section, job=tags)
 
 
 def trajectory_set(wildcards):
@@ -150,7 +151,7 @@ def stored_trajectories(wildcards):
 
 def post_job(wildcards):
     axes = (wildcards.method, wildcards.init, wildcards.variant, wildcards.iters, wildcards.seed)
-    return jobs.variant_post_tags(config, axes, jobs.teacher_of(wildcards.tp))
+    return jobs.variant_post_tags(config, axes, jobs.teacher_of(wildcards.tp), jobs.post_variant_of(wildcards.pv))
 
 
 def init_model(wildcards):
@@ -160,14 +161,16 @@ def init_model(wildcards):
 
 
 def posttrain_params(wildcards):
-    """The chosen method's subtree only (editing ECD settings reruns no ECT job), iterations from the path."""
-    method = {**config["posttrain"][wildcards.method], "iterations": int(wildcards.iters)}
+    """The chosen method's subtree only (editing ECD settings reruns no ECT job) with its post-training variant's
+    overrides, iterations from the path."""
+    overrides = jobs.post_overrides(config, jobs.post_variant_of(wildcards.pv), wildcards.method)
+    method = {**config["posttrain"][wildcards.method], **overrides, "iterations": int(wildcards.iters)}
     return subtree(
         "precond", "data", *TRAINING, posttrain={wildcards.method: method}, seed=int(wildcards.seed), job=post_job(wildcards)
     )
 
 
 def ingest_records(wildcards):
-    """Every record of a scope; the sweep's ingest waits for the main report (one writer of the store at a time)."""
+    """Every record of a scope; a sweep's ingest waits for the main report (one writer of the store at a time)."""
     records = [result(folder, names.RECORD) for folder in jobs.record_folders(config, wildcards.scope)]
-    return records + (list(rules.report.output) if wildcards.scope == "ablations" else [])
+    return records + (list(rules.report.output) if wildcards.scope != "main" else [])

@@ -1,4 +1,4 @@
-POST_JOB = "{tp}" + jobs.post_path("{method}", "{init}", "{variant}", "{iters}", "{seed}")
+POST_JOB = "{tp}" + jobs.POST_PATH
 
 
 rule posttrain:

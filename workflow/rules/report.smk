@@ -66,3 +66,31 @@ rule report_ablations:
     shell:
         "MLFLOW_DISABLE_TELEMETRY=true python -m cmt report-ablations --db {params.db}"
         " --experiment {params.experiment} --out {params.out} > {log} 2>&1"
+
+
+rule report_study:
+    """A study target's tables (`study`, `study_extras`: config/study.yaml) in tables/<scope>/: the sweep tables its
+    jobs feed, mean +- std over seeds, the plateau check, cost to quality and FD bands over seeds."""
+    localrule: True
+    conda:
+        "../../envs/cmt.yaml"
+    input:
+        f"{RESULTS}/mlflow-{{scope}}.json",
+    output:
+        tables=directory(f"{RESULTS}/tables/{{scope}}"),
+    params:
+        db=MLFLOW_DB,
+        experiment=config["name"],
+        tables=lambda wildcards: ",".join(jobs.sweep_tables(config, wildcards.scope)),
+        plateau=lambda wildcards: "{tail} {tolerance}".format(**config[wildcards.scope]["plateau"]),
+        thresholds=lambda wildcards: " ".join(str(f) for f in config[wildcards.scope]["thresholds"]),
+    wildcard_constraints:
+        scope="study|study_extras",
+    log:
+        f"{RESULTS}/logs/report-{{scope}}.log",
+    shell:
+        "(MLFLOW_DISABLE_TELEMETRY=true python -m cmt report-ablations --db {params.db} --experiment {params.experiment}"
+        " --scope {wildcards.scope} --tables {params.tables} --out {output.tables}"
+        " && MLFLOW_DISABLE_TELEMETRY=true python -m cmt report-study --db {params.db} --experiment {params.experiment}"
+        " --scope {wildcards.scope} --plateau {params.plateau} --thresholds {params.thresholds} --out {output.tables})"
+        " > {log} 2>&1"

@@ -1,0 +1,244 @@
+"""The study's own reading of the FD curves: the plateau check, cost to quality, and FD against training images with
+a band over seeds (docs/findings.md; the rule and the thresholds: workflow.md §7.2).
+
+Every curve is a student lineage's FD history as its training runs logged it (``metrics.jsonl``, ingested into
+MLflow): the CMT stage's, then the post-training stage's, at the training images the lineage had spent by then.
+A stage's teacher NFE and wall seconds up to one of its steps are taken as its totals times step / iterations
+(each stage spends them evenly; the stored trajectory set a CMT job reads counts in its teacher NFE).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+
+from cmt.formats.atomic import atomic_write_bytes
+from cmt.report.tables import _metric, lineage, model_name, split_runs, tag, teacher_sampler, to_markdown
+
+STEPS = (1, 2)
+COSTS = ("images", "teacher_nfe", "wall_seconds")
+COST_NAMES = {"images": "images", "teacher_nfe": "teacher NFE", "wall_seconds": "wall s"}
+Spent = TypeVar("Spent")
+
+
+@dataclass(frozen=True)
+class PlateauRule:
+    """A curve has plateaued when, over the evaluations in the last ``tail`` of its stage's iterations, the spread of
+    its FD, (max - min) / min, is at most ``tolerance`` (checked after training; nothing stops early)."""
+
+    tail: float
+    tolerance: float
+
+
+def plateau_spread(points: list[tuple[int, float]], iterations: int, rule: PlateauRule) -> float:
+    """(max - min) / min of the FDs evaluated at steps >= (1 - tail) * iterations; at least two are needed."""
+    tail = [fd for step, fd in points if step >= (1 - rule.tail) * iterations]
+    if len(tail) < 2:
+        raise ValueError(
+            f"the last {rule.tail:.0%} of {iterations} iterations holds {len(tail)} evaluation(s); the plateau rule "
+            "needs two: lower eval_every"
+        )
+    return (max(tail) - min(tail)) / min(tail)
+
+
+def first_reach(curve: list[tuple[Spent, float]], threshold: float) -> Spent | None:
+    """The first x (what was spent by then) of a curve in training order at which FD <= threshold; None if never."""
+    return next((x for x, fd in curve if fd <= threshold), None)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a lineage: its run id, iterations and totals (``COSTS``)."""
+
+    run_id: str
+    kind: str
+    iterations: int
+    totals: dict[str, float]
+
+    def spent(self, step: int) -> dict[str, float]:
+        """What the stage had spent by ``step`` (evenly over its iterations)."""
+        return {name: total * step / self.iterations for name, total in self.totals.items()}
+
+
+def stages(chain: list[pd.Series]) -> tuple[dict[str, float], list[Stage]]:
+    """(the teacher's training totals, or zeros without a teacher; the student stages) of a lineage."""
+    teacher = {name: 0.0 for name in COSTS}
+    students = []
+    for run in chain:
+        totals = {name: (v if not math.isnan(v := _metric(run, name)) else 0.0) for name in COSTS}
+        if tag(run, "kind") == "teacher":
+            teacher = totals
+        else:
+            students.append(Stage(run["run_id"], tag(run, "kind"), int(run["params.iterations"]), totals))
+    return teacher, students
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """One evaluated student of the study: its model name, seed, teacher totals, student stages and each stage's FD
+    history (step, FD) per step count."""
+
+    model: str
+    seed: int
+    teacher: dict[str, float]
+    students: list[Stage]
+    histories: dict[int, list[list[tuple[int, float]]]]
+
+    def curve(self, k: int) -> list[tuple[dict, float]]:
+        """The lineage's k-step FD curve (``lineage_curve``)."""
+        return lineage_curve(self.histories[k], self.students)
+
+
+def lineage_curve(histories: list[list[tuple[int, float]]], students: list[Stage]) -> list[tuple[dict, float]]:
+    """A lineage's FD curve: (what its students had spent, FD) at every evaluation of every student stage, in order;
+    ``histories``: each stage's (step, FD)."""
+    before = {name: 0.0 for name in COSTS}
+    curve = []
+    for stage, history in zip(students, histories):
+        for step, fd in history:
+            spent = stage.spent(step)
+            curve.append(({name: before[name] + spent[name] for name in COSTS}, fd))
+        before = {name: before[name] + stage.totals[name] for name in COSTS}
+    return curve
+
+
+def lineages(db: str | Path, runs: pd.DataFrame, table: str) -> list[Lineage]:
+    """The lineages of the students that feed ``table`` (a table id, cmt/workflow/jobs.py: table_id)."""
+    from mlflow.tracking import MlflowClient
+
+    from cmt.report.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(db))
+    train, evals = split_runs(runs)
+    found = []
+    for _, ev in evals.iterrows():
+        if table not in tag(ev, "tables").split(",") or tag(ev, "kind") == "teacher":
+            continue
+        teacher, students = stages(lineage(train, tag(ev, "job")))
+        histories = {
+            k: [sorted((h.step, h.value) for h in client.get_metric_history(s.run_id, f"fd_{k}step")) for s in students]
+            for k in STEPS
+        }
+        found.append(Lineage(model_name(ev), int(tag(ev, "seed")), teacher, students, histories))
+    return found
+
+
+def teacher_fd(runs: pd.DataFrame) -> float:
+    """The config's own teacher's FD at its multi-step sampler (the evaluation run of job ``teacher``)."""
+    _, evals = split_runs(runs)
+    ev = evals[evals["tags.job"] == "teacher"]
+    sampler = teacher_sampler(runs.columns)
+    if ev.empty or not sampler:
+        return math.nan
+    return _metric(ev.iloc[0], f"fd_{sampler}")
+
+
+def plateau_table(found: list[Lineage], rule: PlateauRule) -> pd.DataFrame:
+    """Per lineage, seed and step count: the spread of its last stage's FD over that stage's last ``rule.tail`` and
+    whether it is within ``rule.tolerance``."""
+    rows = []
+    for item in found:
+        iterations = item.students[-1].iterations
+        for k in STEPS:
+            points = item.histories[k][-1]
+            spread = plateau_spread(points, iterations, rule)
+            rows.append(
+                {
+                    "model": item.model,
+                    "seed": item.seed,
+                    "steps": k,
+                    "iterations": iterations,
+                    f"FD spread, last {rule.tail:.0%}": spread,
+                    "plateaued": "yes" if spread <= rule.tolerance else "no",
+                    "FD start": points[0][1],
+                    "FD end": points[-1][1],
+                    "best FD": min(fd for _, fd in points),
+                }
+            )
+    return pd.DataFrame(rows).sort_values(["model", "steps", "seed"], kind="stable")
+
+
+def cost_table(found: list[Lineage], reference: float, factors: tuple[float, ...]) -> pd.DataFrame:
+    """Per lineage, step count and threshold factor x ``reference`` FD: how many seeds reached it, and the mean over
+    those of the training images, teacher NFE and wall seconds first needed, without and with the teacher's own
+    training."""
+    rows = []
+    models = list(dict.fromkeys(item.model for item in found))
+    for model, k, factor in ((m, k, f) for m in models for k in STEPS for f in factors):
+        seeds = [item for item in found if item.model == model]
+        threshold = factor * reference
+        reached = []
+        for item in seeds:
+            spent = first_reach(item.curve(k), threshold)
+            if spent is not None:
+                reached.append((spent, item.teacher))
+        row = {"model": model, "steps": k, "threshold": f"{factor:g} x teacher ({threshold:.1f})"}
+        row["reached"] = f"{len(reached)}/{len(seeds)}" if reached else "not reached"
+        for name in COSTS:
+            alone = [spent[name] for spent, _ in reached]
+            row[COST_NAMES[name]] = float(np.mean(alone)) if alone else math.nan
+            row[f"{COST_NAMES[name]} + teacher"] = (
+                float(np.mean([s[name] + t[name] for s, t in reached])) if reached else math.nan
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_bands(found: list[Lineage], reference: float, path: str | Path) -> None:
+    """FD against the lineage's training images, 1- and 2-step: the mean over seeds, a band from the lowest to the
+    highest seed, and the teacher's FD as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(STEPS), figsize=(6 * len(STEPS), 4), dpi=120, squeeze=False)
+    for ax, k in zip(axes[0], STEPS):
+        for model in dict.fromkeys(item.model for item in found):
+            curves = [item.curve(k) for item in found if item.model == model]
+            n = min(len(c) for c in curves)
+            x = np.array([spent["images"] for spent, _ in curves[0][:n]])
+            fd = np.array([[fd for _, fd in c[:n]] for c in curves])
+            (line,) = ax.plot(x, fd.mean(0), lw=1.3, label=f"{model} ({len(curves)} seeds)")
+            ax.fill_between(x, fd.min(0), fd.max(0), color=line.get_color(), alpha=0.2, lw=0)
+        if not math.isnan(reference):
+            ax.axhline(reference, color="k", ls="--", lw=0.8, label="teacher (multi-step)")
+        ax.set(xlabel="training images (CMT + post-training)", ylabel=f"{k}-step FD", yscale="log")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def study_report(
+    db: str | Path, experiment: str, out_dir: str | Path, table: str, rule: PlateauRule, factors: tuple[float, ...]
+) -> None:
+    """``plateau``, ``cost`` (.md, .csv) and ``fd_bands.png`` of the lineages that feed ``table``."""
+    from cmt.report.tables import _runs, log_tables
+
+    out = Path(out_dir)
+    runs = _runs(db, experiment)
+    found = lineages(db, runs, table)
+    reference = teacher_fd(runs)
+    notes = {
+        "plateau": f"The plateau rule: over the evaluations in the last {rule.tail:.0%} of a lineage's last stage, "
+        f"(max FD - min FD) / min FD <= {rule.tolerance:g}. Checked after training; nothing stopped early.",
+        "cost": "Training images, teacher NFE and wall seconds a lineage (CMT + post-training) first needed to reach "
+        "each FD threshold, a multiple of the teacher's own multi-step FD at the same sample count; the mean over the "
+        "seeds that reached it; `+ teacher`: with the teacher's own training counted (not for random init).",
+    }
+    frames = {"plateau": plateau_table(found, rule), "cost": cost_table(found, reference, factors)}
+    for name, frame in frames.items():
+        atomic_write_bytes(out / f"{name}.csv", frame.to_csv(index=False).encode())
+        md = f"# {name.capitalize()} ({experiment}, table {table})\n\n{notes[name]}\n\n" + to_markdown(frame)
+        atomic_write_bytes(out / f"{name}.md", md.encode())
+    plot_bands(found, reference, out / "fd_bands.png")
+    log_tables(db, experiment, [out / f"{n}.{e}" for n in frames for e in ("md", "csv")] + [out / "fd_bands.png"])

@@ -1,0 +1,161 @@
+"""The study (config/study.yaml): its targets' jobs, the plateau rule, cost to quality, and its report from a real
+MLflow store."""
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+from helpers.figures import assert_plot
+from helpers.project import ROOT, copy_project, planned_jobs, snakemake
+
+from cmt.config import load_config
+from cmt.report.study import (
+    Lineage,
+    PlateauRule,
+    Stage,
+    cost_table,
+    first_reach,
+    lineage_curve,
+    plateau_spread,
+    study_report,
+)
+from cmt.report.tracking import ingest, write_history, write_record
+from cmt.workflow import jobs
+
+RULE = PlateauRule(tail=0.25, tolerance=0.1)
+
+
+@pytest.fixture(scope="module")
+def study():
+    return load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "study.yaml")
+
+
+def test_the_plateau_rule_reads_the_last_quarter_of_a_curve():
+    flat_end = [(0, 100.0), (200, 60.0), (300, 50.0), (350, 52.0), (400, 51.0)]  # steps 300..400 are the last 25 %
+    assert plateau_spread(flat_end, 400, RULE) == pytest.approx(2 / 50)
+    still_falling = [(0, 100.0), (300, 80.0), (400, 60.0)]
+    assert plateau_spread(still_falling, 400, RULE) == pytest.approx(20 / 60)  # above the tolerance of 0.1
+    rising = [(300, 40.0), (400, 60.0)]  # a curve that gets worse has not settled either
+    assert plateau_spread(rising, 400, RULE) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="holds 1 evaluation"):
+        plateau_spread([(0, 1.0), (400, 1.0)], 400, RULE)
+
+
+def test_a_lineage_curve_adds_each_stage_after_the_ones_before_it():
+    mid = Stage("m", "mid", 100, {"images": 1000.0, "teacher_nfe": 400.0, "wall_seconds": 10.0})
+    post = Stage("p", "post", 50, {"images": 500.0, "teacher_nfe": 0.0, "wall_seconds": 20.0})
+    curve = lineage_curve([[(0, 90.0), (100, 30.0)], [(0, 30.0), (25, 20.0), (50, 10.0)]], [mid, post])
+    spent = [(x["images"], x["teacher_nfe"], x["wall_seconds"]) for x, _ in curve]
+    assert spent == [(0, 0, 0), (1000, 400, 10), (1000, 400, 10), (1250, 400, 20), (1500, 400, 30)]
+    assert first_reach(curve, 20.0)["images"] == 1250 and first_reach(curve, 5.0) is None
+    assert first_reach(curve, 30.0)["images"] == 1000  # reached at the end of CMT, before post-training starts
+
+
+def _lineage(model: str, seed: int, fds: list[float], teacher_images: float) -> Lineage:
+    stage = Stage("r", "post", 4, {"images": 400.0, "teacher_nfe": 40.0, "wall_seconds": 8.0})
+    history = list(zip(range(5), fds))
+    teacher = {"images": teacher_images, "teacher_nfe": 0.0, "wall_seconds": 100.0}
+    return Lineage(model, seed, teacher, [stage], {1: [history], 2: [history]})
+
+
+def test_cost_to_quality_is_the_mean_over_the_seeds_that_reach_a_threshold():
+    found = [
+        _lineage("A", 0, [90, 40, 20, 12, 11], 1000),
+        _lineage("A", 1, [90, 60, 40, 20, 12], 1000),
+        _lineage("B", 0, [90, 80, 70, 60, 50], 0),
+    ]
+    table = cost_table(found, reference=10.0, factors=(2.0, 1.25))
+    rows = {(r["model"], r["steps"], r["threshold"]): r for r in table.to_dict("records")}
+    a20 = rows[("A", 2, "2 x teacher (20.0)")]
+    assert a20["reached"] == "2/2" and a20["images"] == (200 + 300) / 2  # steps 2 and 3 at 100 images a step
+    assert a20["wall s"] == (4 + 6) / 2 and a20["wall s + teacher"] == 105
+    assert a20["images + teacher"] == 1250 and a20["teacher NFE"] == 25
+    assert rows[("A", 1, "1.25 x teacher (12.5)")]["reached"] == "2/2"  # 12 <= 12.5 at step 3, then step 4
+    b = rows[("B", 1, "2 x teacher (20.0)")]
+    assert b["reached"] == "not reached" and math.isnan(b["images"])
+
+
+def test_the_study_targets_plan_the_comparison_and_the_extras(study):
+    comparison = jobs.sweep_jobs(study, "study")
+    posts = {p for p in comparison if p.startswith("post/")}
+    assert len(posts) == 7 * 3  # the seven lineages of the comparison, three seeds
+    assert "post/meanflow-cmt/flowmap/it1200/s2" in posts and not any("ecd-random" in p for p in posts)
+    assert comparison["mid/base/dpmpp3m_legacy-nfe16/s1"] >= {"study.method_init"}  # CMT alone is a row
+    extras = jobs.sweep_jobs(study, "study_extras")
+    assert extras["post/ect-cmt/base/it2400/p-lr_low/s0"] == {"study_extras.post_variants"}
+    assert "study_extras.post_variants" in extras["post/ect-cmt/base/it2400/s0"]  # the reference row
+    assert {p for p in extras if p.endswith("teacher")} == {
+        "teacher",
+        *(f"t-{v}/teacher" for v in ("q25", "q50", "wide")),
+    }
+    assert jobs.sweep_tables(study, "study_extras") == [
+        "method_init", "nfe_solver", "cmt_variants", "loss", "slow_fast", "trajectory_count", "budget_split",
+        "teacher_variants", "post_variants",
+    ]  # fmt: skip
+    tags = jobs.variant_post_tags(study, ("ect", "cmt", "base", 2400, 0), jobs.BASE, "q_high")
+    assert tags["job"] == "post/ect-cmt/base/it2400/p-q_high/s0" and tags["post_variant"] == "q_high"
+    assert jobs.post_variant_of("p-q_high/") == "q_high" and jobs.post_variant_of("") == jobs.BASE
+    assert jobs.post_overrides(study, "q_high", "ect") == {"q": 1024}
+    with pytest.raises(ValueError, match="no post-training variant 'q_high' of ecd"):
+        jobs.post_overrides(study, "q_high", "ecd")
+    wide = jobs.network_section(study, "wide")
+    assert wide == {**study["network"], "model_channels": 64} and "network" not in jobs.teacher_section(study, "wide")
+    assert jobs.teacher_section(study, "q25")["train"]["iterations"] == 300
+
+
+def test_a_name_two_sweeps_define_differently_is_refused(study):
+    clash = {**study, "ablations": {**study["ablations"], "teachers": {"q25": {"train": {"iterations": 100}}}}}
+    with pytest.raises(ValueError, match=r"study_extras.teachers.q25: differs from ablations.teachers.q25"):
+        jobs.teacher_section(clash, "q25")
+
+
+def _job(root: Path, stage: str, tags: dict, costs: dict, history: list[tuple[int, float]], iterations: int) -> list:
+    path = tags["job"]
+    train, ev = root / "res" / path, root / "res" / "eval" / path
+    write_record(train, stage=stage, run_name=path, params={"iterations": iterations}, tags=tags, metrics=costs)
+    write_history(train, [{"step": s, "fd_1step": 2 * fd, "fd_2step": fd} for s, fd in history])
+    scores = {"fd_16nfe": history[-1][1]} if stage == "teacher" else {"fd_1step": 2 * history[-1][1]}
+    write_record(ev, stage="evaluate", run_name=path, params={}, tags={**tags, "label": path}, metrics=scores)
+    return [train / "run.json", ev / "run.json"]
+
+
+def test_the_study_report_reads_plateau_and_cost_from_a_real_store(tmp_path, study):
+    teacher_costs = {"images": 10000, "teacher_nfe": 0, "wall_seconds": 50}
+    records = _job(tmp_path, "teacher", jobs.teacher_tags(), teacher_costs, [(0, 10.0)], 10)
+    groups = {}
+    for seed in (0, 1):
+        mid = jobs.mid_tags("base", "dpmpp3m_legacy", 16, seed)
+        mid_costs = {"images": 400, "teacher_nfe": 160, "wall_seconds": 4}
+        records += _job(tmp_path, "midtrain", mid, mid_costs, [(0, 80.0), (2, 40.0), (3, 30.0), (4, 30.0)], 4)
+        post = jobs.post_tags(study, "ect", "cmt", "base", 4, seed)
+        post_costs = {"images": 200, "teacher_nfe": 0, "wall_seconds": 8}
+        records += _job(tmp_path, "posttrain", post, post_costs, [(0, 30.0), (2, 20.0 + seed), (3, 14.0), (4, 18.0)], 4)
+        for job in (mid["job"], post["job"]):
+            groups |= {job: ["study.method_init"], f"eval/{job}": ["study.method_init"]}
+    db = tmp_path / "mlflow.db"
+    ingest(records, db, "study", tmp_path / "art", root=tmp_path / "res", groups=groups)
+    study_report(db, "study", tmp_path / "tables", "study.method_init", RULE, (2.0, 1.5))
+
+    plateau = {(r["model"], r["seed"], r["steps"]): r for r in csv.DictReader((tmp_path / "tables/plateau.csv").open())}
+    assert plateau[("CMT only", "0", "2")]["plateaued"] == "yes"  # 30, 30 over steps 3..4
+    ect = plateau[("ECT from CMT init", "1", "2")]
+    assert float(ect["FD spread, last 25%"]) == pytest.approx(4 / 14) and ect["plateaued"] == "no"
+    cost = {(r["model"], r["steps"], r["threshold"]): r for r in csv.DictReader((tmp_path / "tables/cost.csv").open())}
+    cmt = cost[("CMT only", "2", "2 x teacher (20.0)")]
+    assert cmt["reached"] == "not reached"
+    ect = cost[("ECT from CMT init", "2", "2 x teacher (20.0)")]
+    assert ect["reached"] == "2/2"  # seed 0 at post step 2, seed 1 at step 3: CMT's 400 images, then 50 a step
+    assert float(ect["images"]) == 400 + (100 + 150) / 2 and float(ect["images + teacher"]) == 10000 + 525
+    assert float(ect["teacher NFE"]) == 160 and float(ect["wall s"]) == 4 + (4 + 6) / 2
+    assert "(max FD - min FD) / min FD <= 0.1" in (tmp_path / "tables/plateau.md").read_text()
+    assert_plot(tmp_path / "tables" / "fd_bands.png", (1440, 480))
+
+
+def test_snakemake_plans_both_study_targets(tmp_path):
+    project = copy_project(tmp_path / "p")
+    for target, teachers in (("study", 1), ("study_extras", 4)):
+        out = snakemake(project, "-n", target, "--configfile", "config/study.yaml").stdout
+        planned = planned_jobs(out)
+        assert planned["teacher"] == teachers and planned["report_study"] == 1
+    assert planned["posttrain"] == 14 and planned["midtrain"] == 5
