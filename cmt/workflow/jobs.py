@@ -176,7 +176,7 @@ def runnable_variants(config: Mapping, scope: str) -> dict:
     for name, overrides in entries(config[scope]["cmt"]).items():
         settings = {**config["midtrain"], **overrides}
         if settings["loss"] == "lpips" and config["midtrain"]["loss"] != "lpips":  # only variants that switch to it
-            trunk = lpips_trunk_path(settings["lpips_net"])
+            trunk = lpips_trunk_path(settings["lpips_net"], settings["lpips_trunk"])
             if not trunk.is_file():
                 print(f"{scope}.cmt.{name}: left out of the sweep, no LPIPS trunk at {trunk}", file=sys.stderr)
                 continue
