@@ -97,6 +97,13 @@ def _featnet(args: argparse.Namespace) -> None:
     featnet.run(p["featnet"], p["data"], p["seed"], args.out, _compute(p))
 
 
+def _gradient_bias(args: argparse.Namespace) -> None:
+    p = _params(args)
+    from cmt.stages import gradient_bias
+
+    gradient_bias.run(p, Path(args.out))
+
+
 def _trajectories(args: argparse.Namespace) -> None:
     p = _params(args)
     from cmt.sampling.trajectory_sets import trajectory_section
@@ -294,6 +301,7 @@ def _stage_verbs(sub: argparse._SubParsersAction) -> None:
     verb("dataset", _dataset, "build the EDM-format zip of data.build", "out", "record")
     verb("fid-reference", _fid_reference, "FID reference statistics of the training set", "out", "work")
     verb("trajectories", _trajectories, "generate a stored trajectory set", "teacher", "out")
+    verb("gradient-bias", _gradient_bias, "ECT's gradient against the oracle objective's on Gaussian data", "out")
     verb("midtrain", _midtrain, "CMT mid-training", "teacher", "traj", "featnet", "out", "work")
     post = verb(
         "posttrain", _posttrain, f"post-training ({POST_NAMES})", "teacher", "init-dir", "featnet", "out", "work"

@@ -43,12 +43,17 @@ def pair_weight(t: Tensor, r: Tensor, weighting: str, sigma_data: float = SIGMA_
     raise BadInput(f"unknown weighting {weighting!r}; valid: inverse_dt, edm2")
 
 
+def pair_times(n: int, gen: torch.Generator, cfg: dict, stage: int) -> tuple[Tensor, Tensor]:
+    """(t, r) of ``n`` rows: ln t ~ N(p_mean, p_std^2), r from ECT's mapping at ``stage`` (method.md 8.1 steps 1-2)."""
+    t = (cfg["p_mean"] + cfg["p_std"] * parallel.randn((n,), gen)).exp()
+    return t, ect_r(t, cfg["q"], stage, cfg["k"], cfg["b"])
+
+
 def consistency_pair_loss(
     model: Denoiser, y: Tensor, gen: torch.Generator, cfg: dict, stage: int, distance: Distance, make_x_r: PairFn
 ) -> Tensor:
     """d(f(x_t, t), sg f(x_r, r)) * w(t, r), batch mean; rows with r = 0 target y (method.md 8.1 steps 1-5)."""
-    t = (cfg["p_mean"] + cfg["p_std"] * parallel.randn((y.shape[0],), gen)).exp()
-    r = ect_r(t, cfg["q"], stage, cfg["k"], cfg["b"])
+    t, r = pair_times(y.shape[0], gen, cfg, stage)
     view = (-1,) + (1,) * (y.ndim - 1)
     eps = parallel.randn(y.shape, gen)
     x_t = y + t.reshape(view) * eps

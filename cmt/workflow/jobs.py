@@ -11,6 +11,7 @@ from MLflow tags, never from paths):
     post/<method>-<init>/<variant>/it<iters>/p-<name>/s<seed>   a post-training variant (named method overrides)
     eval/<job>                                         the evaluation of a trained job
     featnet                                            the offline metric's feature net
+    gradient-bias                                      the gradient-bias experiment (a sweep's gradient_bias)
     dataset/images.zip, dataset/build.json             the EDM zip built from ``data.build`` and its record
     fid-ref/<mode>.npz                                 FID reference statistics of the training set
 
@@ -37,6 +38,7 @@ from cmt.objectives import registry
 
 TEACHER = "teacher"
 FEATNET = "featnet"
+GRADIENT_BIAS = "gradient-bias"  # the gradient-bias experiment's folder (a sweep with gradient_bias: true)
 DATASET = "dataset"
 NO_VARIANT = "none"  # the variant axis of a post-training job that does not start from CMT
 BASE = "base"  # the CMT variant (and the teacher variant) that overrides nothing: the main run's
@@ -420,7 +422,8 @@ def job_tables(config: Mapping) -> dict[str, list[str]]:
 def record_folders(config: Mapping, scope: str) -> list[str]:
     """Record folders (below the results folder) of a scope: every job, its evaluation, the feature net."""
     jobs = sorted(scope_jobs(config, scope))
-    return [*([FEATNET] if uses_featnet(config) else []), *jobs, *(eval_path(job) for job in jobs)]
+    extra = [GRADIENT_BIAS] if scope != "main" and config[scope].get("gradient_bias") else []
+    return [*([FEATNET] if uses_featnet(config) else []), *extra, *jobs, *(eval_path(job) for job in jobs)]
 
 
 def record_groups(config: Mapping) -> dict[str, list[str]]:
