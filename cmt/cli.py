@@ -104,6 +104,16 @@ def _gradient_bias(args: argparse.Namespace) -> None:
     gradient_bias.run(p, Path(args.out))
 
 
+def _meanflow_targets(args: argparse.Namespace) -> None:
+    p = _params(args)
+    from cmt.stages import meanflow_targets
+
+    models = dict(model.split("=", 1) for model in args.models)
+    out = Path(args.out)
+    count = p["meanflow_targets"]["trajectories"]
+    meanflow_targets.run(Path(args.teacher), Path(args.traj), {k: Path(v) for k, v in models.items()}, count, out)
+
+
 def _trajectories(args: argparse.Namespace) -> None:
     p = _params(args)
     from cmt.sampling.trajectory_sets import trajectory_section
@@ -302,6 +312,15 @@ def _stage_verbs(sub: argparse._SubParsersAction) -> None:
     verb("fid-reference", _fid_reference, "FID reference statistics of the training set", "out", "work")
     verb("trajectories", _trajectories, "generate a stored trajectory set", "teacher", "out")
     verb("gradient-bias", _gradient_bias, "ECT's gradient against the oracle objective's on Gaussian data", "out")
+    mft = verb(
+        "meanflow-targets",
+        _meanflow_targets,
+        "MeanFlow targets against the teacher's trajectories",
+        "teacher",
+        "traj",
+        "out",
+    )
+    mft.add_argument("--models", nargs="+", required=True, metavar="LABEL=JOB_DIR", help="two-time students")
     verb("midtrain", _midtrain, "CMT mid-training", "teacher", "traj", "featnet", "out", "work")
     post = verb(
         "posttrain", _posttrain, f"post-training ({POST_NAMES})", "teacher", "init-dir", "featnet", "out", "work"

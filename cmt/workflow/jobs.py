@@ -11,7 +11,7 @@ from MLflow tags, never from paths):
     post/<method>-<init>/<variant>/it<iters>/p-<name>/s<seed>   a post-training variant (named method overrides)
     eval/<job>                                         the evaluation of a trained job
     featnet                                            the offline metric's feature net
-    gradient-bias                                      the gradient-bias experiment (a sweep's gradient_bias)
+    gradient-bias, meanflow-targets                    a sweep's experiments (its ``experiments``)
     dataset/images.zip, dataset/build.json             the EDM zip built from ``data.build`` and its record
     fid-ref/<mode>.npz                                 FID reference statistics of the training set
 
@@ -38,7 +38,8 @@ from cmt.objectives import registry
 
 TEACHER = "teacher"
 FEATNET = "featnet"
-GRADIENT_BIAS = "gradient-bias"  # the gradient-bias experiment's folder (a sweep with gradient_bias: true)
+# a sweep's experiments (its `experiments`) -> their folders; each has the config section of its name
+EXPERIMENTS = {"gradient_bias": "gradient-bias", "meanflow_targets": "meanflow-targets"}
 DATASET = "dataset"
 NO_VARIANT = "none"  # the variant axis of a post-training job that does not start from CMT
 BASE = "base"  # the CMT variant (and the teacher variant) that overrides nothing: the main run's
@@ -419,10 +420,18 @@ def job_tables(config: Mapping) -> dict[str, list[str]]:
     return {path: sorted(tables, key=_table_order) for path, tables in sorted(jobs.items())}
 
 
+def meanflow_lineage(config: Mapping) -> tuple[str, str]:
+    """(the CMT job MeanFlow from CMT init starts from, that MeanFlow job) of the main run's seed: what the
+    meanflow_targets experiment reads."""
+    variant, seed = cmt_variant(config.get("ablations") or {}, "meanflow"), config["seed"]
+    iterations = config["posttrain"]["meanflow"]["iterations"]
+    return mid_path(variant, *default_set(config), seed), post_path("meanflow", "cmt", variant, iterations, seed)
+
+
 def record_folders(config: Mapping, scope: str) -> list[str]:
     """Record folders (below the results folder) of a scope: every job, its evaluation, the feature net."""
     jobs = sorted(scope_jobs(config, scope))
-    extra = [GRADIENT_BIAS] if scope != "main" and config[scope].get("gradient_bias") else []
+    extra = [EXPERIMENTS[name] for name in (config[scope].get("experiments") or [])] if scope != "main" else []
     return [*([FEATNET] if uses_featnet(config) else []), *extra, *jobs, *(eval_path(job) for job in jobs)]
 
 

@@ -4,8 +4,8 @@ rule gradient_bias:
     conda:
         "../../envs/cmt.yaml"
     output:
-        record=result(jobs.GRADIENT_BIAS, names.RECORD),
-        table=result(jobs.GRADIENT_BIAS, "gradient_bias.csv"),
+        record=result(jobs.EXPERIMENTS["gradient_bias"], names.RECORD),
+        table=result(jobs.EXPERIMENTS["gradient_bias"], "gradient_bias.csv"),
     params:
         cfg=subtree("gradient_bias", "network", "precond", "seed", posttrain={"ect": config["posttrain"]["ect"]},
                     teacher={"train": config["teacher"]["train"]}),
@@ -17,3 +17,34 @@ rule gradient_bias:
         f"{RESULTS}/logs/gradient-bias.log",
     shell:
         "OMP_NUM_THREADS={threads} python -m cmt gradient-bias --params {params.cfg:q} --out {params.out} > {log} 2>&1"
+
+
+rule meanflow_targets:
+    """MeanFlow targets of the flow-map CMT student and of MeanFlow from it (the main run's seed) against the
+    teacher's trajectories (config section meanflow_targets; cmt/stages/meanflow_targets.py)."""
+    conda:
+        "../../envs/cmt.yaml"
+    input:
+        teacher=result(jobs.TEACHER, names.WEIGHTS),
+        traj=result(jobs.traj_path(*jobs.default_set(config)), names.TRAJ_INDEX),
+        init=result(jobs.meanflow_lineage(config)[0], names.WEIGHTS),
+        post=result(jobs.meanflow_lineage(config)[1], names.WEIGHTS),
+    output:
+        record=result(jobs.EXPERIMENTS["meanflow_targets"], names.RECORD),
+        table=result(jobs.EXPERIMENTS["meanflow_targets"], "meanflow_targets.csv"),
+    params:
+        cfg=subtree("meanflow_targets", *DEVICE),
+        out=subpath(output.record, parent=True),
+        teacher=subpath(input.teacher, parent=True),
+        traj=subpath(input.traj, parent=True),
+        init=subpath(input.init, parent=True),
+        post=subpath(input.post, parent=True),
+    threads: threads_of("evaluate")
+    resources:
+        **resources_of("evaluate"),
+    log:
+        f"{RESULTS}/logs/meanflow-targets.log",
+    shell:
+        "OMP_NUM_THREADS={threads} python -m cmt meanflow-targets --params {params.cfg:q} --teacher {params.teacher}"
+        " --traj {params.traj} --models cmt-flowmap={params.init:q} meanflow-from-cmt={params.post:q}"
+        " --out {params.out} > {log} 2>&1"
