@@ -207,10 +207,11 @@ def _fid_reference(args: argparse.Namespace) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> None:
-    from cmt.report.tracking import ingest, tracking_uri, ui_url
+    from cmt.report.tracking import ingest, store_lock, tracking_uri, ui_url
 
     groups = json.loads(args.groups) if args.groups else None
-    counts = ingest(args.records, args.db, args.experiment, args.artifacts, root=args.root, groups=groups)
+    with store_lock(args.db):
+        counts = ingest(args.records, args.db, args.experiment, args.artifacts, root=args.root, groups=groups)
     Path(args.done).write_text(json.dumps(counts) + "\n")
     print(f"MLflow: {counts['created']} runs logged, {counts['unchanged']} unchanged -> {args.db}")
     print(f"browse: mlflow ui --backend-store-uri {tracking_uri(args.db)}, then {ui_url(args.db, args.experiment)}")
@@ -218,23 +219,38 @@ def _ingest(args: argparse.Namespace) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     from cmt.report import tables
+    from cmt.report.tracking import store_lock
 
-    tables.main_report(args.db, args.experiment, args.out)
+    with store_lock(args.db):
+        tables.main_report(args.db, args.experiment, args.out)
 
 
 def _report_ablations(args: argparse.Namespace) -> None:
     from cmt.report.ablation_tables import ablation_report
+    from cmt.report.tracking import store_lock
 
     names = tuple(args.tables.split(",")) if args.tables else None
-    ablation_report(args.db, args.experiment, args.out, args.scope, *([names] if names else []))
+    with store_lock(args.db):
+        ablation_report(args.db, args.experiment, args.out, args.scope, *([names] if names else []))
+
+
+def _findings(args: argparse.Namespace) -> None:
+    from cmt.report.findings import publish
+
+    copied = publish(Path(args.results), [Path(s) for s in args.sources], Path(args.out))
+    print(f"{len(copied)} files -> {args.out}")
 
 
 def _report_study(args: argparse.Namespace) -> None:
     from cmt.report.study import PlateauRule, study_report
+    from cmt.report.tracking import store_lock
     from cmt.workflow.jobs import table_id
 
     rule = PlateauRule(*args.plateau)
-    study_report(args.db, args.experiment, args.out, table_id(args.scope, "method_init"), rule, tuple(args.thresholds))
+    with store_lock(args.db):
+        study_report(
+            args.db, args.experiment, args.out, table_id(args.scope, "method_init"), rule, tuple(args.thresholds)
+        )
 
 
 def _inspect_checkpoint(args: argparse.Namespace) -> None:
@@ -364,6 +380,11 @@ def _store_verbs(sub: argparse._SubParsersAction) -> None:
     rst.add_argument("--plateau", nargs=2, type=float, required=True, metavar=("TAIL", "TOLERANCE"))
     rst.add_argument("--thresholds", nargs="+", type=float, required=True, help="multiples of the teacher's FD")
     rst.set_defaults(func=_report_study)
+    fnd = sub.add_parser("findings", help="publish the study's tables and plots into docs/findings/ with provenance")
+    fnd.add_argument("sources", nargs="+", help="folders of generated tables and plots")
+    fnd.add_argument("--results", required=True, help="the results folder whose job records name the commits")
+    fnd.add_argument("--out", required=True)
+    fnd.set_defaults(func=_findings)
 
 
 def _checkpoint_verbs(sub: argparse._SubParsersAction) -> None:

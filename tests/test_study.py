@@ -161,3 +161,25 @@ def test_snakemake_plans_both_study_targets(tmp_path):
     # with the experiments (the MeanFlow lineage of the main run's seed is one more CMT and post-training job)
     assert planned["posttrain"] == 15 and planned["midtrain"] == 6
     assert planned["gradient_bias"] == 1 and planned["meanflow_targets"] == 1
+
+
+def test_findings_copy_the_generated_files_and_name_the_commits_of_the_records(tmp_path):
+    from cmt.report.findings import publish
+
+    results, tables = tmp_path / "results", tmp_path / "results" / "tables" / "study"
+    tables.mkdir(parents=True)
+    (tables / "cost.md").write_text("| model |\n")
+    (tables / "cost.csv").write_text("model\n")
+    (tables / "notes.txt").write_text("not published")
+    for job, commit in (("a", "abc"), ("b", "abc"), ("c", "def+dirty")):
+        (results / job).mkdir()
+        (results / job / "run.json").write_text(f'{{"git_commit": "{commit}"}}')
+    out = tmp_path / "docs" / "findings" / "study"
+    (out / "stale").mkdir(parents=True)  # a file of an earlier publication is not kept
+    copied = publish(results, [tables], out)
+    assert sorted(p.relative_to(out).as_posix() for p in copied) == ["study/cost.csv", "study/cost.md"]
+    assert not (out / "stale").exists() and (out / "study" / "cost.md").read_text() == "| model |\n"
+    assert (
+        "| `abc` | 2 |" in (out / "provenance.md").read_text()
+        and "| `def+dirty` | 1 |" in (out / "provenance.md").read_text()
+    )

@@ -16,10 +16,13 @@ asked for the training view (``ui_url``), after which the browser remembers the 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cmt.config import config_hash
@@ -78,6 +81,20 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "")
+
+
+@contextmanager
+def store_lock(db: str | Path) -> Iterator[None]:
+    """Hold ``<db>.lock`` (an exclusive flock): one writer of the MLflow store at a time, whichever targets run
+    together (workflow.md §5)."""
+    path = Path(f"{db}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def tracking_uri(db: str | Path) -> str:

@@ -48,3 +48,24 @@ rule meanflow_targets:
         "OMP_NUM_THREADS={threads} python -m cmt meanflow-targets --params {params.cfg:q} --teacher {params.teacher}"
         " --traj {params.traj} --models cmt-flowmap={params.init:q} meanflow-from-cmt={params.post:q}"
         " --out {params.out} > {log} 2>&1"
+
+
+rule findings:
+    """The study's tables and plots (both targets, both experiments) copied into docs/findings/<name>/ with the commits
+    their records name, for docs/findings.md."""
+    localrule: True
+    input:
+        f"{RESULTS}/tables/study",
+        f"{RESULTS}/tables/study_extras",
+        *(result(folder, names.RECORD) for folder in jobs.EXPERIMENTS.values()),
+    output:
+        directory(f"docs/findings/{config['name']}"),
+    params:
+        sources=lambda wildcards, input: [input[0], input[1], *(os.path.dirname(f) for f in input[2:])],
+        results=lambda wildcards, input: os.path.dirname(os.path.dirname(input[0])),  # results/<name>
+    conda:
+        "../../envs/cmt.yaml"
+    log:
+        f"{RESULTS}/logs/findings.log",
+    shell:
+        "python -m cmt findings {params.sources} --results {params.results} --out {output} > {log} 2>&1"
