@@ -29,22 +29,26 @@ Spent = TypeVar("Spent")
 
 @dataclass(frozen=True)
 class PlateauRule:
-    """A curve has plateaued when, over the evaluations in the last ``tail`` of its stage's iterations, the spread of
-    its FD, (max - min) / min, is at most ``tolerance`` (checked after training; nothing stops early)."""
+    """A curve has plateaued when it no longer trends: over the evaluations in the last ``tail`` of its stage's
+    iterations, the mean FD of the later half differs from the earlier half's by at most ``tolerance`` (relative; an
+    odd middle evaluation counts in neither). Checked after training; nothing stops early."""
 
     tail: float
     tolerance: float
 
 
-def plateau_spread(points: list[tuple[int, float]], iterations: int, rule: PlateauRule) -> float:
-    """(max - min) / min of the FDs evaluated at steps >= (1 - tail) * iterations; at least two are needed."""
+def plateau_drift(points: list[tuple[int, float]], iterations: int, rule: PlateauRule) -> float:
+    """(mean of the later half - mean of the earlier half) / mean of the earlier half, over the FDs evaluated at steps
+    >= (1 - tail) * iterations; at least two are needed."""
     tail = [fd for step, fd in points if step >= (1 - rule.tail) * iterations]
     if len(tail) < 2:
         raise ValueError(
             f"the last {rule.tail:.0%} of {iterations} iterations holds {len(tail)} evaluation(s); the plateau rule "
             "needs two: lower eval_every"
         )
-    return (max(tail) - min(tail)) / min(tail)
+    half = len(tail) // 2
+    early, late = sum(tail[:half]) / half, sum(tail[-half:]) / half
+    return (late - early) / early
 
 
 def first_reach(curve: list[tuple[Spent, float]], threshold: float) -> Spent | None:
@@ -140,22 +144,22 @@ def teacher_fd(runs: pd.DataFrame) -> float:
 
 
 def plateau_table(found: list[Lineage], rule: PlateauRule) -> pd.DataFrame:
-    """Per lineage, seed and step count: the spread of its last stage's FD over that stage's last ``rule.tail`` and
-    whether it is within ``rule.tolerance``."""
+    """Per lineage, seed and step count: the drift of its last stage's FD over that stage's last ``rule.tail``
+    (``plateau_drift``) and whether it is within ``rule.tolerance``."""
     rows = []
     for item in found:
         iterations = item.students[-1].iterations
         for k in STEPS:
             points = item.histories[k][-1]
-            spread = plateau_spread(points, iterations, rule)
+            drift = plateau_drift(points, iterations, rule)
             rows.append(
                 {
                     "model": item.model,
                     "seed": item.seed,
                     "steps": k,
                     "iterations": iterations,
-                    f"FD spread, last {rule.tail:.0%}": spread,
-                    "plateaued": "yes" if spread <= rule.tolerance else "no",
+                    f"FD drift, last {rule.tail:.0%}": drift,
+                    "plateaued": "yes" if abs(drift) <= rule.tolerance else "no",
                     "FD start": points[0][1],
                     "FD end": points[-1][1],
                     "best FD": min(fd for _, fd in points),
@@ -229,8 +233,9 @@ def study_report(
     found = lineages(db, runs, table)
     reference = teacher_fd(runs)
     notes = {
-        "plateau": f"The plateau rule: over the evaluations in the last {rule.tail:.0%} of a lineage's last stage, "
-        f"(max FD - min FD) / min FD <= {rule.tolerance:g}. Checked after training; nothing stopped early.",
+        "plateau": f"The plateau rule: over the evaluations in the last {rule.tail:.0%} of a lineage's last stage, the "
+        f"mean FD of the later half is within {rule.tolerance:g} (relative) of the earlier half's; drift = (later - "
+        "earlier) / earlier. Checked after training; nothing stopped early.",
         "cost": "Training images, teacher NFE and wall seconds a lineage (CMT + post-training) first needed to reach "
         "each FD threshold, a multiple of the teacher's own multi-step FD at the same sample count; the mean over the "
         "seeds that reached it; `+ teacher`: with the teacher's own training counted (not for random init).",
