@@ -242,7 +242,12 @@ def test_ablation_sweep_runs_for_real_on_a_small_grid(smoke, swept):
     assert {"post/ecd-cmt/base/it40/s0", "post/ect-cmt/traj128/it20/s0"} <= set(runs["tags.job"])
     tables = results / "tables"
     method_init = list(csv.DictReader((tables / "method_init.csv").open()))
-    assert {(r["method"], r["init"]) for r in method_init} == {("ecd", "cmt"), ("meanflow", "cmt")}
+    # ECD and MeanFlow from CMT, and CMT alone: the comparison's reference row
+    assert {(r["model"], r["method"], r["init"]) for r in method_init} == {
+        ("ECD, CMT init", "ecd", "cmt"),
+        ("MeanFlow, CMT init", "meanflow", "cmt"),
+        ("CMT only", "", ""),
+    }
     nfe = {(r["solver"], r["nfe"]): r for r in csv.DictReader((tables / "nfe_solver.csv").open())}
     assert set(nfe) == {("dpmpp3m_legacy", "4"), ("heun", "4"), ("dpmpp3m_legacy", "16")}
     assert float(nfe["heun", "4"]["teacher_nfe"]) > float(nfe["dpmpp3m_legacy", "4"]["teacher_nfe"]) > 0

@@ -8,13 +8,13 @@ CMT init, so every row carries what its whole student lineage spent (mid + post)
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import pandas as pd
 
 from cmt.formats.atomic import atomic_write_bytes
+from cmt.report.plots import save_figure
 from cmt.report.tables import (
     INIT_NAMES,
     METHOD_NAMES,
@@ -45,7 +45,7 @@ FRAME_COLUMNS = [
 ]
 # table -> (group-by columns, cost columns averaged over seeds); the CMT-variant tables share one layout
 LAYOUT = {
-    "method_init": (["method", "init", "variant", "iterations"], COSTS),
+    "method_init": (["model", "method", "init", "variant", "iterations"], COSTS),
     "post_variants": (["method", "init", "variant", "post_variant", "iterations"], COSTS),
     "nfe_solver": (["solver", "nfe"], ("teacher_nfe", "distinct_trajectories")),
     "teacher_variants": (["teacher", "model", "variant"], COSTS),
@@ -145,11 +145,7 @@ def plot_fd_vs_images(curves: dict[tuple[str, str], list[tuple[float, float]]], 
         ax.set(xlabel="training images (mid + post)", yscale="log", title=METHOD_NAMES[method])
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("2-step FD (seed 0)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def fd_vs_images(db: str | Path, df: pd.DataFrame) -> dict[tuple[str, str], list[tuple[float, float]]]:

@@ -10,6 +10,17 @@ import numpy as np
 from cmt.formats.atomic import atomic_write_bytes
 
 
+def save_figure(fig, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG, whole or not at all, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def save_loss_curve(losses: list[float], path: str | Path, title: str, window: int = 25) -> None:
     """Raw loss (faint) and its running mean over ``window`` steps, log-scaled y axis."""
     import matplotlib
@@ -25,8 +36,4 @@ def save_loss_curve(losses: list[float], path: str | Path, title: str, window: i
     ax.plot(np.arange(k - 1, len(y)), smooth, lw=1.5, label=f"mean of {k}")
     ax.set(yscale="log", xlabel="iteration", ylabel="loss", title=title)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

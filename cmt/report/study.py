@@ -9,7 +9,6 @@ A stage's teacher NFE and wall seconds up to one of its steps are taken as its t
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cmt.formats.atomic import atomic_write_bytes
+from cmt.report.plots import save_figure
 from cmt.report.tables import _metric, lineage, model_name, split_runs, tag, teacher_sampler, to_markdown
 
 STEPS = (1, 2)
@@ -215,11 +215,7 @@ def plot_bands(found: list[Lineage], reference: float, path: str | Path) -> None
             ax.axhline(reference, color="k", ls="--", lw=0.8, label="teacher (multi-step)")
         ax.set(xlabel="training images (CMT + post-training)", ylabel=f"{k}-step FD", yscale="log")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def study_report(

@@ -7,7 +7,6 @@ chain is the row's lineage (teacher -> CMT -> post-training) and what its costs 
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 from cmt.formats.atomic import atomic_write_bytes
 from cmt.inits import INITS
 from cmt.objectives import registry
+from cmt.report.plots import save_figure
 from cmt.workflow.jobs import eval_path
 
 METHOD_NAMES = {name: registry.method("posttrain", name).display for name in registry.names("posttrain")}
@@ -207,11 +207,7 @@ def plot_curves(curves: dict, path: str | Path) -> None:
         )
     axes[0].set_ylabel("FD (feature net)")
     axes[1].legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def log_tables(db: str | Path, experiment: str, files: list[Path], table: str | None = None) -> None:

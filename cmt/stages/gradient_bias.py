@@ -11,7 +11,6 @@ and an MLflow record.
 from __future__ import annotations
 
 import copy
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from cmt.objectives.cmt import cmt_loss
 from cmt.objectives.distances import make_distance, squared_l2
 from cmt.objectives.ect import ect_loss
 from cmt.objectives.edm import edm_loss
+from cmt.report.plots import save_figure
 from cmt.report.tables import to_markdown
 from cmt.report.tracking import write_record
 from cmt.stages.teacher import build_denoiser
@@ -203,8 +203,4 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     left.set(xscale="log", xlabel="Δt / t at the median t (ECT stage 0)", ylabel="cos(ECT gradient, oracle gradient)")
     right.set(xlabel="ECT steps from the init", title="at ECT's own q")
     left.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
