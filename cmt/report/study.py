@@ -24,6 +24,7 @@ from cmt.report.tables import _metric, lineage, model_name, split_runs, tag, tea
 STEPS = (1, 2)
 COSTS = ("images", "teacher_nfe", "wall_seconds")
 COST_NAMES = {"images": "images", "teacher_nfe": "teacher NFE", "wall_seconds": "wall s"}
+WITH_TEACHER = ("images", "wall_seconds")  # what the teacher's own training spends (it calls no teacher)
 Spent = TypeVar("Spent")
 
 
@@ -185,11 +186,10 @@ def cost_table(found: list[Lineage], reference: float, factors: tuple[float, ...
         row = {"model": model, "steps": k, "threshold": f"{factor:g} x teacher ({threshold:.1f})"}
         row["reached"] = f"{len(reached)}/{len(seeds)}" if reached else "not reached"
         for name in COSTS:
-            alone = [spent[name] for spent, _ in reached]
-            row[COST_NAMES[name]] = float(np.mean(alone)) if alone else math.nan
-            row[f"{COST_NAMES[name]} + teacher"] = (
-                float(np.mean([s[name] + t[name] for s, t in reached])) if reached else math.nan
-            )
+            row[COST_NAMES[name]] = float(np.mean([spent[name] for spent, _ in reached])) if reached else math.nan
+        for name in WITH_TEACHER:
+            total = [spent[name] + teacher[name] for spent, teacher in reached]
+            row[f"{COST_NAMES[name]} + teacher"] = float(np.mean(total)) if reached else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -209,7 +209,8 @@ def plot_bands(found: list[Lineage], reference: float, path: str | Path) -> None
             n = min(len(c) for c in curves)
             x = np.array([spent["images"] for spent, _ in curves[0][:n]])
             fd = np.array([[fd for _, fd in c[:n]] for c in curves])
-            (line,) = ax.plot(x, fd.mean(0), lw=1.3, label=f"{model} ({len(curves)} seeds)")
+            seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
+            (line,) = ax.plot(x, fd.mean(0), lw=1.3, label=f"{model} ({seeds})")
             ax.fill_between(x, fd.min(0), fd.max(0), color=line.get_color(), alpha=0.2, lw=0)
         if not math.isnan(reference):
             ax.axhline(reference, color="k", ls="--", lw=0.8, label="teacher (multi-step)")
