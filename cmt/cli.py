@@ -163,7 +163,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     optional = {name: Path(path) if path else None for name, path in (("featnet", args.featnet), ("fid", args.fid_ref))}
     out, device = Path(args.out), resolve_device(p["device"])
     job = evaluate.EvalJob(Path(args.model), optional["featnet"], optional["fid"], args.label, out, device)
-    evaluate.run(job, {**p["evaluate"], "sample": p["teacher"]["sample"]}, p["data"], p["precond"])
+    evaluate.run(job, {**p["evaluate"], "sample": p["teacher"]["sample"]}, p["data"], p["precond"], p.get(JOB_KEY))
 
 
 DEFAULT_CONFIG = Path("config/config.yaml")  # the Snakefile's `configfile`, read first as the workflow does

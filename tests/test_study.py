@@ -93,7 +93,7 @@ def test_the_study_targets_plan_the_comparison_and_the_extras(study):
     }
     assert jobs.sweep_tables(study, "study_extras") == [
         "method_init", "nfe_solver", "cmt_variants", "loss", "slow_fast", "trajectory_count", "budget_split",
-        "teacher_variants", "post_variants",
+        "teacher_variants", "post_variants", "teacher_samplers",
     ]  # fmt: skip
     tags = jobs.variant_post_tags(study, ("ect", "cmt", "base", 2400, 0), jobs.BASE, "q_high")
     assert tags["job"] == "post/ect-cmt/base/it2400/p-q_high/s0" and tags["post_variant"] == "q_high"
@@ -165,6 +165,7 @@ def test_snakemake_plans_both_study_targets(tmp_path):
     # with the experiments (the MeanFlow lineage of the main run's seed is one more CMT and post-training job)
     assert planned["posttrain"] == 17 and planned["midtrain"] == 6
     assert planned["gradient_bias"] == 1 and planned["meanflow_targets"] == 1
+    assert planned["evaluate_teacher_sampler"] == 9  # 3 solvers x 8, 16, 32 steps
 
 
 def test_findings_copy_the_generated_files_and_name_the_commits_of_the_records(tmp_path):
@@ -187,3 +188,30 @@ def test_findings_copy_the_generated_files_and_name_the_commits_of_the_records(t
         "| `abc` | 2 |" in (out / "provenance.md").read_text()
         and "| `def+dirty` | 1 |" in (out / "provenance.md").read_text()
     )
+
+
+def test_the_teachers_other_samplers_are_evaluation_only_jobs_with_their_own_table(tmp_path, study):
+    evaluations = jobs.sweep_evaluations(study, "study_extras")
+    assert evaluations["eval/teacher-samplers/heun-s8"] == {"study_extras.teacher_samplers"} and len(evaluations) == 9
+    assert jobs.record_groups(study)["eval/teacher-samplers/heun-s8"] == ["study_extras.teacher_samplers"]
+    assert "eval/teacher-samplers/heun-s8" in jobs.record_folders(study, "study_extras")
+    assert "teacher_samplers" in jobs.sweep_tables(study, "study_extras")
+    from cmt.report.ablation_tables import ablation_report
+
+    records, groups = [], {}
+    for (solver, steps), (nfe, fd) in {
+        ("heun", 8): (15, 30.0),
+        ("heun", 16): (31, 20.0),
+        ("euler", 8): (8, 60.0),
+    }.items():
+        tags = jobs.teacher_sampler_tags(solver, steps)
+        where = tmp_path / "res" / "eval" / tags["job"]
+        write_record(where, stage="evaluate", run_name=tags["job"], params={}, tags=tags, metrics={f"fd_{nfe}nfe": fd})
+        records.append(where / "run.json")
+        groups[f"eval/{tags['job']}"] = ["study_extras.teacher_samplers"]
+    db = tmp_path / "mlflow.db"
+    ingest(records, db, "study", tmp_path / "art", root=tmp_path / "res", groups=groups)
+    result = ablation_report(db, "study", tmp_path / "tables", "study_extras", ("teacher_samplers",))
+    table = result["teacher_samplers"]
+    assert table.values.tolist() == [["euler", 8, 8, 60.0], ["heun", 8, 15, 30.0], ["heun", 16, 31, 20.0]]
+    assert (tmp_path / "tables" / "teacher_samplers.md").exists()

@@ -61,7 +61,9 @@ TITLES = {
     "budget_split": "mid/post iteration split at a fixed total",
     "teacher_variants": "every post-training method x init and CMT alone under each teacher variant",
     "post_variants": "post-training settings (named variants) from CMT init, next to the method's own",
+    "teacher_samplers": "the teacher's FD per solver and step count (one evaluation each, no seeds)",
 }
+OWN_FRAMES = ("teacher_samplers",)  # tables not built from the students' frame
 
 
 def ablation_frame(runs: pd.DataFrame, scope: str = "ablations") -> pd.DataFrame:
@@ -118,11 +120,28 @@ def summarise(df: pd.DataFrame, by: list[str], extra: tuple[str, ...] = ()) -> p
     return pd.DataFrame(out) if out else pd.DataFrame(columns=by)
 
 
+def teacher_sampler_table(runs: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """The teacher's FD per solver and step count (evaluation-only jobs of a sweep's ``teacher_samplers``), with the
+    denoiser calls each sampler made (its score's name, ``fd_<NFE>nfe``)."""
+    _, evals = split_runs(runs)
+    rows = []
+    for _, ev in evals[evals["tags.kind"] == "teacher_sampler"].iterrows():
+        if table_id(scope, "teacher_samplers") not in tag(ev, "tables").split(","):
+            continue
+        for column in ev.index:
+            name = str(column).removeprefix("metrics.")
+            if name.startswith("fd_") and name.endswith("nfe") and not pd.isna(ev[column]):
+                nfe = int(name.removeprefix("fd_").removesuffix("nfe"))
+                rows.append({"solver": tag(ev, "solver"), "steps": int(tag(ev, "steps")), "NFE": nfe, "FD": ev[column]})
+    frame = pd.DataFrame(rows, columns=["solver", "steps", "NFE", "FD"])
+    return frame.sort_values(["solver", "steps"], kind="stable").reset_index(drop=True)
+
+
 def tables(df: pd.DataFrame, names: tuple[str, ...] = ABLATION_TABLES) -> dict[str, pd.DataFrame]:
     """The sweep tables ``names`` (cmt/workflow/jobs.py) from the rows that feed each (a table without runs has no
     rows)."""
     result = {}
-    for name in names:
+    for name in (n for n in names if n not in OWN_FRAMES):
         by, extra = LAYOUT.get(name, VARIANT_LAYOUT)
         result[name] = summarise(df[df["tables"].apply(lambda feeds, name=name: name in feeds)], by, extra)
     return result
@@ -173,8 +192,11 @@ def ablation_report(
 ) -> dict[str, pd.DataFrame]:
     """Write one Markdown + CSV per table ``names`` of sweep ``scope`` and the FD-vs-images plot into ``out_dir``."""
     out = Path(out_dir)
-    df = ablation_frame(_runs(db, experiment), scope)
+    runs = _runs(db, experiment)
+    df = ablation_frame(runs, scope)
     result = tables(df, names)
+    if "teacher_samplers" in names:
+        result["teacher_samplers"] = teacher_sampler_table(runs, scope)
     for name, table in result.items():
         atomic_write_bytes(out / f"{name}.csv", table.to_csv(index=False).encode())
         heading = "Ablation" if scope == "ablations" else scope

@@ -200,9 +200,10 @@ class EvalJob:
     device: torch.device
 
 
-def run(job: EvalJob, cfg: dict, data_cfg: dict, precond: dict) -> dict:
+def run(job: EvalJob, cfg: dict, data_cfg: dict, precond: dict, tags: dict | None = None) -> dict:
     """Evaluate one model by the ``evaluate`` section ``cfg`` (the teacher's ``sample`` section under ``sample``):
-    scores.json, one grid per sampler, and a record for MLflow."""
+    scores.json, one grid per sampler, and a record for MLflow. ``tags``: the job's own axes where they are not the
+    model's (an evaluation-only job)."""
     model, meta = load_denoiser(job.model_dir)
     _, holdout = train_holdout(data_cfg)
     scorer = Scorer(job.featnet, holdout, job.fid_reference, cfg["fid"]["mode"], job.device)
@@ -226,7 +227,7 @@ def run(job: EvalJob, cfg: dict, data_cfg: dict, precond: dict) -> dict:
         stage="evaluate",
         run_name=f"eval/{job.label}",
         params={**params, "num_samples": cfg["num_samples"], **fid},
-        tags={**meta.get("tags", {}), "label": job.label},
+        tags={**meta.get("tags", {}), **(tags or {}), "label": job.label},
         metrics={**scores, **training_cost(meta)},
         artifacts=sorted(p.name for p in job.out_dir.glob("grid-*.png")),
     )

@@ -10,6 +10,7 @@ from MLflow tags, never from paths):
     post/<method>-<init>/<variant>/it<iters>/s<seed>   post-training; <variant>: the CMT init's, else `none`
     post/<method>-<init>/<variant>/it<iters>/p-<name>/s<seed>   a post-training variant (named method overrides)
     eval/<job>                                         the evaluation of a trained job
+    eval/teacher-samplers/<solver>-s<steps>            the teacher evaluated with another sampler (no training)
     featnet                                            the offline metric's feature net
     gradient-bias, meanflow-targets                    a sweep's experiments (its ``experiments``)
     dataset/images.zip, dataset/build.json             the EDM zip built from ``data.build`` and its record
@@ -45,6 +46,7 @@ NO_VARIANT = "none"  # the variant axis of a post-training job that does not sta
 BASE = "base"  # the CMT variant (and the teacher variant) that overrides nothing: the main run's
 TEACHER_PREFIX = "t-"  # a teacher variant's jobs: t-<name>/teacher, t-<name>/traj/..., t-<name>/mid/..., ...
 POST_VARIANT_PREFIX = "p-"  # a post-training variant's segment before s<seed>
+TEACHER_SAMPLERS = "teacher-samplers"  # evaluation-only jobs: the teacher with a sweep's other samplers
 SWEEPS = ("ablations", "study", "study_extras")  # config sections of the sweep schema; each is a target's scope
 ABLATION_TABLES = (
     "method_init",
@@ -56,6 +58,7 @@ ABLATION_TABLES = (
     "budget_split",
     "teacher_variants",
     "post_variants",
+    "teacher_samplers",
 )
 TABLES = ("main", *ABLATION_TABLES)
 SCOPES = ("main", *SWEEPS)
@@ -107,6 +110,21 @@ def post_path(
 ) -> str:
     pv = post_variant_prefix(post_variant)
     return POST_PATH.format(method=method, init=init, variant=variant, iters=iterations, pv=pv, seed=seed)
+
+
+def teacher_sampler_path(solver: str, steps: int | str) -> str:
+    """The evaluation-only job of the teacher sampled with ``solver`` over ``steps`` steps."""
+    return f"{TEACHER_SAMPLERS}/{solver}-s{steps}"
+
+
+def teacher_sampler_tags(solver: str, steps: int | str) -> dict:
+    return {
+        "job": teacher_sampler_path(solver, steps),
+        "kind": "teacher_sampler",
+        "solver": solver,
+        "steps": str(steps),
+        "init_job": TEACHER,
+    }
 
 
 def eval_path(job: str) -> str:
@@ -327,7 +345,8 @@ def variant_tables(overrides: Mapping) -> set[str]:
 
 def sweep_tables(config: Mapping, scope: str) -> list[str]:
     """The tables (``ABLATION_TABLES`` order, bare names) some job of a sweep feeds."""
-    fed = {table for tables in sweep_jobs(config, scope).values() for table in tables}
+    feeds = [*sweep_jobs(config, scope).values(), *sweep_evaluations(config, scope).values()]
+    fed = {table for tables in feeds for table in tables}
     return [name for name in ABLATION_TABLES if table_id(scope, name) in fed]
 
 
@@ -369,6 +388,14 @@ def sweep_jobs(config: Mapping, scope: str = "ablations") -> dict[str, set[str]]
         for path in teacher_variant_jobs(config, ab, seed):
             add(path, "teacher_variants")
     return jobs
+
+
+def sweep_evaluations(config: Mapping, scope: str) -> dict[str, set[str]]:
+    """Evaluation-only jobs of a sweep (its ``teacher_samplers``: the config's teacher with each solver x steps) and
+    the table they feed, by evaluation folder."""
+    samplers = config[scope].get("teacher_samplers") or {}
+    pairs = [(solver, steps) for solver in samplers.get("solvers", []) for steps in samplers.get("steps", [])]
+    return {eval_path(teacher_sampler_path(*pair)): {table_id(scope, "teacher_samplers")} for pair in pairs}
 
 
 def post_variant_jobs(config: Mapping, sweep: Mapping, seed: int) -> list[str]:
@@ -431,10 +458,21 @@ def meanflow_lineage(config: Mapping) -> tuple[str, str]:
 def record_folders(config: Mapping, scope: str) -> list[str]:
     """Record folders (below the results folder) of a scope: every job, its evaluation, the feature net."""
     jobs = sorted(scope_jobs(config, scope))
-    extra = [EXPERIMENTS[name] for name in (config[scope].get("experiments") or [])] if scope != "main" else []
-    return [*([FEATNET] if uses_featnet(config) else []), *extra, *jobs, *(eval_path(job) for job in jobs)]
+    extra = [] if scope == "main" else [EXPERIMENTS[name] for name in (config[scope].get("experiments") or [])]
+    evaluations = [] if scope == "main" else sorted(sweep_evaluations(config, scope))
+    return [
+        *([FEATNET] if uses_featnet(config) else []),
+        *extra,
+        *jobs,
+        *(eval_path(job) for job in jobs),
+        *evaluations,
+    ]
 
 
 def record_groups(config: Mapping) -> dict[str, list[str]]:
     """Record folder -> tables, for training and evaluation records (``cmt ingest --groups``)."""
-    return {where: tables for job, tables in job_tables(config).items() for where in (job, eval_path(job))}
+    groups = {where: tables for job, tables in job_tables(config).items() for where in (job, eval_path(job))}
+    for scope in sweep_sections(config):
+        for where, tables in sweep_evaluations(config, scope).items():
+            groups[where] = sorted({*groups.get(where, []), *tables}, key=_table_order)
+    return groups

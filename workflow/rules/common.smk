@@ -170,6 +170,13 @@ def posttrain_params(wildcards):
     )
 
 
+def teacher_sampler_params(wildcards):
+    """The evaluate subtree with the teacher's sample section at the path's solver and step count, and its axes."""
+    sample = {**config["teacher"]["sample"], "solver": wildcards.solver, "steps": int(wildcards.steps)}
+    tags = jobs.teacher_sampler_tags(wildcards.solver, wildcards.steps)
+    return subtree("evaluate", "precond", "data", "seed", *DEVICE, teacher={"sample": sample}, job=tags)
+
+
 def ingest_records(wildcards):
     """Every record of a scope; a sweep's ingest waits for the main report (one writer of the store at a time)."""
     records = [result(folder, names.RECORD) for folder in jobs.record_folders(config, wildcards.scope)]

@@ -46,3 +46,34 @@ rule evaluate:
     shell:
         "OMP_NUM_THREADS={threads} python -m cmt evaluate --params {params.cfg:q}"
         " --model {params.model} {params.scoring} --label {wildcards.job:q} --out {params.out} > {log} 2>&1"
+
+
+rule evaluate_teacher_sampler:
+    """The config's teacher sampled with another solver and step count (a sweep's teacher_samplers): its FD at that
+    NFE, an evaluation-only job."""
+    conda:
+        "../../envs/cmt.yaml"
+    input:
+        model=result(jobs.TEACHER, names.WEIGHTS),
+        featnet=FEATNET_INPUT,
+        fid_ref=[FID_REF] if "fid" in config["evaluate"]["metrics"] else [],
+        data=DATA,
+    output:
+        scores=result(jobs.eval_path(jobs.teacher_sampler_path("{solver}", "{steps}")), "scores.json"),
+        record=result(jobs.eval_path(jobs.teacher_sampler_path("{solver}", "{steps}")), names.RECORD),
+    params:
+        cfg=teacher_sampler_params,
+        out=subpath(output.scores, parent=True),
+        model=subpath(input.model, parent=True),
+        label=lambda wildcards: jobs.teacher_sampler_path(wildcards.solver, wildcards.steps),
+        scoring=lambda wildcards, input: f"{optional('featnet', input.featnet)} {optional('fid-ref', input.fid_ref)}",
+    wildcard_constraints:
+        steps=r"\d+",
+    threads: threads_of("evaluate")
+    resources:
+        **resources_of("evaluate"),
+    log:
+        f"{RESULTS}/logs/{jobs.eval_path(jobs.teacher_sampler_path('{solver}', '{steps}'))}.log",
+    shell:
+        "OMP_NUM_THREADS={threads} python -m cmt evaluate --params {params.cfg:q}"
+        " --model {params.model} {params.scoring} --label {params.label:q} --out {params.out} > {log} 2>&1"
