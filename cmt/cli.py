@@ -108,10 +108,9 @@ def _meanflow_targets(args: argparse.Namespace) -> None:
     p = _params(args)
     from cmt.stages import meanflow_targets
 
-    models = dict(model.split("=", 1) for model in args.models)
-    out = Path(args.out)
+    models = {label: Path(folder) for label, folder in (model.split("=", 1) for model in args.models)}
     count = p["meanflow_targets"]["trajectories"]
-    meanflow_targets.run(Path(args.teacher), Path(args.traj), {k: Path(v) for k, v in models.items()}, count, out)
+    meanflow_targets.run(Path(args.teacher), Path(args.traj), models, count, Path(args.out))
 
 
 def _trajectories(args: argparse.Namespace) -> None:
@@ -207,11 +206,10 @@ def _fid_reference(args: argparse.Namespace) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> None:
-    from cmt.report.tracking import ingest, store_lock, tracking_uri, ui_url
+    from cmt.report.tracking import ingest, tracking_uri, ui_url
 
     groups = json.loads(args.groups) if args.groups else None
-    with store_lock(args.db):
-        counts = ingest(args.records, args.db, args.experiment, args.artifacts, root=args.root, groups=groups)
+    counts = ingest(args.records, args.db, args.experiment, args.artifacts, root=args.root, groups=groups)
     Path(args.done).write_text(json.dumps(counts) + "\n")
     print(f"MLflow: {counts['created']} runs logged, {counts['unchanged']} unchanged -> {args.db}")
     print(f"browse: mlflow ui --backend-store-uri {tracking_uri(args.db)}, then {ui_url(args.db, args.experiment)}")
@@ -219,19 +217,28 @@ def _ingest(args: argparse.Namespace) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     from cmt.report import tables
-    from cmt.report.tracking import store_lock
 
-    with store_lock(args.db):
-        tables.main_report(args.db, args.experiment, args.out)
+    tables.main_report(args.db, args.experiment, args.out)
 
 
 def _report_ablations(args: argparse.Namespace) -> None:
     from cmt.report.ablation_tables import ablation_report
-    from cmt.report.tracking import store_lock
+    from cmt.workflow.jobs import ABLATION_TABLES
 
-    names = tuple(args.tables.split(",")) if args.tables else None
-    with store_lock(args.db):
-        ablation_report(args.db, args.experiment, args.out, args.scope, *([names] if names else []))
+    names = tuple(args.tables.split(",")) if args.tables else ABLATION_TABLES
+    ablation_report(args.db, args.experiment, args.out, args.scope, names)
+
+
+def _holding_store(func: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+    """A verb that writes the MLflow store ``args.db``, run while holding its lock (one writer at a time)."""
+
+    def locked(args: argparse.Namespace) -> None:
+        from cmt.report.tracking import store_lock
+
+        with store_lock(args.db):
+            func(args)
+
+    return locked
 
 
 def _findings(args: argparse.Namespace) -> None:
@@ -243,14 +250,10 @@ def _findings(args: argparse.Namespace) -> None:
 
 def _report_study(args: argparse.Namespace) -> None:
     from cmt.report.study import PlateauRule, study_report
-    from cmt.report.tracking import store_lock
     from cmt.workflow.jobs import table_id
 
     rule = PlateauRule(*args.plateau)
-    with store_lock(args.db):
-        study_report(
-            args.db, args.experiment, args.out, table_id(args.scope, "method_init"), rule, tuple(args.thresholds)
-        )
+    study_report(args.db, args.experiment, args.out, table_id(args.scope, "method_init"), rule, tuple(args.thresholds))
 
 
 def _inspect_checkpoint(args: argparse.Namespace) -> None:
@@ -363,23 +366,23 @@ def _store_verbs(sub: argparse._SubParsersAction) -> None:
         ing.add_argument(f"--{name}", required=True)
     ing.add_argument("--root", default=".", help="the results folder: record keys are relative to it")
     ing.add_argument("--groups", help="JSON: record folder -> the tables its job feeds (cmt/workflow/jobs.py)")
-    ing.set_defaults(func=_ingest)
+    ing.set_defaults(func=_holding_store(_ingest))
     rep = sub.add_parser("report", help="paper tables and plots from the MLflow store")
     for name in ("db", "experiment", "out"):
         rep.add_argument(f"--{name}", required=True)
-    rep.set_defaults(func=_report)
+    rep.set_defaults(func=_holding_store(_report))
     rab = sub.add_parser("report-ablations", help="ablation tables and curves from the MLflow store")
     for name in ("db", "experiment", "out"):
         rab.add_argument(f"--{name}", required=True)
     rab.add_argument("--scope", default="ablations", help="the sweep (cmt/workflow/jobs.py: SWEEPS)")
     rab.add_argument("--tables", help="comma-separated tables of the sweep (default: every ablation table)")
-    rab.set_defaults(func=_report_ablations)
+    rab.set_defaults(func=_holding_store(_report_ablations))
     rst = sub.add_parser("report-study", help="plateau check, cost to quality and FD bands of a sweep's comparison")
     for name in ("db", "experiment", "out", "scope"):
         rst.add_argument(f"--{name}", required=True)
     rst.add_argument("--plateau", nargs=2, type=float, required=True, metavar=("TAIL", "TOLERANCE"))
     rst.add_argument("--thresholds", nargs="+", type=float, required=True, help="multiples of the teacher's FD")
-    rst.set_defaults(func=_report_study)
+    rst.set_defaults(func=_holding_store(_report_study))
     fnd = sub.add_parser("findings", help="publish the study's tables and plots into docs/findings/ with provenance")
     fnd.add_argument("sources", nargs="+", help="folders of generated tables and plots")
     fnd.add_argument("--results", required=True, help="the results folder whose job records name the commits")

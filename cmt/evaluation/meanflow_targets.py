@@ -13,9 +13,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.func import jvp
 
-from cmt.numerics.precond import Denoiser, edm_to_fm, fm_velocity, mean_velocity
+from cmt.numerics.precond import Denoiser, edm_to_fm, fm_velocity
+from cmt.objectives.meanflow import meanflow_target
 
 ENDS = ("last", "two on")
 
@@ -26,11 +26,11 @@ def relative_error(estimate: Tensor, truth: Tensor) -> float:
 
 
 def student_and_target(student: Denoiser, teacher: Denoiser, z: Tensor, r: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """(u(z, r, t), the MeanFlow target v - (t - r) du/dt with the teacher's velocity v) (numerics.md 9.1)."""
+    """(u(z, r, t), the MeanFlow target with the teacher's velocity v in place of eps - x) (numerics.md 9.1)."""
     with torch.no_grad():
         v = fm_velocity(teacher, z, t.reshape(-1, *([1] * (z.ndim - 1))))
-    u, du_dt = jvp(lambda z_, t_: mean_velocity(student, z_, r, t_), (z, t), (v, torch.ones_like(t)))
-    return u.detach(), (v - (t - r).reshape(-1, *([1] * (z.ndim - 1))) * du_dt).detach()
+    u, target = meanflow_target(student, z, r, t, v)
+    return u.detach(), target
 
 
 def target_errors(student: Denoiser, teacher: Denoiser, states: Tensor, sigmas: Tensor) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from cmt.report.tables import (
     log_tables,
     split_runs,
     tag,
+    teacher_sampler,
     to_markdown,
 )
 from cmt.workflow.jobs import ABLATION_TABLES, table_id
@@ -128,11 +129,13 @@ def teacher_sampler_table(runs: pd.DataFrame, scope: str) -> pd.DataFrame:
     for _, ev in evals[evals["tags.kind"] == "teacher_sampler"].iterrows():
         if table_id(scope, "teacher_samplers") not in tag(ev, "tables").split(","):
             continue
-        for column in ev.index:
-            name = str(column).removeprefix("metrics.")
-            if name.startswith("fd_") and name.endswith("nfe") and not pd.isna(ev[column]):
-                nfe = int(name.removeprefix("fd_").removesuffix("nfe"))
-                rows.append({"solver": tag(ev, "solver"), "steps": int(tag(ev, "steps")), "NFE": nfe, "FD": ev[column]})
+        scored = ev.dropna()
+        sampler = teacher_sampler(scored.index)  # "<NFE>nfe": the one this evaluation scored
+        if f"metrics.fd_{sampler}" in scored:
+            fd = scored[f"metrics.fd_{sampler}"]
+            rows.append(
+                {"solver": tag(ev, "solver"), "steps": int(tag(ev, "steps")), "NFE": int(sampler[:-3]), "FD": fd}
+            )
     frame = pd.DataFrame(rows, columns=["solver", "steps", "NFE", "FD"])
     return frame.sort_values(["solver", "steps"], kind="stable").reset_index(drop=True)
 

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from cmt.formats.atomic import atomic_write_bytes
+from cmt.nets.families import network_config
 from cmt.numerics import oracle
 from cmt.numerics.precond import Denoiser
 from cmt.numerics.solvers import sigma_grid
@@ -78,9 +79,8 @@ class Job:
                    p["teacher"]["train"], p["seed"])  # fmt: skip
 
 
-def _train(model: Denoiser, loss, steps: int, lr: float) -> Denoiser:
-    """``steps`` Adam steps on ``loss(model)``."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+def _train(model: Denoiser, loss, steps: int, opt: torch.optim.Optimizer) -> Denoiser:
+    """``steps`` steps of ``opt`` (over ``model``'s parameters) on ``loss(model)``."""
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         loss(model).backward()
@@ -88,9 +88,13 @@ def _train(model: Denoiser, loss, steps: int, lr: float) -> Denoiser:
     return model
 
 
+def _adam(model: Denoiser, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=lr)
+
+
 def oracle_trajectories(data: Gaussian, sigmas: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     """``n`` exact trajectories (n, len(sigmas), ...) from exact-marginal starts (numerics.md 6)."""
-    x_T = data.mu + (data.s**2 + sigmas[0] ** 2).sqrt() * torch.randn((n, *data.shape), generator=gen)
+    x_T = oracle.marginal_sample((n, *data.shape), float(sigmas[0]), data.mu, data.s, gen, torch.float32)
     return torch.stack([oracle.trajectory_point(x_T, sigmas[0], sigma, data.mu, data.s) for sigma in sigmas], 1)
 
 
@@ -102,13 +106,15 @@ def initialisations(job: Job, data: Gaussian, gen: torch.Generator) -> dict[str,
     def denoising(model: Denoiser) -> torch.Tensor:
         return edm_loss(model, data.sample(s.batch_size, gen), noise["p_mean"], noise["p_std"], gen)
 
-    diffusion = _train(copy.deepcopy(fresh), denoising, s.pretrain_steps, s.lr)
+    diffusion = copy.deepcopy(fresh)
+    _train(diffusion, denoising, s.pretrain_steps, _adam(diffusion, s.lr))
     sigmas = sigma_grid("logsnr", 16, sigma_min=job.precond["sigma_min"], sigma_max=job.precond["sigma_max"])
 
     def consistency(model: Denoiser) -> torch.Tensor:  # every state of 16-step trajectories, as CMT trains
         return cmt_loss(model, oracle_trajectories(data, sigmas, s.batch_size // 16, gen), sigmas, squared_l2)
 
-    cmt = _train(copy.deepcopy(diffusion).set_mode("boundary"), consistency, s.cmt_steps, s.lr / 4)
+    cmt = copy.deepcopy(diffusion).set_mode("boundary")
+    _train(cmt, consistency, s.cmt_steps, _adam(cmt, s.lr / 4))
     return {"random": fresh.set_mode("boundary"), "diffusion-like": diffusion.set_mode("boundary"), "CMT-like": cmt}
 
 
@@ -137,13 +143,14 @@ def post_training(model: Denoiser, job: Job, data: Gaussian, gen: torch.Generato
     model, ect = copy.deepcopy(model), job.ect
     opt = torch.optim.RAdam(model.parameters(), lr=ect["lr"], betas=tuple(ect["betas"]))
     distance = make_distance(ect["loss"], pseudo_huber_c_value=ect["pseudo_huber_c"])
+
+    def step_loss(model: Denoiser) -> torch.Tensor:
+        return ect_loss(model, data.sample(job.settings.batch_size, gen), gen, ect, 0, distance)
+
     rows, done = [], 0
     for target in job.settings.post_steps:
-        while done < target:
-            opt.zero_grad(set_to_none=True)
-            ect_loss(model, data.sample(job.settings.batch_size, gen), gen, ect, 0, distance).backward()
-            opt.step()
-            done += 1
+        _train(model, step_loss, target - done, opt)  # none when post_steps goes backwards
+        done = max(done, target)
         rows.append({"ect_step": target, **measure(model, job, ect["q"], data, gen)})
     return rows
 
@@ -159,8 +166,7 @@ def run(params: dict, out: Path) -> pd.DataFrame:
     the record."""
     job = Job.from_params(params)
     gen = torch.Generator().manual_seed(job.seed)
-    cfg = build_denoiser(job.network, job.precond, job.seed).model.cfg
-    data = Gaussian(job.settings.mu, job.settings.s, (cfg.in_channels, cfg.img_resolution, cfg.img_resolution))
+    data = Gaussian(job.settings.mu, job.settings.s, network_config(job.network).image_shape)
     rows = []
     for init, model in initialisations(job, data, gen).items():
         rows += [{"init": init, "ect_step": 0, **measure(model, job, q, data, gen)} for q in job.settings.qs]

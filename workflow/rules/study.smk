@@ -19,6 +19,9 @@ rule gradient_bias:
         "OMP_NUM_THREADS={threads} python -m cmt gradient-bias --params {params.cfg:q} --out {params.out} > {log} 2>&1"
 
 
+MEANFLOW_INIT, MEANFLOW_POST = jobs.meanflow_lineage(config)  # the jobs the meanflow_targets experiment reads
+
+
 rule meanflow_targets:
     """MeanFlow targets of the flow-map CMT student and of MeanFlow from it (the main run's seed) against the
     teacher's trajectories (config section meanflow_targets; cmt/stages/meanflow_targets.py)."""
@@ -27,8 +30,8 @@ rule meanflow_targets:
     input:
         teacher=result(jobs.TEACHER, names.WEIGHTS),
         traj=result(jobs.traj_path(*jobs.default_set(config)), names.TRAJ_INDEX),
-        init=result(jobs.meanflow_lineage(config)[0], names.WEIGHTS),
-        post=result(jobs.meanflow_lineage(config)[1], names.WEIGHTS),
+        init=result(MEANFLOW_INIT, names.WEIGHTS),
+        post=result(MEANFLOW_POST, names.WEIGHTS),
     output:
         record=result(jobs.EXPERIMENTS["meanflow_targets"], names.RECORD),
         table=result(jobs.EXPERIMENTS["meanflow_targets"], "meanflow_targets.csv"),
