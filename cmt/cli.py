@@ -244,7 +244,9 @@ def _holding_store(func: Callable[[argparse.Namespace], None]) -> Callable[[argp
 def _findings(args: argparse.Namespace) -> None:
     from cmt.report.findings import publish
 
-    copied = publish(Path(args.results), [Path(s) for s in args.sources], Path(args.out))
+    results = Path(args.results)
+    experiments = [Path(folder) for folder in args.experiments]
+    copied = publish(Path(args.tables), experiments, [results / r for r in args.records], Path(args.out))
     print(f"{len(copied)} files -> {args.out}")
 
 
@@ -383,9 +385,13 @@ def _store_verbs(sub: argparse._SubParsersAction) -> None:
     rst.add_argument("--plateau", nargs=2, type=float, required=True, metavar=("TAIL", "TOLERANCE"))
     rst.add_argument("--thresholds", nargs="+", type=float, required=True, help="multiples of the teacher's FD")
     rst.set_defaults(func=_holding_store(_report_study))
-    fnd = sub.add_parser("findings", help="publish the study's tables and plots into docs/findings/ with provenance")
-    fnd.add_argument("sources", nargs="+", help="folders of generated tables and plots")
-    fnd.add_argument("--results", required=True, help="the results folder whose job records name the commits")
+    fnd = sub.add_parser(
+        "findings", help="publish a study target's tables and plots into docs/findings/ with provenance"
+    )
+    fnd.add_argument("tables", help="the target's folder of generated tables and plots")
+    fnd.add_argument("--experiments", nargs="*", default=[], help="its experiments' folders of tables and plots")
+    fnd.add_argument("--results", required=True, help="the results folder")
+    fnd.add_argument("--records", nargs="+", required=True, help="the target's record folders, below --results")
     fnd.add_argument("--out", required=True)
     fnd.set_defaults(func=_findings)
 

@@ -162,32 +162,40 @@ def test_snakemake_plans_both_study_targets(tmp_path):
         out = snakemake(project, "-n", target, "--configfile", "config/study.yaml").stdout
         planned = planned_jobs(out)
         assert planned["teacher"] == teachers and planned["report_study"] == 1
+    published = planned_jobs(snakemake(project, "-n", "findings", "--configfile", "config/study.yaml").stdout)
+    assert published["publish_findings"] == 2 and published["report_study"] == 2
     # with the experiments (the MeanFlow lineage of the main run's seed is one more CMT and post-training job)
     assert planned["posttrain"] == 17 and planned["midtrain"] == 6
     assert planned["gradient_bias"] == 1 and planned["meanflow_targets"] == 1
     assert planned["evaluate_teacher_sampler"] == 9  # 3 solvers x 8, 16, 32 steps
 
 
-def test_findings_copy_the_generated_files_and_name_the_commits_of_the_records(tmp_path):
+def test_findings_copy_the_generated_files_and_name_the_commits_of_the_targets_records(tmp_path):
     from cmt.report.findings import publish
 
-    results, tables = tmp_path / "results", tmp_path / "results" / "tables" / "study"
+    results = tmp_path / "results"
+    tables, experiment = results / "tables" / "study", results / "gradient-bias"
     tables.mkdir(parents=True)
+    experiment.mkdir()
     (tables / "cost.md").write_text("| model |\n")
     (tables / "cost.csv").write_text("model\n")
     (tables / "notes.txt").write_text("not published")
-    for job, commit in (("a", "abc"), ("b", "abc"), ("c", "def+dirty")):
+    (experiment / "gradient_bias.png").write_bytes(b"png")
+    for job, commit in (("a", "abc"), ("b", "abc"), ("c", "def+dirty"), ("other", "xyz")):
         (results / job).mkdir()
         (results / job / "run.json").write_text(f'{{"git_commit": "{commit}"}}')
-    out = tmp_path / "docs" / "findings" / "study"
+    out = tmp_path / "docs" / "findings" / "study" / "study"
     (out / "stale").mkdir(parents=True)  # a file of an earlier publication is not kept
-    copied = publish(results, [tables], out)
-    assert sorted(p.relative_to(out).as_posix() for p in copied) == ["study/cost.csv", "study/cost.md"]
-    assert not (out / "stale").exists() and (out / "study" / "cost.md").read_text() == "| model |\n"
-    assert (
-        "| `abc` | 2 |" in (out / "provenance.md").read_text()
-        and "| `def+dirty` | 1 |" in (out / "provenance.md").read_text()
-    )
+    copied = publish(tables, [experiment], [results / job for job in "abc"], out)
+    assert sorted(p.relative_to(out).as_posix() for p in copied) == [
+        "cost.csv",
+        "cost.md",
+        "gradient-bias/gradient_bias.png",
+    ]
+    assert not (out / "stale").exists() and (out / "cost.md").read_text() == "| model |\n"
+    provenance = (out / "provenance.md").read_text()
+    assert "| `abc` | 2 |" in provenance and "| `def+dirty` | 1 |" in provenance
+    assert "xyz" not in provenance  # a record of another target is not this one's provenance
 
 
 def test_the_teachers_other_samplers_are_evaluation_only_jobs_with_their_own_table(tmp_path, study):

@@ -62,6 +62,7 @@ ABLATION_TABLES = (
 )
 TABLES = ("main", *ABLATION_TABLES)
 SCOPES = ("main", *SWEEPS)
+STUDIES = tuple(sweep for sweep in SWEEPS if sweep != "ablations")  # the sweeps reported as studies (report_study)
 # the midtrain setting a CMT variant overrides -> the table that ablates it
 SETTING_TABLES = {
     "loss": "loss",

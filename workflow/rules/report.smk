@@ -85,7 +85,7 @@ rule report_study:
         plateau=lambda wildcards: "{tail} {tolerance}".format(**config[wildcards.scope]["plateau"]),
         thresholds=lambda wildcards: " ".join(str(f) for f in config[wildcards.scope]["thresholds"]),
     wildcard_constraints:
-        scope="|".join(scope for scope in jobs.SWEEPS if scope != "ablations"),  # report_ablations writes ablations
+        scope="|".join(jobs.STUDIES),  # report_ablations writes ablations
     log:
         f"{RESULTS}/logs/report-{{scope}}.log",
     shell:

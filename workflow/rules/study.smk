@@ -53,22 +53,31 @@ rule meanflow_targets:
         " --out {params.out} > {log} 2>&1"
 
 
-rule findings:
-    """The study's tables and plots (both targets, both experiments) copied into docs/findings/<name>/ with the commits
-    their records name, for docs/findings.md."""
+rule publish_findings:
+    """A study target's tables and plots, its experiments' too, copied into docs/findings/<name>/<scope>/ with the
+    commits its job records name, for docs/findings.md (cmt/report/findings.py)."""
     localrule: True
     input:
-        f"{RESULTS}/tables/study",
-        f"{RESULTS}/tables/study_extras",
-        *(result(folder, names.RECORD) for folder in jobs.EXPERIMENTS.values()),
+        tables=f"{RESULTS}/tables/{{scope}}",
+        experiments=lambda wildcards: [f"{folder}/{names.RECORD}" for folder in experiment_folders(wildcards.scope)],
     output:
-        directory(f"docs/findings/{config['name']}"),
+        directory(f"docs/findings/{config['name']}/{{scope}}"),
     params:
-        sources=lambda wildcards, input: [input[0], input[1], *(os.path.dirname(f) for f in input[2:])],
-        results=lambda wildcards, input: os.path.dirname(os.path.dirname(input[0])),  # results/<name>
+        experiments=lambda wildcards, input: [os.path.dirname(record) for record in input.experiments],
+        records=lambda wildcards: jobs.record_folders(config, wildcards.scope),
+        results=lambda wildcards, input: os.path.dirname(os.path.dirname(input.tables)),  # results/<name>
+    wildcard_constraints:
+        scope="|".join(jobs.STUDIES),
     conda:
         "../../envs/cmt.yaml"
     log:
-        f"{RESULTS}/logs/findings.log",
+        f"{RESULTS}/logs/findings-{{scope}}.log",
     shell:
-        "python -m cmt findings {params.sources} --results {params.results} --out {output} > {log} 2>&1"
+        "python -m cmt findings {input.tables} --experiments {params.experiments} --results {params.results}"
+        " --records {params.records} --out {output} > {log} 2>&1"
+
+
+rule findings:
+    """Both study targets published into docs/findings/<name>/<scope>/ (naming that folder publishes one)."""
+    input:
+        expand(rules.publish_findings.output, scope=jobs.STUDIES),
