@@ -10,6 +10,7 @@ from helpers.figures import assert_plot
 from helpers.project import ROOT, copy_project, planned_jobs, snakemake
 
 from cmt.config import load_config
+from cmt.errors import BadInput
 from cmt.report.study import (
     Lineage,
     PlateauRule,
@@ -66,15 +67,25 @@ def test_cost_to_quality_is_the_mean_over_the_seeds_that_reach_a_threshold():
         _lineage("A", 1, [90, 60, 40, 20, 12], 1000),
         _lineage("B", 0, [90, 80, 70, 60, 50], 0),
     ]
-    table = cost_table(found, reference=10.0, factors=(2.0, 1.25))
+    table = cost_table(found, references={0: 10.0, 1: 10.0}, factors=(2.0, 1.25))
     rows = {(r["model"], r["steps"], r["threshold"]): r for r in table.to_dict("records")}
-    a20 = rows[("A", 2, "2 x teacher (20.0)")]
+    a20 = rows[("A", 2, "2 x teacher")]
     assert a20["reached"] == "2/2" and a20["images"] == (200 + 300) / 2  # steps 2 and 3 at 100 images a step
     assert a20["wall s"] == (4 + 6) / 2 and a20["wall s + teacher"] == 105
     assert a20["images + teacher"] == 1250 and a20["teacher NFE"] == 25
-    assert rows[("A", 1, "1.25 x teacher (12.5)")]["reached"] == "2/2"  # 12 <= 12.5 at step 3, then step 4
-    b = rows[("B", 1, "2 x teacher (20.0)")]
+    assert rows[("A", 1, "1.25 x teacher")]["reached"] == "2/2"  # 12 <= 12.5 at step 3, then step 4
+    b = rows[("B", 1, "2 x teacher")]
     assert b["reached"] == "not reached" and math.isnan(b["images"])
+
+
+def test_each_seeds_threshold_is_the_teachers_fd_on_that_seeds_draws():
+    # the same curves; seed 1's draws are harder (its teacher scores 20, not 10), so its 40 already meets 2 x teacher
+    found = [_lineage("A", 0, [90, 40, 20, 12, 11], 1000), _lineage("A", 1, [90, 60, 40, 20, 12], 1000)]
+    paired = cost_table(found, references={0: 10.0, 1: 20.0}, factors=(2.0,))
+    row = paired[(paired["steps"] == 1)].iloc[0]
+    assert row["reached"] == "2/2" and row["images"] == (200 + 200) / 2  # both at step 2
+    unpaired = cost_table(found, references={0: 10.0, 1: 10.0}, factors=(2.0,))
+    assert unpaired[(unpaired["steps"] == 1)].iloc[0]["images"] == (200 + 300) / 2
 
 
 def test_the_study_targets_plan_the_comparison_and_the_extras(study):
@@ -139,6 +150,16 @@ def test_the_study_report_reads_plateau_and_cost_from_a_real_store(tmp_path, stu
             groups |= {job: ["study.method_init"], f"eval/{job}": ["study.method_init"]}
     db = tmp_path / "mlflow.db"
     ingest(records, db, "study", tmp_path / "art", root=tmp_path / "res", groups=groups)
+    with pytest.raises(BadInput, match=r"seed\(s\) \[0, 1\].*eval/teacher-draws/s0"):
+        study_report(db, "study", tmp_path / "tables", "study.method_init", RULE, (2.0, 1.5))
+    draws = []
+    for seed in (0, 1):  # the teacher on each seed's draws: the cost table's references
+        tags = jobs.teacher_draws_tags(seed)
+        where = tmp_path / "res" / "eval" / tags["job"]
+        write_record(where, stage="evaluate", run_name=tags["job"], params={}, tags=tags, metrics={"fd_16nfe": 10.0})
+        draws.append(where / "run.json")
+    db = tmp_path / "with-draws.db"
+    ingest(records + draws, db, "study", tmp_path / "art", root=tmp_path / "res", groups=groups)
     study_report(db, "study", tmp_path / "tables", "study.method_init", RULE, (2.0, 1.5))
 
     plateau = {(r["model"], r["seed"], r["steps"]): r for r in csv.DictReader((tmp_path / "tables/plateau.csv").open())}
@@ -146,13 +167,14 @@ def test_the_study_report_reads_plateau_and_cost_from_a_real_store(tmp_path, stu
     ect = plateau[("ECT from CMT init", "1", "2")]
     assert float(ect["FD drift, last 25%"]) == pytest.approx(4 / 14) and ect["plateaued"] == "no"
     cost = {(r["model"], r["steps"], r["threshold"]): r for r in csv.DictReader((tmp_path / "tables/cost.csv").open())}
-    cmt = cost[("CMT only", "2", "2 x teacher (20.0)")]
+    cmt = cost[("CMT only", "2", "2 x teacher")]
     assert cmt["reached"] == "not reached"
-    ect = cost[("ECT from CMT init", "2", "2 x teacher (20.0)")]
+    ect = cost[("ECT from CMT init", "2", "2 x teacher")]
     assert ect["reached"] == "2/2"  # seed 0 at post step 2, seed 1 at step 3: CMT's 400 images, then 50 a step
     assert float(ect["images"]) == 400 + (100 + 150) / 2 and float(ect["images + teacher"]) == 10000 + 525
     assert float(ect["teacher NFE"]) == 160 and float(ect["wall s"]) == 4 + (4 + 6) / 2
     assert "the mean FD of the later half is within 0.05 (relative)" in (tmp_path / "tables/plateau.md").read_text()
+    assert "10.0 (seed 0), 10.0 (seed 1)" in (tmp_path / "tables/cost.md").read_text()
     assert_plot(tmp_path / "tables" / "fd_bands.png", (1440, 480))
 
 
@@ -167,7 +189,7 @@ def test_snakemake_plans_both_study_targets(tmp_path):
     # with the experiments (the MeanFlow lineage of the main run's seed is one more CMT and post-training job)
     assert planned["posttrain"] == 17 and planned["midtrain"] == 6
     assert planned["gradient_bias"] == 1 and planned["meanflow_targets"] == 1
-    assert planned["evaluate_teacher_sampler"] == 9  # 3 solvers x 8, 16, 32 steps
+    assert planned["evaluate_teacher_alone"] == 9 + 1  # 3 solvers x 8, 16, 32 steps; the teacher on seed 0's draws
 
 
 def test_findings_copy_the_generated_files_and_name_the_commits_of_the_targets_records(tmp_path):
@@ -200,7 +222,17 @@ def test_findings_copy_the_generated_files_and_name_the_commits_of_the_targets_r
 
 def test_the_teachers_other_samplers_are_evaluation_only_jobs_with_their_own_table(tmp_path, study):
     evaluations = jobs.sweep_evaluations(study, "study_extras")
-    assert evaluations["eval/teacher-samplers/heun-s8"] == {"study_extras.teacher_samplers"} and len(evaluations) == 9
+    assert evaluations["eval/teacher-samplers/heun-s8"] == {"study_extras.teacher_samplers"} and len(evaluations) == 10
+    assert evaluations["eval/teacher-draws/s0"] == {"study_extras.method_init"}  # the cost table's reference
+    assert [p for p in jobs.sweep_evaluations(study, "study") if "draws" in p] == [
+        f"eval/teacher-draws/s{seed}" for seed in (0, 1, 2)
+    ]
+    evaluate, sample, tags = jobs.teacher_evaluation(study, "teacher-draws/s2")
+    assert evaluate["seed"] == 2 and sample == study["teacher"]["sample"] and tags["kind"] == "teacher_draws"
+    evaluate, sample, tags = jobs.teacher_evaluation(study, "teacher-samplers/heun-s8")
+    assert evaluate == study["evaluate"] and (sample["solver"], sample["steps"]) == ("heun", 8)
+    with pytest.raises(BadInput, match="teacher-draws/x: not an evaluation-only teacher job"):
+        jobs.teacher_evaluation(study, "teacher-draws/x")
     assert jobs.record_groups(study)["eval/teacher-samplers/heun-s8"] == ["study_extras.teacher_samplers"]
     assert "eval/teacher-samplers/heun-s8" in jobs.record_folders(study, "study_extras")
     assert "teacher_samplers" in jobs.sweep_tables(study, "study_extras")

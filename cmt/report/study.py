@@ -17,9 +17,11 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
+from cmt.errors import BadInput
 from cmt.formats.atomic import atomic_write_bytes
 from cmt.report.plots import save_figure
 from cmt.report.tables import _metric, lineage, model_name, split_runs, tag, teacher_sampler, to_markdown
+from cmt.workflow.jobs import teacher_draws_path
 
 STEPS = (1, 2)
 COSTS = ("images", "teacher_nfe", "wall_seconds")
@@ -134,14 +136,20 @@ def lineages(db: str | Path, runs: pd.DataFrame, table: str) -> list[Lineage]:
     return found
 
 
-def teacher_fd(runs: pd.DataFrame) -> float:
-    """The config's own teacher's FD at its multi-step sampler (the evaluation run of job ``teacher``)."""
+def teacher_references(runs: pd.DataFrame, seeds: set[int]) -> dict[int, float]:
+    """Per training seed, the config's teacher's FD at its multi-step sampler on the noise draws that seed's FD curves
+    use (the evaluation-only job ``eval/teacher-draws/s<seed>``): at 500 samples the draws alone move FD by a third,
+    so a threshold is only comparable with curves on the same draws (workflow.md 7.2)."""
     _, evals = split_runs(runs)
-    ev = evals[evals["tags.job"] == "teacher"]
+    draws = evals[evals["tags.kind"] == "teacher_draws"] if "tags.kind" in evals else evals.iloc[:0]
     sampler = teacher_sampler(runs.columns)
-    if ev.empty or not sampler:
-        return math.nan
-    return _metric(ev.iloc[0], f"fd_{sampler}")
+    found = {int(tag(ev, "seed")): _metric(ev, f"fd_{sampler}") for _, ev in draws.iterrows()} if sampler else {}
+    if missing := sorted(seeds - set(found)):
+        raise BadInput(
+            f"no teacher evaluation on the draws of seed(s) {missing} in the store "
+            f"(eval/{teacher_draws_path(missing[0])}): run the study target, which evaluates it"
+        )
+    return {seed: found[seed] for seed in sorted(seeds)}
 
 
 def plateau_table(found: list[Lineage], rule: PlateauRule) -> pd.DataFrame:
@@ -169,21 +177,20 @@ def plateau_table(found: list[Lineage], rule: PlateauRule) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["model", "steps", "seed"], kind="stable")
 
 
-def cost_table(found: list[Lineage], reference: float, factors: tuple[float, ...]) -> pd.DataFrame:
-    """Per lineage, step count and threshold factor x ``reference`` FD: how many seeds reached it, and the mean over
-    those of the training images, teacher NFE and wall seconds first needed, without and with the teacher's own
-    training."""
+def cost_table(found: list[Lineage], references: dict[int, float], factors: tuple[float, ...]) -> pd.DataFrame:
+    """Per lineage, step count and threshold factor x the teacher's FD on each seed's own draws (``references``):
+    how many seeds reached it, and the mean over those of the training images, teacher NFE and wall seconds first
+    needed, without and with the teacher's own training."""
     rows = []
     models = list(dict.fromkeys(item.model for item in found))
     for model, k, factor in ((m, k, f) for m in models for k in STEPS for f in factors):
         seeds = [item for item in found if item.model == model]
-        threshold = factor * reference
         reached = []
         for item in seeds:
-            spent = first_reach(item.curve(k), threshold)
+            spent = first_reach(item.curve(k), factor * references[item.seed])
             if spent is not None:
                 reached.append((spent, item.teacher))
-        row = {"model": model, "steps": k, "threshold": f"{factor:g} x teacher ({threshold:.1f})"}
+        row = {"model": model, "steps": k, "threshold": f"{factor:g} x teacher"}
         row["reached"] = f"{len(reached)}/{len(seeds)}" if reached else "not reached"
         for name in COSTS:
             row[COST_NAMES[name]] = float(np.mean([spent[name] for spent, _ in reached])) if reached else math.nan
@@ -196,7 +203,7 @@ def cost_table(found: list[Lineage], reference: float, factors: tuple[float, ...
 
 def plot_bands(found: list[Lineage], reference: float, path: str | Path) -> None:
     """FD against the lineage's training images, 1- and 2-step: the mean over seeds, a band from the lowest to the
-    highest seed, and the teacher's FD as a dashed line."""
+    highest seed, and the teacher's FD on the same draws (the mean over the seeds') as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,7 +220,7 @@ def plot_bands(found: list[Lineage], reference: float, path: str | Path) -> None
             (line,) = ax.plot(x, fd.mean(0), lw=1.3, label=f"{model} ({seeds})")
             ax.fill_between(x, fd.min(0), fd.max(0), color=line.get_color(), alpha=0.2, lw=0)
         if not math.isnan(reference):
-            ax.axhline(reference, color="k", ls="--", lw=0.8, label="teacher (multi-step)")
+            ax.axhline(reference, color="k", ls="--", lw=0.8, label="teacher (multi-step, same draws)")
         ax.set(xlabel="training images (CMT + post-training)", ylabel=f"{k}-step FD", yscale="log")
         ax.legend(fontsize=6)
     save_figure(fig, path)
@@ -228,19 +235,22 @@ def study_report(
     out = Path(out_dir)
     runs = _runs(db, experiment)
     found = lineages(db, runs, table)
-    reference = teacher_fd(runs)
+    references = teacher_references(runs, {item.seed for item in found})
+    listed = ", ".join(f"{fd:.1f} (seed {seed})" for seed, fd in references.items())
     notes = {
         "plateau": f"The plateau rule: over the evaluations in the last {rule.tail:.0%} of a lineage's last stage, the "
         f"mean FD of the later half is within {rule.tolerance:g} (relative) of the earlier half's; drift = (later - "
         "earlier) / earlier. Checked after training; nothing stopped early.",
         "cost": "Training images, teacher NFE and wall seconds a lineage (CMT + post-training) first needed to reach "
-        "each FD threshold, a multiple of the teacher's own multi-step FD at the same sample count; the mean over the "
-        "seeds that reached it; `+ teacher`: with the teacher's own training counted (not for random init).",
+        "each FD threshold, a multiple of the teacher's own multi-step FD on the same noise draws and sample count as "
+        f"the seed's curve (the teacher's FD on each seed's draws: {listed}); the mean over the seeds that reached "
+        "it; `+ teacher`: with the teacher's own training counted (not for random init).",
     }
-    frames = {"plateau": plateau_table(found, rule), "cost": cost_table(found, reference, factors)}
+    frames = {"plateau": plateau_table(found, rule), "cost": cost_table(found, references, factors)}
     for name, frame in frames.items():
         atomic_write_bytes(out / f"{name}.csv", frame.to_csv(index=False).encode())
         md = f"# {name.capitalize()} ({experiment}, table {table})\n\n{notes[name]}\n\n" + to_markdown(frame)
         atomic_write_bytes(out / f"{name}.md", md.encode())
+    reference = float(np.mean(list(references.values())))
     plot_bands(found, reference, out / "fd_bands.png")
     log_tables(db, experiment, [out / f"{n}.{e}" for n in frames for e in ("md", "csv")] + [out / "fd_bands.png"])

@@ -11,6 +11,7 @@ from MLflow tags, never from paths):
     post/<method>-<init>/<variant>/it<iters>/p-<name>/s<seed>   a post-training variant (named method overrides)
     eval/<job>                                         the evaluation of a trained job
     eval/teacher-samplers/<solver>-s<steps>            the teacher evaluated with another sampler (no training)
+    eval/teacher-draws/s<seed>                         the teacher evaluated on the draws of a seed's FD curves
     featnet                                            the offline metric's feature net
     gradient-bias, meanflow-targets                    a sweep's experiments (its ``experiments``)
     dataset/images.zip, dataset/build.json             the EDM zip built from ``data.build`` and its record
@@ -28,6 +29,7 @@ one schema and a target: ``ablations`` (``all_ablations``, the paper's ablations
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 
@@ -47,6 +49,7 @@ BASE = "base"  # the CMT variant (and the teacher variant) that overrides nothin
 TEACHER_PREFIX = "t-"  # a teacher variant's jobs: t-<name>/teacher, t-<name>/traj/..., t-<name>/mid/..., ...
 POST_VARIANT_PREFIX = "p-"  # a post-training variant's segment before s<seed>
 TEACHER_SAMPLERS = "teacher-samplers"  # evaluation-only jobs: the teacher with a sweep's other samplers
+TEACHER_DRAWS = "teacher-draws"  # evaluation-only jobs: the teacher on the noise draws of a seed's FD curves
 SWEEPS = ("ablations", "study", "study_extras")  # config sections of the sweep schema; each is a target's scope
 ABLATION_TABLES = (
     "method_init",
@@ -126,6 +129,32 @@ def teacher_sampler_tags(solver: str, steps: int | str) -> dict:
         "steps": str(steps),
         "init_job": TEACHER,
     }
+
+
+def teacher_draws_path(seed: int | str) -> str:
+    """The evaluation-only job of the teacher, with its own sampler, on the noise draws (evaluation seed) that the FD
+    curves of training seed ``seed`` use: the paired reference of that seed's cost-to-quality thresholds."""
+    return f"{TEACHER_DRAWS}/s{seed}"
+
+
+def teacher_draws_tags(seed: int | str) -> dict:
+    return {"job": teacher_draws_path(seed), "kind": "teacher_draws", "seed": str(seed), "init_job": TEACHER}
+
+
+# the evaluation-only jobs of the config's teacher (below eval/): another sampler, or a seed's draws
+TEACHER_EVALUATION = rf"{TEACHER_SAMPLERS}/[a-z0-9_]+-s\d+|{TEACHER_DRAWS}/s\d+"
+
+
+def teacher_evaluation(config: Mapping, job: str) -> tuple[dict, dict, dict]:
+    """(the evaluate section, the teacher's sample section, the tags) of an evaluation-only teacher job: the config's
+    with the path's solver and step count, or with the path's seed as the evaluation seed."""
+    sample, evaluate = config["teacher"]["sample"], config["evaluate"]
+    if found := re.fullmatch(rf"{TEACHER_SAMPLERS}/([a-z0-9_]+)-s(\d+)", job):
+        solver, steps = found.groups()
+        return evaluate, {**sample, "solver": solver, "steps": int(steps)}, teacher_sampler_tags(solver, steps)
+    if found := re.fullmatch(rf"{TEACHER_DRAWS}/s(\d+)", job):
+        return {**evaluate, "seed": int(found[1])}, sample, teacher_draws_tags(found[1])
+    raise BadInput(f"{job}: not an evaluation-only teacher job ({TEACHER_EVALUATION})")
 
 
 def eval_path(job: str) -> str:
@@ -392,11 +421,16 @@ def sweep_jobs(config: Mapping, scope: str = "ablations") -> dict[str, set[str]]
 
 
 def sweep_evaluations(config: Mapping, scope: str) -> dict[str, set[str]]:
-    """Evaluation-only jobs of a sweep (its ``teacher_samplers``: the config's teacher with each solver x steps) and
-    the table they feed, by evaluation folder."""
-    samplers = config[scope].get("teacher_samplers") or {}
+    """Evaluation-only jobs of a sweep and the table they feed, by evaluation folder: its ``teacher_samplers`` (the
+    config's teacher with each solver x steps) and, for a study, the teacher on each seed's draws (the cost table's
+    paired thresholds, workflow.md 7.2)."""
+    sweep = config[scope]
+    samplers = sweep.get("teacher_samplers") or {}
     pairs = [(solver, steps) for solver in samplers.get("solvers", []) for steps in samplers.get("steps", [])]
-    return {eval_path(teacher_sampler_path(*pair)): {table_id(scope, "teacher_samplers")} for pair in pairs}
+    found = {eval_path(teacher_sampler_path(*pair)): {table_id(scope, "teacher_samplers")} for pair in pairs}
+    if scope in STUDIES:
+        found.update({eval_path(teacher_draws_path(seed)): {table_id(scope, "method_init")} for seed in sweep["seeds"]})
+    return found
 
 
 def post_variant_jobs(config: Mapping, sweep: Mapping, seed: int) -> list[str]:

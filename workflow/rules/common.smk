@@ -175,11 +175,10 @@ def posttrain_params(wildcards):
     )
 
 
-def teacher_sampler_params(wildcards):
-    """The evaluate subtree with the teacher's sample section at the path's solver and step count, and its axes."""
-    sample = {**config["teacher"]["sample"], "solver": wildcards.solver, "steps": int(wildcards.steps)}
-    tags = jobs.teacher_sampler_tags(wildcards.solver, wildcards.steps)
-    return subtree("evaluate", "precond", "data", "seed", *DEVICE, teacher={"sample": sample}, job=tags)
+def teacher_evaluation_params(wildcards):
+    """The evaluate subtree of an evaluation-only teacher job (another sampler, or a seed's draws), and its axes."""
+    evaluate, sample, tags = jobs.teacher_evaluation(config, wildcards.teval)
+    return subtree("precond", "data", "seed", *DEVICE, evaluate=evaluate, teacher={"sample": sample}, job=tags)
 
 
 def ingest_records(wildcards):

@@ -48,9 +48,9 @@ rule evaluate:
         " --model {params.model} {params.scoring} --label {wildcards.job:q} --out {params.out} > {log} 2>&1"
 
 
-rule evaluate_teacher_sampler:
-    """The config's teacher sampled with another solver and step count (a sweep's teacher_samplers): its FD at that
-    NFE, an evaluation-only job."""
+rule evaluate_teacher_alone:
+    """The config's teacher sampled with another solver and step count (a sweep's teacher_samplers), or on the noise
+    draws of a seed's FD curves (a study's paired reference): an evaluation-only job."""
     conda:
         "../../envs/cmt.yaml"
     input:
@@ -59,21 +59,20 @@ rule evaluate_teacher_sampler:
         fid_ref=[FID_REF] if "fid" in config["evaluate"]["metrics"] else [],
         data=DATA,
     output:
-        scores=result(jobs.eval_path(jobs.teacher_sampler_path("{solver}", "{steps}")), "scores.json"),
-        record=result(jobs.eval_path(jobs.teacher_sampler_path("{solver}", "{steps}")), names.RECORD),
+        scores=result(jobs.eval_path("{teval}"), "scores.json"),
+        record=result(jobs.eval_path("{teval}"), names.RECORD),
     params:
-        cfg=teacher_sampler_params,
+        cfg=teacher_evaluation_params,
         out=subpath(output.scores, parent=True),
         model=subpath(input.model, parent=True),
-        label=lambda wildcards: jobs.teacher_sampler_path(wildcards.solver, wildcards.steps),
         scoring=lambda wildcards, input: f"{optional('featnet', input.featnet)} {optional('fid-ref', input.fid_ref)}",
     wildcard_constraints:
-        steps=r"\d+",
+        teval=jobs.TEACHER_EVALUATION,
     threads: threads_of("evaluate")
     resources:
         **resources_of("evaluate"),
     log:
-        f"{RESULTS}/logs/{jobs.eval_path(jobs.teacher_sampler_path('{solver}', '{steps}'))}.log",
+        f"{RESULTS}/logs/{jobs.eval_path('{teval}')}.log",
     shell:
         "OMP_NUM_THREADS={threads} python -m cmt evaluate --params {params.cfg:q}"
-        " --model {params.model} {params.scoring} --label {params.label:q} --out {params.out} > {log} 2>&1"
+        " --model {params.model} {params.scoring} --label {wildcards.teval:q} --out {params.out} > {log} 2>&1"
