@@ -159,6 +159,7 @@ def test_the_study_report_reads_plateau_and_cost_from_a_real_store(tmp_path, stu
         write_record(where, stage="evaluate", run_name=tags["job"], params={}, tags=tags, metrics={"fd_16nfe": 10.0})
         draws.append(where / "run.json")
     db = tmp_path / "with-draws.db"
+    groups |= {f"eval/{jobs.teacher_draws_path(seed)}": ["study.method_init"] for seed in (0, 1)}  # as jobs.py tags
     ingest(records + draws, db, "study", tmp_path / "art", root=tmp_path / "res", groups=groups)
     study_report(db, "study", tmp_path / "tables", "study.method_init", RULE, (2.0, 1.5))
 

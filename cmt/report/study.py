@@ -19,6 +19,7 @@ import pandas as pd
 
 from cmt.errors import BadInput
 from cmt.formats.atomic import atomic_write_bytes
+from cmt.report.ablation_tables import STUDENT
 from cmt.report.plots import save_figure
 from cmt.report.tables import _metric, lineage, model_name, split_runs, tag, teacher_sampler, to_markdown
 from cmt.workflow.jobs import teacher_draws_path
@@ -125,7 +126,7 @@ def lineages(db: str | Path, runs: pd.DataFrame, table: str) -> list[Lineage]:
     train, evals = split_runs(runs)
     found = []
     for _, ev in evals.iterrows():
-        if table not in tag(ev, "tables").split(",") or tag(ev, "kind") == "teacher":
+        if table not in tag(ev, "tables").split(",") or tag(ev, "kind") not in STUDENT:  # not the teacher's
             continue
         teacher, students = stages(lineage(train, tag(ev, "job")))
         histories = {
