@@ -51,7 +51,9 @@ def test_the_oracle_objective_of_an_affine_model_has_its_closed_form(t):
 def test_gradient_statistics():
     a = GradientEstimate(torch.tensor([3.0, 4.0], dtype=torch.float64), 0.1, 4)
     b = GradientEstimate(torch.tensor([4.0, 3.0], dtype=torch.float64), 0.2, 4)
-    assert compare(a, b) == pytest.approx({"cosine": 24 / 25, "norm_ratio": 1.0, "se_ect": 0.1, "se_oracle": 0.2})
+    assert compare(a, b) == pytest.approx(
+        {"cosine": 24 / 25, "norm_ratio": 1.0, "oracle_norm": 5.0, "bias": 2**0.5, "se_ect": 0.1, "se_oracle": 0.2}
+    )
     model, gen = Affine(0.5, 0.0), torch.Generator().manual_seed(0)
 
     def fixed(model, y, gen, cfg, stage, distance, data):  # the same loss for every minibatch: no standard error
@@ -75,4 +77,4 @@ def test_the_gradient_bias_job_writes_its_table_plot_and_record(tmp_path):
     assert all(-1 <= float(r["cosine"]) <= 1 and float(r["norm_ratio"]) > 0 for r in rows)
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["metrics"]["cosine_CMT-like_q256_step2"] == pytest.approx(float(rows[-1]["cosine"]))
-    assert_plot(tmp_path / "gradient_bias.png", (1080, 432))
+    assert_plot(tmp_path / "gradient_bias.png", (1620, 432))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from cmt.formats.atomic import atomic_write_bytes
 from cmt.nets.families import network_config
@@ -167,10 +168,15 @@ def run(params: dict, out: Path) -> pd.DataFrame:
     job = Job.from_params(params)
     gen = torch.Generator().manual_seed(job.seed)
     data = Gaussian(job.settings.mu, job.settings.s, network_config(job.network).image_shape)
-    rows = []
-    for init, model in initialisations(job, data, gen).items():
-        rows += [{"init": init, "ect_step": 0, **measure(model, job, q, data, gen)} for q in job.settings.qs]
-        rows += [{"init": init, **row} for row in post_training(model, job, data, gen)]
+    s = job.settings
+    print(f"gradient bias: training the inits ({s.pretrain_steps} denoising + {s.cmt_steps} CMT steps)", flush=True)
+    rows, inits = [], initialisations(job, data, gen)
+    with tqdm(total=len(inits) * (len(s.qs) + len(s.post_steps)), desc="gradient bias", unit="measurement") as bar:
+        for init, model in inits.items():
+            rows += [{"init": init, "ect_step": 0, **measure(model, job, q, data, gen)} for q in s.qs]
+            bar.update(len(s.qs))
+            rows += [{"init": init, **row} for row in post_training(model, job, data, gen)]
+            bar.update(len(s.post_steps))
     table = pd.DataFrame(rows)
     write_outputs(table, out, {**params["gradient_bias"], "seed": job.seed, "ect_q": job.ect["q"]})
     return table
@@ -181,8 +187,8 @@ def write_outputs(table: pd.DataFrame, out: Path, params: dict) -> None:
     note = (
         "# Gradient bias on Gaussian data\n\nCosine and norm ratio |g_ECT| / |g_oracle| between ECT's expected "
         f"minibatch gradient and the oracle objective's, each the mean of {params['batches']} minibatch gradients of "
-        f"{params['batch_size']} (`se_*`: relative standard error of each mean). Rows with ect_step > 0: after that "
-        "many ECT steps from the init.\n\n"
+        f"{params['batch_size']}; |g_oracle| and the absolute bias |g_ECT - g_oracle| (`se_*`: relative standard "
+        "error of each mean). Rows with ect_step > 0: after that many ECT steps from the init.\n\n"
     )
     atomic_write_bytes(out / "gradient_bias.md", (note + to_markdown(table)).encode())
     plot(table, out / "gradient_bias.png")
@@ -193,20 +199,23 @@ def write_outputs(table: pd.DataFrame, out: Path, params: dict) -> None:
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
-    """Cosine against Δt / t at step 0, and against ECT steps at ECT's q, one line per init."""
+    """Cosine and absolute bias against Δt / t at step 0, and the cosine against ECT steps at ECT's q, one line per
+    init."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13.5, 3.6), dpi=120)
     for init in INITS:
         rows = table[table["init"] == init]
         start = rows[rows["ect_step"] == 0].sort_values("dt_over_t")
         left.plot(start["dt_over_t"], start["cosine"], marker="o", label=init)
+        middle.plot(start["dt_over_t"], start["bias"], marker="o", label=init)
         later = rows[rows["q"] == rows["q"].iloc[-1]].sort_values("ect_step")  # the post-training rows come last
         right.plot(later["ect_step"], later["cosine"], marker="o", label=init)
     left.set(xscale="log", xlabel="Δt / t at the median t (ECT stage 0)", ylabel="cos(ECT gradient, oracle gradient)")
+    middle.set(xscale="log", yscale="log", xlabel="Δt / t at the median t (ECT stage 0)", ylabel="|g_ECT - g_oracle|")
     right.set(xlabel="ECT steps from the init", title="at ECT's own q")
     left.legend(fontsize=7)
     save_figure(fig, path)

@@ -93,11 +93,14 @@ def expected_gradient(
 
 
 def compare(a: GradientEstimate, b: GradientEstimate) -> dict[str, float]:
-    """Cosine and norm ratio |a| / |b| of two expected gradients, with both relative standard errors."""
+    """Cosine and norm ratio |a| / |b| of two expected gradients, the oracle's norm |b| and the absolute bias
+    |a - b| (the quantity the paper bounds, docs/method.md 1), with both relative standard errors."""
     cosine = float(torch.nn.functional.cosine_similarity(a.mean, b.mean, dim=0))
     return {
         "cosine": cosine,
         "norm_ratio": float(a.mean.norm() / b.mean.norm()),
+        "oracle_norm": float(b.mean.norm()),
+        "bias": float((a.mean - b.mean).norm()),
         "se_ect": a.relative_se,
         "se_oracle": b.relative_se,
     }
