@@ -141,18 +141,21 @@ def teacher_draws_tags(seed: int | str) -> dict:
     return {"job": teacher_draws_path(seed), "kind": "teacher_draws", "seed": str(seed), "init_job": TEACHER}
 
 
-# the evaluation-only jobs of the config's teacher (below eval/): another sampler, or a seed's draws
-TEACHER_EVALUATION = rf"{TEACHER_SAMPLERS}/[a-z0-9_]+-s\d+|{TEACHER_DRAWS}/s\d+"
+# the evaluation-only jobs of the config's teacher (below eval/), as the two paths above spell them: another sampler
+# (groups: solver, steps), or a seed's draws (group: seed)
+TEACHER_SAMPLER_JOB = rf"{TEACHER_SAMPLERS}/([a-z0-9_]+)-s(\d+)"
+TEACHER_DRAWS_JOB = rf"{TEACHER_DRAWS}/s(\d+)"
+TEACHER_EVALUATION = f"{TEACHER_SAMPLER_JOB}|{TEACHER_DRAWS_JOB}"
 
 
 def teacher_evaluation(config: Mapping, job: str) -> tuple[dict, dict, dict]:
     """(the evaluate section, the teacher's sample section, the tags) of an evaluation-only teacher job: the config's
     with the path's solver and step count, or with the path's seed as the evaluation seed."""
     sample, evaluate = config["teacher"]["sample"], config["evaluate"]
-    if found := re.fullmatch(rf"{TEACHER_SAMPLERS}/([a-z0-9_]+)-s(\d+)", job):
+    if found := re.fullmatch(TEACHER_SAMPLER_JOB, job):
         solver, steps = found.groups()
         return evaluate, {**sample, "solver": solver, "steps": int(steps)}, teacher_sampler_tags(solver, steps)
-    if found := re.fullmatch(rf"{TEACHER_DRAWS}/s(\d+)", job):
+    if found := re.fullmatch(TEACHER_DRAWS_JOB, job):
         return {**evaluate, "seed": int(found[1])}, sample, teacher_draws_tags(found[1])
     raise BadInput(f"{job}: not an evaluation-only teacher job ({TEACHER_EVALUATION})")
 
@@ -490,10 +493,15 @@ def meanflow_lineage(config: Mapping) -> tuple[str, str]:
     return mid_path(variant, *default_set(config), seed), post_path("meanflow", "cmt", variant, iterations, seed)
 
 
+def experiment_paths(config: Mapping, scope: str) -> list[str]:
+    """The folders (below the results folder) of the experiments a sweep runs (its ``experiments``)."""
+    return [EXPERIMENTS[name] for name in config[scope].get("experiments") or []]
+
+
 def record_folders(config: Mapping, scope: str) -> list[str]:
     """Record folders (below the results folder) of a scope: every job, its evaluation, the feature net."""
     jobs = sorted(scope_jobs(config, scope))
-    extra = [] if scope == "main" else [EXPERIMENTS[name] for name in (config[scope].get("experiments") or [])]
+    extra = [] if scope == "main" else experiment_paths(config, scope)
     evaluations = [] if scope == "main" else sorted(sweep_evaluations(config, scope))
     return [
         *([FEATNET] if uses_featnet(config) else []),

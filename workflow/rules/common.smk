@@ -102,11 +102,6 @@ def result(path, name):
     return f"{RESULTS}/{path}/{name}"
 
 
-def experiment_folders(scope):
-    """The folders of the experiments a study target runs (its ``experiments``)."""
-    return [f"{RESULTS}/{jobs.EXPERIMENTS[name]}" for name in config[scope].get("experiments") or []]
-
-
 def shard_files(folder):
     return [f"{folder}/{name}" for name in names.shard_names(config["trajectories"]["count"], config["trajectories"]["shard_size"])]
 

@@ -59,7 +59,9 @@ rule publish_findings:
     localrule: True
     input:
         tables=f"{RESULTS}/tables/{{scope}}",
-        experiments=lambda wildcards: [f"{folder}/{names.RECORD}" for folder in experiment_folders(wildcards.scope)],
+        experiments=lambda wildcards: [
+            result(path, names.RECORD) for path in jobs.experiment_paths(config, wildcards.scope)
+        ],
     output:
         directory(f"docs/findings/{config['name']}/{{scope}}"),
     params:
