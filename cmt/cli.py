@@ -252,10 +252,9 @@ def _findings(args: argparse.Namespace) -> None:
 
 def _report_study(args: argparse.Namespace) -> None:
     from cmt.report.study import PlateauRule, study_report
-    from cmt.workflow.jobs import table_id
 
     rule = PlateauRule(*args.plateau)
-    study_report(args.db, args.experiment, args.out, table_id(args.scope, "method_init"), rule, tuple(args.thresholds))
+    study_report(args.db, args.experiment, args.out, args.scope, rule, tuple(args.thresholds))
 
 
 def _inspect_checkpoint(args: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ from cmt.report.study import (
     lineage_curve,
     plateau_drift,
     study_report,
+    tail_fds,
 )
 from cmt.report.tracking import ingest, write_history, write_record
 from cmt.workflow import jobs
@@ -36,6 +37,7 @@ def test_the_plateau_rule_compares_the_halves_of_the_last_quarter():
     noisy_but_flat = [(0, 100.0), (200, 60.0), (300, 50.0), (320, 56.0), (360, 49.0), (380, 52.0), (400, 51.0)]
     # the last 25 %: steps 300..400; earlier half (50, 56), later half (52, 51); the middle one (49) counts in neither
     assert plateau_drift(noisy_but_flat, 400, RULE) == pytest.approx((51.5 - 53) / 53)
+    assert tail_fds(noisy_but_flat, 400, RULE) == [50.0, 56.0, 49.0, 52.0, 51.0]  # what the plateau table averages
     still_falling = [(0, 100.0), (300, 80.0), (400, 60.0)]
     assert plateau_drift(still_falling, 400, RULE) == pytest.approx(-0.25)
     rising = [(300, 40.0), (400, 60.0)]  # a curve that gets worse has not settled either
@@ -91,7 +93,8 @@ def test_each_seeds_threshold_is_the_teachers_fd_on_that_seeds_draws():
 def test_the_study_targets_plan_the_comparison_and_the_extras(study):
     comparison = jobs.sweep_jobs(study, "study")
     posts = {p for p in comparison if p.startswith("post/")}
-    assert len(posts) == 7 * 3  # the seven lineages of the comparison, three seeds
+    assert len(posts) == (7 + 1) * 3  # the seven lineages of the comparison and the extras' winner, three seeds
+    assert comparison["post/ect-cmt/base/it2400/p-dropout/s2"] == {"study.post_variants"}
     assert "post/meanflow-cmt/flowmap/it1200/s2" in posts and not any("ecd-random" in p for p in posts)
     assert comparison["mid/base/dpmpp3m_legacy-nfe16/s1"] >= {"study.method_init"}  # CMT alone is a row
     extras = jobs.sweep_jobs(study, "study_extras")
@@ -148,10 +151,14 @@ def test_the_study_report_reads_plateau_and_cost_from_a_real_store(tmp_path, stu
         records += _job(tmp_path, "posttrain", post, post_costs, [(0, 30.0), (2, 20.0 + seed), (3, 14.0), (4, 18.0)], 4)
         for job in (mid["job"], post["job"]):
             groups |= {job: ["study.method_init"], f"eval/{job}": ["study.method_init"]}
+        groups[post["job"]] = groups[f"eval/{post['job']}"] = ["study.method_init", "study.post_variants"]
+        setting = jobs.variant_post_tags(study, ("ect", "cmt", "base", 4, seed), jobs.BASE, "dropout")
+        records += _job(tmp_path, "posttrain", setting, post_costs, [(0, 30.0), (2, 25.0), (3, 12.0), (4, 10.0)], 4)
+        groups |= {where: ["study.post_variants"] for where in (setting["job"], f"eval/{setting['job']}")}
     db = tmp_path / "mlflow.db"
     ingest(records, db, "study", tmp_path / "art", root=tmp_path / "res", groups=groups)
     with pytest.raises(BadInput, match=r"seed\(s\) \[0, 1\].*eval/teacher-draws/s0"):
-        study_report(db, "study", tmp_path / "tables", "study.method_init", RULE, (2.0, 1.5))
+        study_report(db, "study", tmp_path / "tables", "study", RULE, (2.0, 1.5))
     draws = []
     for seed in (0, 1):  # the teacher on each seed's draws: the cost table's references
         tags = jobs.teacher_draws_tags(seed)
@@ -161,7 +168,7 @@ def test_the_study_report_reads_plateau_and_cost_from_a_real_store(tmp_path, stu
     db = tmp_path / "with-draws.db"
     groups |= {f"eval/{jobs.teacher_draws_path(seed)}": ["study.method_init"] for seed in (0, 1)}  # as jobs.py tags
     ingest(records + draws, db, "study", tmp_path / "art", root=tmp_path / "res", groups=groups)
-    study_report(db, "study", tmp_path / "tables", "study.method_init", RULE, (2.0, 1.5))
+    study_report(db, "study", tmp_path / "tables", "study", RULE, (2.0, 1.5))
 
     plateau = {(r["model"], r["seed"], r["steps"]): r for r in csv.DictReader((tmp_path / "tables/plateau.csv").open())}
     assert plateau[("CMT only", "0", "2")]["plateaued"] == "yes"  # 30, 30 over steps 3..4
@@ -177,6 +184,16 @@ def test_the_study_report_reads_plateau_and_cost_from_a_real_store(tmp_path, stu
     assert "the mean FD of the later half is within 0.05 (relative)" in (tmp_path / "tables/plateau.md").read_text()
     assert "10.0 (seed 0), 10.0 (seed 1)" in (tmp_path / "tables/cost.md").read_text()
     assert_plot(tmp_path / "tables" / "fd_bands.png", (1440, 480))
+    # the settings' own plateau table names each setting and averages the last quarter (steps 3, 4)
+    settings = {
+        (r["model"], r["seed"], r["steps"]): r
+        for r in csv.DictReader((tmp_path / "tables/post_variants_plateau.csv").open())
+    }
+    assert {model for model, _, _ in settings} == {"ECT from CMT init", "ECT from CMT init, dropout"}
+    assert float(settings[("ECT from CMT init, dropout", "1", "2")]["mean FD, last 25%"]) == pytest.approx(11.0)
+    assert float(settings[("ECT from CMT init", "0", "2")]["mean FD, last 25%"]) == pytest.approx(16.0)
+    assert "table study.post_variants" in (tmp_path / "tables/post_variants_plateau.md").read_text()
+    assert_plot(tmp_path / "tables" / "post_variants_bands.png", (1440, 480))
 
 
 def test_snakemake_plans_both_study_targets(tmp_path):

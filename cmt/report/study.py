@@ -22,7 +22,7 @@ from cmt.formats.atomic import atomic_write_bytes
 from cmt.report.ablation_tables import STUDENT
 from cmt.report.plots import save_figure
 from cmt.report.tables import _metric, lineage, model_name, split_runs, tag, teacher_sampler, to_markdown
-from cmt.workflow.jobs import teacher_draws_path
+from cmt.workflow.jobs import BASE, table_id, teacher_draws_path
 
 STEPS = (1, 2)
 COSTS = ("images", "teacher_nfe", "wall_seconds")
@@ -41,15 +41,20 @@ class PlateauRule:
     tolerance: float
 
 
-def plateau_drift(points: list[tuple[int, float]], iterations: int, rule: PlateauRule) -> float:
-    """(mean of the later half - mean of the earlier half) / mean of the earlier half, over the FDs evaluated at steps
-    >= (1 - tail) * iterations; at least two are needed."""
+def tail_fds(points: list[tuple[int, float]], iterations: int, rule: PlateauRule) -> list[float]:
+    """The FDs evaluated at steps >= (1 - tail) * iterations; at least two are needed."""
     tail = [fd for step, fd in points if step >= (1 - rule.tail) * iterations]
     if len(tail) < 2:
         raise ValueError(
             f"the last {rule.tail:.0%} of {iterations} iterations holds {len(tail)} evaluation(s); the plateau rule "
             "needs two: lower eval_every"
         )
+    return tail
+
+
+def plateau_drift(points: list[tuple[int, float]], iterations: int, rule: PlateauRule) -> float:
+    """(mean of the later half - mean of the earlier half) / mean of the earlier half, over ``tail_fds``."""
+    tail = tail_fds(points, iterations, rule)
     half = len(tail) // 2
     early, late = sum(tail[:half]) / half, sum(tail[-half:]) / half
     return (late - early) / early
@@ -133,8 +138,14 @@ def lineages(db: str | Path, runs: pd.DataFrame, table: str) -> list[Lineage]:
             k: [sorted((h.step, h.value) for h in client.get_metric_history(s.run_id, f"fd_{k}step")) for s in students]
             for k in STEPS
         }
-        found.append(Lineage(model_name(ev), int(tag(ev, "seed")), teacher, students, histories))
+        found.append(Lineage(lineage_name(ev), int(tag(ev, "seed")), teacher, students, histories))
     return found
+
+
+def lineage_name(ev: pd.Series) -> str:
+    """A lineage's model name, with its post-training setting where it has one (a sweep's ``post_variants``)."""
+    variant = tag(ev, "post_variant")
+    return model_name(ev) if variant in ("", BASE) else f"{model_name(ev)}, {variant}"
 
 
 def teacher_references(runs: pd.DataFrame, seeds: set[int]) -> dict[int, float]:
@@ -172,6 +183,7 @@ def plateau_table(found: list[Lineage], rule: PlateauRule) -> pd.DataFrame:
                     "plateaued": "yes" if abs(drift) <= rule.tolerance else "no",
                     "FD start": points[0][1],
                     "FD end": points[-1][1],
+                    f"mean FD, last {rule.tail:.0%}": float(np.mean(tail_fds(points, iterations, rule))),
                     "best FD": min(fd for _, fd in points),
                 }
             )
@@ -228,30 +240,45 @@ def plot_bands(found: list[Lineage], reference: float, path: str | Path) -> None
 
 
 def study_report(
-    db: str | Path, experiment: str, out_dir: str | Path, table: str, rule: PlateauRule, factors: tuple[float, ...]
+    db: str | Path, experiment: str, out_dir: str | Path, scope: str, rule: PlateauRule, factors: tuple[float, ...]
 ) -> None:
-    """``plateau``, ``cost`` (.md, .csv) and ``fd_bands.png`` of the lineages that feed ``table``."""
+    """Of a sweep's comparison (table ``method_init``): ``plateau``, ``cost`` (.md, .csv) and ``fd_bands.png``; of
+    its post-training settings where it has any (table ``post_variants``): ``post_variants_plateau`` and
+    ``post_variants_bands.png``, so a setting is read from its whole curve and not one end point."""
     from cmt.report.tables import _runs, log_tables
 
     out = Path(out_dir)
     runs = _runs(db, experiment)
-    found = lineages(db, runs, table)
-    references = teacher_references(runs, {item.seed for item in found})
+    found = lineages(db, runs, table_id(scope, "method_init"))
+    settings = lineages(db, runs, table_id(scope, "post_variants"))
+    references = teacher_references(runs, {item.seed for item in found + settings})
     listed = ", ".join(f"{fd:.1f} (seed {seed})" for seed, fd in references.items())
-    notes = {
-        "plateau": f"The plateau rule: over the evaluations in the last {rule.tail:.0%} of a lineage's last stage, the "
-        f"mean FD of the later half is within {rule.tolerance:g} (relative) of the earlier half's; drift = (later - "
-        "earlier) / earlier. Checked after training; nothing stopped early.",
-        "cost": "Training images, teacher NFE and wall seconds a lineage (CMT + post-training) first needed to reach "
-        "each FD threshold, a multiple of the teacher's own multi-step FD on the same noise draws and sample count as "
-        f"the seed's curve (the teacher's FD on each seed's draws: {listed}); the mean over the seeds that reached "
-        "it; `+ teacher`: with the teacher's own training counted (not for random init).",
+    plateau_note = (
+        f"The plateau rule: over the evaluations in the last {rule.tail:.0%} of a lineage's last stage, the mean FD of "
+        f"the later half is within {rule.tolerance:g} (relative) of the earlier half's; drift = (later - earlier) / "
+        "earlier. Checked after training; nothing stopped early."
+    )
+    cost_note = (
+        "Training images, teacher NFE and wall seconds a lineage (CMT + post-training) first needed to reach each FD "
+        "threshold, a multiple of the teacher's own multi-step FD on the same noise draws and sample count as the "
+        f"seed's curve (the teacher's FD on each seed's draws: {listed}); the mean over the seeds that reached it; "
+        "`+ teacher`: with the teacher's own training counted (not for random init)."
+    )
+    frames = {  # name -> (table, frame, note)
+        "plateau": ("method_init", plateau_table(found, rule), plateau_note),
+        "cost": ("method_init", cost_table(found, references, factors), cost_note),
     }
-    frames = {"plateau": plateau_table(found, rule), "cost": cost_table(found, references, factors)}
-    for name, frame in frames.items():
+    bands = {"fd_bands": found}
+    if settings:
+        frames["post_variants_plateau"] = ("post_variants", plateau_table(settings, rule), plateau_note)
+        bands["post_variants_bands"] = settings
+    for name, (table, frame, note) in frames.items():
         atomic_write_bytes(out / f"{name}.csv", frame.to_csv(index=False).encode())
-        md = f"# {name.capitalize()} ({experiment}, table {table})\n\n{notes[name]}\n\n" + to_markdown(frame)
+        title = name.replace("_", " ").capitalize()
+        md = f"# {title} ({experiment}, table {table_id(scope, table)})\n\n{note}\n\n" + to_markdown(frame)
         atomic_write_bytes(out / f"{name}.md", md.encode())
-    reference = float(np.mean(list(references.values())))
-    plot_bands(found, reference, out / "fd_bands.png")
-    log_tables(db, experiment, [out / f"{n}.{e}" for n in frames for e in ("md", "csv")] + [out / "fd_bands.png"])
+    for name, curves in bands.items():
+        reference = float(np.mean([references[seed] for seed in {item.seed for item in curves}]))
+        plot_bands(curves, reference, out / f"{name}.png")
+    files = [out / f"{n}.{e}" for n in frames for e in ("md", "csv")] + [out / f"{n}.png" for n in bands]
+    log_tables(db, experiment, files)
