@@ -155,6 +155,10 @@ def test_the_study_report_reads_plateau_and_cost_from_a_real_store(tmp_path, stu
         setting = jobs.variant_post_tags(study, ("ect", "cmt", "base", 4, seed), jobs.BASE, "dropout")
         records += _job(tmp_path, "posttrain", setting, post_costs, [(0, 30.0), (2, 25.0), (3, 12.0), (4, 10.0)], 4)
         groups |= {where: ["study.post_variants"] for where in (setting["job"], f"eval/{setting['job']}")}
+    weak = jobs.mid_tags("base", "dpmpp3m_legacy", 16, 0, teacher="q25")  # a teacher variant's lineage
+    records += _job(tmp_path, "teacher", jobs.teacher_tags("q25"), teacher_costs, [(0, 12.0)], 10)
+    records += _job(tmp_path, "midtrain", weak, mid_costs, [(0, 90.0), (2, 50.0), (3, 36.0), (4, 40.0)], 4)
+    groups |= {where: ["study.teacher_variants"] for where in (weak["job"], f"eval/{weak['job']}")}
     db = tmp_path / "mlflow.db"
     ingest(records, db, "study", tmp_path / "art", root=tmp_path / "res", groups=groups)
     with pytest.raises(BadInput, match=r"seed\(s\) \[0, 1\].*eval/teacher-draws/s0"):
@@ -193,6 +197,12 @@ def test_the_study_report_reads_plateau_and_cost_from_a_real_store(tmp_path, stu
     assert float(settings[("ECT from CMT init, dropout", "1", "2")]["mean FD, last 25%"]) == pytest.approx(11.0)
     assert float(settings[("ECT from CMT init", "0", "2")]["mean FD, last 25%"]) == pytest.approx(16.0)
     assert "table study.post_variants" in (tmp_path / "tables/post_variants_plateau.md").read_text()
+    weak = list(csv.DictReader((tmp_path / "tables/teacher_variants_plateau.csv").open()))
+    assert [(r["model"], r["steps"], float(r["mean FD, last 25%"])) for r in weak] == [
+        ("CMT only, teacher q25", "1", 76.0),
+        ("CMT only, teacher q25", "2", 38.0),
+    ]
+    assert_plot(tmp_path / "tables" / "teacher_variants_bands.png", (1440, 480))
     assert_plot(tmp_path / "tables" / "post_variants_bands.png", (1440, 480))
 
 

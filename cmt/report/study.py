@@ -22,13 +22,14 @@ from cmt.formats.atomic import atomic_write_bytes
 from cmt.report.ablation_tables import STUDENT
 from cmt.report.plots import save_figure
 from cmt.report.tables import _metric, lineage, model_name, split_runs, tag, teacher_sampler, to_markdown
-from cmt.workflow.jobs import BASE, table_id, teacher_draws_path
+from cmt.workflow.jobs import table_id, teacher_draws_path
 
 STEPS = (1, 2)
 COSTS = ("images", "teacher_nfe", "wall_seconds")
 COST_NAMES = {"images": "images", "teacher_nfe": "teacher NFE", "wall_seconds": "wall s"}
 WITH_TEACHER = ("images", "wall_seconds")  # what the teacher's own training spends (it calls no teacher)
 Spent = TypeVar("Spent")
+VARIANT_TABLES = ("post_variants", "teacher_variants")  # sweep tables whose rows are variants of the comparison's
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,10 @@ def lineages(db: str | Path, runs: pd.DataFrame, table: str) -> list[Lineage]:
 
 
 def lineage_name(ev: pd.Series) -> str:
-    """A lineage's model name, with its post-training setting where it has one (a sweep's ``post_variants``)."""
-    variant = tag(ev, "post_variant")
-    return model_name(ev) if variant in ("", BASE) else f"{model_name(ev)}, {variant}"
+    """A lineage's model name, with its post-training setting and its teacher where they are a sweep's variants
+    (``post_variants``, ``teachers``)."""
+    setting, teacher = tag(ev, "post_variant"), tag(ev, "teacher_variant")
+    return ", ".join([model_name(ev), *([setting] if setting else []), *([f"teacher {teacher}"] if teacher else [])])
 
 
 def teacher_references(runs: pd.DataFrame, seeds: set[int]) -> dict[int, float]:
@@ -243,15 +245,16 @@ def study_report(
     db: str | Path, experiment: str, out_dir: str | Path, scope: str, rule: PlateauRule, factors: tuple[float, ...]
 ) -> None:
     """Of a sweep's comparison (table ``method_init``): ``plateau``, ``cost`` (.md, .csv) and ``fd_bands.png``; of
-    its post-training settings where it has any (table ``post_variants``): ``post_variants_plateau`` and
-    ``post_variants_bands.png``, so a setting is read from its whole curve and not one end point."""
+    each table of ``VARIANT_TABLES`` the sweep feeds: ``<table>_plateau`` and ``<table>_bands.png``, so a variant is
+    read from its whole curve and not from one end point."""
     from cmt.report.tables import _runs, log_tables
 
     out = Path(out_dir)
     runs = _runs(db, experiment)
     found = lineages(db, runs, table_id(scope, "method_init"))
-    settings = lineages(db, runs, table_id(scope, "post_variants"))
-    references = teacher_references(runs, {item.seed for item in found + settings})
+    variants = {table: lineages(db, runs, table_id(scope, table)) for table in VARIANT_TABLES}
+    variants = {table: curves for table, curves in variants.items() if curves}
+    references = teacher_references(runs, {item.seed for curves in [found, *variants.values()] for item in curves})
     listed = ", ".join(f"{fd:.1f} (seed {seed})" for seed, fd in references.items())
     plateau_note = (
         f"The plateau rule: over the evaluations in the last {rule.tail:.0%} of a lineage's last stage, the mean FD of "
@@ -269,9 +272,9 @@ def study_report(
         "cost": ("method_init", cost_table(found, references, factors), cost_note),
     }
     bands = {"fd_bands": found}
-    if settings:
-        frames["post_variants_plateau"] = ("post_variants", plateau_table(settings, rule), plateau_note)
-        bands["post_variants_bands"] = settings
+    for table, curves in variants.items():
+        frames[f"{table}_plateau"] = (table, plateau_table(curves, rule), plateau_note)
+        bands[f"{table}_bands"] = curves
     for name, (table, frame, note) in frames.items():
         atomic_write_bytes(out / f"{name}.csv", frame.to_csv(index=False).encode())
         title = name.replace("_", " ").capitalize()
