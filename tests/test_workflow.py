@@ -288,7 +288,15 @@ def assert_teacher_variant(results: Path, tables: Path) -> None:
     assert index["teacher_sha256"] == sha != base["teacher_sha256"]
     record = json.loads((weak / "mid" / "base" / "dpmpp3m_legacy-nfe16" / "s0" / "run.json").read_text())
     assert record["tags"]["teacher_variant"] == "weak" and record["tags"]["init_job"] == "t-weak/teacher"
-    rows = {(r["teacher"], r["model"], r["variant"]) for r in csv.DictReader((tables / "teacher_variants.csv").open())}
+    table = list(csv.DictReader((tables / "teacher_variants.csv").open()))
+    rows = {(r["teacher"], r["model"], r["variant"]) for r in table}
+    for teacher, prefix in (("base", ""), ("weak", "t-weak/")):  # each row names its teacher's strength
+        scores = json.loads((results / "eval" / f"{prefix}teacher" / "run.json").read_text())["metrics"]
+        fd = next(v for k, v in scores.items() if k.startswith("fd_") and k.endswith("nfe"))
+        trained = json.loads((results / f"{prefix}teacher" / "run.json").read_text())["metrics"]["images"]
+        own = [r for r in table if r["teacher"] == teacher]
+        assert own and all(float(r["teacher FD"]) == pytest.approx(fd) for r in own)
+        assert {float(r["teacher images"]) for r in own} == {trained}
     models = {
         ("CMT only", "base"),
         ("CMT only", "flowmap"),

@@ -140,6 +140,26 @@ def teacher_sampler_table(runs: pd.DataFrame, scope: str) -> pd.DataFrame:
     return frame.sort_values(["solver", "steps"], kind="stable").reset_index(drop=True)
 
 
+def teacher_columns(runs: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """Per teacher of a sweep's ``teacher_variants`` table (``base``: the config's own): its FD at its multi-step
+    sampler and the images it trained on, the strength each row's students learnt from."""
+    train, evals = split_runs(runs)
+    sampler = teacher_sampler(runs.columns)
+    rows = []
+    for _, ev in evals[evals["tags.kind"] == "teacher"].iterrows():
+        if table_id(scope, "teacher_variants") in tag(ev, "tables").split(","):
+            source = lineage(train, tag(ev, "job"))[-1]
+            fd = ev.get(f"metrics.fd_{sampler}", math.nan)
+            rows.append(
+                {
+                    "teacher": tag(ev, "teacher_variant") or "base",
+                    "teacher FD": fd,
+                    "teacher images": source["metrics.images"],
+                }
+            )
+    return pd.DataFrame(rows, columns=["teacher", "teacher FD", "teacher images"])
+
+
 def tables(df: pd.DataFrame, names: tuple[str, ...] = ABLATION_TABLES) -> dict[str, pd.DataFrame]:
     """The sweep tables ``names`` (cmt/workflow/jobs.py) from the rows that feed each (a table without runs has no
     rows)."""
@@ -200,6 +220,10 @@ def ablation_report(
     result = tables(df, names)
     if "teacher_samplers" in names:
         result["teacher_samplers"] = teacher_sampler_table(runs, scope)
+    if "teacher_variants" in result:
+        result["teacher_variants"] = teacher_columns(runs, scope).merge(
+            result["teacher_variants"], on="teacher", how="right"
+        )
     for name, table in result.items():
         atomic_write_bytes(out / f"{name}.csv", table.to_csv(index=False).encode())
         heading = "Ablation" if scope == "ablations" else scope
