@@ -241,6 +241,24 @@ def plot_bands(found: list[Lineage], reference: float, path: str | Path) -> None
     save_figure(fig, path)
 
 
+def plateau_note(rule: PlateauRule) -> str:
+    return (
+        f"The plateau rule: over the evaluations in the last {rule.tail:.0%} of a lineage's last stage, the mean FD of "
+        f"the later half is within {rule.tolerance:g} (relative) of the earlier half's; drift = (later - earlier) / "
+        "earlier. Checked after training; nothing stopped early."
+    )
+
+
+def cost_note(references: dict[int, float]) -> str:
+    listed = ", ".join(f"{fd:.1f} (seed {seed})" for seed, fd in references.items())
+    return (
+        "Training images, teacher NFE and wall seconds a lineage (CMT + post-training) first needed to reach each FD "
+        "threshold, a multiple of the teacher's own multi-step FD on the same noise draws and sample count as the "
+        f"seed's curve (the teacher's FD on each seed's draws: {listed}); the mean over the seeds that reached it; "
+        "`+ teacher`: with the teacher's own training counted (not for random init)."
+    )
+
+
 def study_report(
     db: str | Path, experiment: str, out_dir: str | Path, scope: str, rule: PlateauRule, factors: tuple[float, ...]
 ) -> None:
@@ -255,25 +273,13 @@ def study_report(
     variants = {table: lineages(db, runs, table_id(scope, table)) for table in VARIANT_TABLES}
     variants = {table: curves for table, curves in variants.items() if curves}
     references = teacher_references(runs, {item.seed for curves in [found, *variants.values()] for item in curves})
-    listed = ", ".join(f"{fd:.1f} (seed {seed})" for seed, fd in references.items())
-    plateau_note = (
-        f"The plateau rule: over the evaluations in the last {rule.tail:.0%} of a lineage's last stage, the mean FD of "
-        f"the later half is within {rule.tolerance:g} (relative) of the earlier half's; drift = (later - earlier) / "
-        "earlier. Checked after training; nothing stopped early."
-    )
-    cost_note = (
-        "Training images, teacher NFE and wall seconds a lineage (CMT + post-training) first needed to reach each FD "
-        "threshold, a multiple of the teacher's own multi-step FD on the same noise draws and sample count as the "
-        f"seed's curve (the teacher's FD on each seed's draws: {listed}); the mean over the seeds that reached it; "
-        "`+ teacher`: with the teacher's own training counted (not for random init)."
-    )
     frames = {  # name -> (table, frame, note)
-        "plateau": ("method_init", plateau_table(found, rule), plateau_note),
-        "cost": ("method_init", cost_table(found, references, factors), cost_note),
+        "plateau": ("method_init", plateau_table(found, rule), plateau_note(rule)),
+        "cost": ("method_init", cost_table(found, references, factors), cost_note(references)),
     }
     bands = {"fd_bands": found}
     for table, curves in variants.items():
-        frames[f"{table}_plateau"] = (table, plateau_table(curves, rule), plateau_note)
+        frames[f"{table}_plateau"] = (table, plateau_table(curves, rule), plateau_note(rule))
         bands[f"{table}_bands"] = curves
     for name, (table, frame, note) in frames.items():
         atomic_write_bytes(out / f"{name}.csv", frame.to_csv(index=False).encode())
