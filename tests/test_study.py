@@ -17,6 +17,7 @@ from cmt.report.study import (
     Stage,
     cost_table,
     first_reach,
+    line_styles,
     lineage_curve,
     plateau_drift,
     study_report,
@@ -78,6 +79,25 @@ def test_cost_to_quality_is_the_mean_over_the_seeds_that_reach_a_threshold():
     assert rows[("A", 1, "1.25 x teacher")]["reached"] == "2/2"  # 12 <= 12.5 at step 3, then step 4
     b = rows[("B", 1, "2 x teacher")]
     assert b["reached"] == "not reached" and math.isnan(b["images"])
+
+
+def test_variant_curves_get_a_colour_per_variant_and_a_line_style_per_method_and_init():
+    stage, history = Stage("r", "post", 1, {}), {1: [[(0, 1.0)]], 2: [[(0, 1.0)]]}
+    found = [
+        Lineage(family, seed, {}, [stage], history, variant)
+        for family in ("ECT from CMT init", "CMT only")
+        for variant in ("", "teacher q25", "teacher q50")
+        for seed in (0, 1)
+    ]
+    styles = line_styles(found)
+    assert list(styles) == [
+        "ECT from CMT init", "ECT from CMT init, teacher q25", "ECT from CMT init, teacher q50",
+        "CMT only", "CMT only, teacher q25", "CMT only, teacher q50",
+    ]  # fmt: skip
+    assert styles["CMT only, teacher q25"] == {"color": styles["ECT from CMT init, teacher q25"]["color"], "ls": "--"}
+    assert len({style["color"] for style in styles.values()}) == 3
+    assert {style["ls"] for name, style in styles.items() if name.startswith("ECT")} == {"-"}
+    assert line_styles([item for item in found if not item.variant]) == {"ECT from CMT init": {}, "CMT only": {}}
 
 
 def test_each_seeds_threshold_is_the_teachers_fd_on_that_seeds_draws():

@@ -95,14 +95,21 @@ def stages(chain: list[pd.Series]) -> tuple[dict[str, float], list[Stage]]:
 
 @dataclass(frozen=True)
 class Lineage:
-    """One evaluated student of the study: its model name, seed, teacher totals, student stages and each stage's FD
-    history (step, FD) per step count."""
+    """One evaluated student of the study: its method x init (``family``, a model name), seed, teacher totals,
+    student stages, each stage's FD history (step, FD) per step count, and what sets it apart from its family
+    (``lineage_variant``)."""
 
-    model: str
+    family: str
     seed: int
     teacher: dict[str, float]
     students: list[Stage]
     histories: dict[int, list[list[tuple[int, float]]]]
+    variant: str = ""
+
+    @property
+    def model(self) -> str:
+        """Its name in tables and legends: the family, then the variant."""
+        return ", ".join([self.family, *([self.variant] if self.variant else [])])
 
     def curve(self, k: int) -> list[tuple[dict, float]]:
         """The lineage's k-step FD curve (``lineage_curve``)."""
@@ -139,15 +146,15 @@ def lineages(db: str | Path, runs: pd.DataFrame, table: str) -> list[Lineage]:
             k: [sorted((h.step, h.value) for h in client.get_metric_history(s.run_id, f"fd_{k}step")) for s in students]
             for k in STEPS
         }
-        found.append(Lineage(lineage_name(ev), int(tag(ev, "seed")), teacher, students, histories))
+        found.append(Lineage(model_name(ev), int(tag(ev, "seed")), teacher, students, histories, lineage_variant(ev)))
     return found
 
 
-def lineage_name(ev: pd.Series) -> str:
-    """A lineage's model name, with its post-training setting and its teacher where they are a sweep's variants
-    (``post_variants``, ``teachers``)."""
+def lineage_variant(ev: pd.Series) -> str:
+    """A lineage's post-training setting and teacher where they are a sweep's variants (``post_variants``,
+    ``teachers``); "" for the method's own settings under the config's teacher."""
     setting, teacher = tag(ev, "post_variant"), tag(ev, "teacher_variant")
-    return ", ".join([model_name(ev), *([setting] if setting else []), *([f"teacher {teacher}"] if teacher else [])])
+    return ", ".join([*([setting] if setting else []), *([f"teacher {teacher}"] if teacher else [])])
 
 
 def teacher_references(runs: pd.DataFrame, seeds: set[int]) -> dict[int, float]:
@@ -216,23 +223,44 @@ def cost_table(found: list[Lineage], references: dict[int, float], factors: tupl
     return pd.DataFrame(rows)
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def line_styles(found: list[Lineage]) -> dict[str, dict]:
+    """Model name -> matplotlib style: without variants the colour cycle's own (one colour per model); with them a
+    colour per variant and a line style per method x init, so a dozen lines stay apart."""
+    variants = list(dict.fromkeys(item.variant for item in found))
+    if len(variants) < 2:
+        return {item.model: {} for item in found}
+    families = list(dict.fromkeys(item.family for item in found))
+    return {
+        item.model: {
+            "color": f"C{variants.index(item.variant) % 10}",
+            "ls": LINE_STYLES[families.index(item.family) % len(LINE_STYLES)],
+        }
+        for item in found
+    }
+
+
 def plot_bands(found: list[Lineage], reference: float, path: str | Path) -> None:
     """FD against the lineage's training images, 1- and 2-step: the mean over seeds, a band from the lowest to the
-    highest seed, and the teacher's FD on the same draws (the mean over the seeds') as a dashed line."""
+    highest seed, and the teacher's FD on the same draws (the mean over the seeds') as a dashed line. With variants,
+    a colour per variant and a line style per method x init (``line_styles``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    styles = line_styles(found)
     fig, axes = plt.subplots(1, len(STEPS), figsize=(6 * len(STEPS), 4), dpi=120, squeeze=False)
     for ax, k in zip(axes[0], STEPS):
-        for model in dict.fromkeys(item.model for item in found):
+        for model, style in styles.items():
             curves = [item.curve(k) for item in found if item.model == model]
             n = min(len(c) for c in curves)
             x = np.array([spent["images"] for spent, _ in curves[0][:n]])
             fd = np.array([[fd for _, fd in c[:n]] for c in curves])
             seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
-            (line,) = ax.plot(x, fd.mean(0), lw=1.3, label=f"{model} ({seeds})")
+            (line,) = ax.plot(x, fd.mean(0), lw=1.3, label=f"{model} ({seeds})", **style)
             ax.fill_between(x, fd.min(0), fd.max(0), color=line.get_color(), alpha=0.2, lw=0)
         if not math.isnan(reference):
             ax.axhline(reference, color="k", ls="--", lw=0.8, label="teacher (multi-step, same draws)")
