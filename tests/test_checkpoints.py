@@ -69,9 +69,12 @@ def test_checkpoints_name_their_family_and_unnamed_ones_load_as_ddpmpp(tmp_path,
     save_file(state, tmp_path / "model.safetensors", metadata={"cmt_meta": json.dumps(old, sort_keys=True)})
     loaded, _ = load_denoiser(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), Denoiser(net).state_dict().values()))
-    atomic_write_json(tmp_path / "meta.json", {**old, "architecture": {**old["architecture"], "family": "dit"}})
-    with pytest.raises(ValueError, match="unknown network family 'dit'; known: ddpmpp, edm2"):
+    atomic_write_json(tmp_path / "meta.json", {**old, "architecture": {**old["architecture"], "family": "vit"}})
+    with pytest.raises(ValueError, match="unknown network family 'vit'; known: ddpmpp, edm2, dit"):
         load_denoiser(tmp_path)
+    atomic_write_json(tmp_path / "meta.json", {**old, "architecture": {**old["architecture"], "family": "dit"}})
+    with pytest.raises(ValueError, match="a DiT architecture has no field 'attn_resolutions'"):
+        load_denoiser(tmp_path)  # a U-Net's fields under another family's name
 
 
 def test_a_safetensors_checkpoint_whose_header_length_starts_like_a_pickle_is_ours(tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC_NAMES = ("method", "numerics", "workflow", "environment", "deviations", "architecture")
+DOC_NAMES = ("method", "numerics", "workflow", "environment", "deviations", "architecture", "latent")
 SCANNED = (
     "cmt/**/*.py",
     "cmt/schemas/*.json",

@@ -15,11 +15,12 @@ from torch import nn
 
 from cmt.errors import BadInput
 from cmt.nets.architecture import ArchitectureDict
+from cmt.nets.dit import DiT, DiTConfig
 from cmt.nets.edm2 import EDM2Config, EDM2UNet
 from cmt.nets.presets import PRESETS
 from cmt.nets.unet import SongUNet, UNetConfig
 
-NetConfig = UNetConfig | EDM2Config
+NetConfig = UNetConfig | EDM2Config | DiTConfig
 UNNAMED = "ddpmpp"  # the family of an architecture without a name (checkpoints written before families were named)
 
 
@@ -33,17 +34,20 @@ def _edm2_channels(overrides: dict) -> dict:
 
 @dataclass(frozen=True)
 class Family:
-    """One network family: its display name, config class, builder and the translation of config-section keys."""
+    """One network family: its display name, config class, builder, the translation of config-section keys, and the
+    name every parameter of its second time branch carries (``add_second_time``)."""
 
     display: str
     config: type[ArchitectureDict]
     build: Callable[..., nn.Module]
     section_keys: Callable[[dict], dict] = dict
+    second_time_branch: str = "time2"
 
 
 FAMILIES: dict[str, Family] = {
     "ddpmpp": Family("DDPM++", UNetConfig, SongUNet),
     "edm2": Family("EDM2", EDM2Config, EDM2UNet, _edm2_channels),
+    "dit": Family("DiT", DiTConfig, DiT, second_time_branch="h_embedder"),
 }
 
 
@@ -56,8 +60,12 @@ def family(cfg: NetConfig | dict) -> Family:
 
 
 def config_from_dict(arch: dict) -> NetConfig:
-    """A network config from its dict form (a checkpoint's ``architecture``)."""
-    return family(arch).config.from_dict(arch)
+    """A network config from its dict form (a checkpoint's ``architecture``); a field its family lacks is refused."""
+    fam = family(arch)
+    unknown = sorted(set(arch) - {"family"} - {f.name for f in fields(fam.config)})
+    if unknown:
+        raise BadInput(f"a {fam.display} architecture has no field {unknown[0]!r}")
+    return fam.config.from_dict(arch)
 
 
 def build_network(cfg: NetConfig | dict) -> nn.Module:
@@ -70,7 +78,7 @@ def add_second_time(net: nn.Module) -> nn.Module:
     """Copy of a single-time network with a zero-initialised second time branch (identical output at init)."""
     twin = build_network(replace(net.cfg, second_time=True))
     missing, unexpected = twin.load_state_dict(net.state_dict(), strict=False)
-    if unexpected or any("time2" not in k for k in missing):
+    if unexpected or any(family(net.cfg).second_time_branch not in k for k in missing):
         raise RuntimeError(f"second-time conversion lost weights: missing={missing}, unexpected={unexpected}")
     return twin
 

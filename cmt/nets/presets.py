@@ -3,8 +3,18 @@ against it by tests/test_registry.py)."""
 
 from __future__ import annotations
 
+from cmt.nets.dit import DiTConfig
 from cmt.nets.edm2 import EDM2Config
 from cmt.nets.unet import UNetConfig
+
+DIT_SIZES = {"s": (12, 384, 6), "b": (12, 768, 12), "m": (16, 1024, 16), "l": (24, 1024, 16), "xl": (28, 1152, 16)}
+
+
+def _dit(size: str, patch: int) -> DiTConfig:
+    """DiT's sizes (depth, width, heads; DiT paper Table 1, MeanFlow's M) on ImageNet-256's SD-VAE latents, 32x32x4,
+    1000 classes (latent.md 1.1)."""
+    depth, width, heads = DIT_SIZES[size]
+    return DiTConfig(32, 4, 4, patch, width, depth, heads, label_dim=1000)
 
 
 def _edm2(img_resolution: int, img_channels: int, channels: int) -> EDM2Config:
@@ -14,7 +24,7 @@ def _edm2(img_resolution: int, img_channels: int, channels: int) -> EDM2Config:
     )
 
 
-PRESETS: dict[str, UNetConfig | EDM2Config] = {
+PRESETS: dict[str, UNetConfig | EDM2Config | DiTConfig] = {
     # DDPM++ (EDM's SongUNet): CIFAR-10 = EDM's "ddpmpp" config, 55.73M parameters
     "digits-tiny": UNetConfig(
         img_resolution=8,
@@ -38,4 +48,8 @@ PRESETS: dict[str, UNetConfig | EDM2Config] = {
         f"edm2-img64-{size}": _edm2(64, 3, channels)
         for size, channels in {"s": 192, "m": 256, "l": 320, "xl": 384}.items()
     },
+    # DiT / SiT (MeanFlow's backbone): ImageNet-256 latents; tiny ones for the digits' 4x4x4 latents
+    **{f"dit-{size}{patch}": _dit(size, patch) for size in DIT_SIZES for patch in (2, 4, 8)},
+    "dit-digits-tiny": DiTConfig(4, 4, 4, patch_size=1, hidden_size=64, depth=4, num_heads=4),
+    "dit-digits-tiny-p2": DiTConfig(4, 4, 4, patch_size=2, hidden_size=64, depth=4, num_heads=4),
 }
