@@ -8,9 +8,16 @@ from typing import ClassVar, Self
 
 
 class ArchitectureDict:
-    """Mixin for frozen dataclass configs: ``to_dict`` / ``from_dict`` round trip through JSON."""
+    """Mixin for frozen dataclass configs: ``to_dict`` / ``from_dict`` round trip through JSON, and the shape of one
+    image the network takes (every family has ``in_channels`` and ``img_resolution``)."""
 
     family: ClassVar[str]
+    in_channels: int
+    img_resolution: int
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.img_resolution, self.img_resolution)
 
     def to_dict(self) -> dict:
         fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -42,10 +42,6 @@ class DiTConfig(ArchitectureDict):
     second_time: bool = False
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.in_channels, self.img_resolution, self.img_resolution)
-
-    @property
     def grid(self) -> int:
         """Patches along a side."""
         return self.img_resolution // self.patch_size

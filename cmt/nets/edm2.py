@@ -49,10 +49,6 @@ class EDM2Config(ArchitectureDict):
     second_time: bool = False
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.img_channels, self.img_resolution, self.img_resolution)
-
-    @property
     def in_channels(self) -> int:
         return self.img_channels
 

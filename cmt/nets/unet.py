@@ -42,10 +42,6 @@ class UNetConfig(ArchitectureDict):
     second_time: bool = False
     resample_filter: tuple[int, ...] = (1, 1)
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.in_channels, self.img_resolution, self.img_resolution)
-
 
 def _xavier(shape: tuple[int, ...], fan_in: int, fan_out: int, gain: float) -> Tensor:
     """Xavier-uniform init scaled by ``gain`` (EDM's weight_init 'xavier_uniform')."""
