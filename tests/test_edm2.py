@@ -170,7 +170,7 @@ def test_a_config_network_section_selects_an_edm2_preset_and_sizes_it_for_digits
 
 def test_meanflow_trains_an_edm2_student_through_its_jvp():
     student = Denoiser(add_second_time(tiny_denoiser().model)).train()
-    cfg = {"p_mean": -0.4, "p_std": 1.0, "frac_r_neq_t": 0.5, "p": 1.0, "c": 1e-3}
+    cfg = {**resolve({"name": "x"}, "x")["posttrain"]["meanflow"], "frac_r_neq_t": 0.5, "p": 1.0}
     loss = meanflow_loss(
         student, torch.randn(4, 3, 8, 8), torch.Generator().manual_seed(0), cfg, (0.002 / 1.002, 80 / 81)
     )

@@ -56,7 +56,11 @@ def conditioned(denoiser: nn.Module, labels: Tensor | None) -> Callable[..., Ten
     the denoiser itself (a class-conditional one then refuses the call)."""
     if labels is None:
         return denoiser
-    class_labels = one_hot(labels, label_dim_of(denoiser))
+    return bound(denoiser, one_hot(labels, label_dim_of(denoiser)))
+
+
+def bound(denoiser: nn.Module, class_labels: Tensor) -> Callable[..., Tensor]:
+    """``denoiser`` with one-hot ``class_labels`` bound; an all-zero row is the null class (label dropout)."""
 
     def call(x: Tensor, sigma: Tensor, second_time: Tensor | None = None) -> Tensor:
         return denoiser(x, sigma, second_time, class_labels.to(x.device))
