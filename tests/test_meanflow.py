@@ -88,3 +88,17 @@ def test_time_sampling_semantics():
     r, t = sample_times(20000, -0.4, 1.0, 0.25, (T_MIN, T_MAX), torch.Generator().manual_seed(4))
     assert bool((t >= r).all()) and float(t.min()) >= T_MIN and float(t.max()) <= T_MAX
     assert float((r != t).float().mean()) == pytest.approx(0.25, abs=0.02)
+
+
+def test_py_meanflows_sampler_draws_t_and_r_from_their_own_laws():
+    """t ~ logitN(-0.6, 1.6), r ~ logitN(-4.0, 1.6), r = min(r, t), 75 % r != t (docs/latent.md 2.3): the medians are
+    the sigmoids of the means (a logit-normal's median), r below t everywhere."""
+    gen = torch.Generator().manual_seed(5)
+    r, t = sample_times(40000, -0.6, 1.6, 0.75, (T_MIN, T_MAX), gen, r_law=(-4.0, 1.6))
+    assert bool((t >= r).all())
+    assert 0.75 * 0.9 < float((r != t).float().mean()) < 0.75  # min(r, t) = t where r's own draw exceeds t
+    assert float(t.median()) == pytest.approx(float(torch.sigmoid(torch.tensor(-0.6))), abs=0.01)
+    below = r[r != t]  # min(r, t) moves r only where its own draw exceeds t, which is rare at these laws
+    assert float(below.median()) == pytest.approx(float(torch.sigmoid(torch.tensor(-4.0))), abs=0.003)
+    sorted_pair = sample_times(40000, -0.6, 1.6, 0.75, (T_MIN, T_MAX), torch.Generator().manual_seed(5))
+    assert float(sorted_pair[1].median()) > 0.5  # the official sampler's t is the larger of two draws: another law

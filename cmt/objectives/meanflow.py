@@ -45,12 +45,24 @@ def adaptive_loss(u: Tensor, target: Tensor, p: float, c: float) -> Tensor:
 
 
 def sample_times(
-    n: int, p_mean: float, p_std: float, frac_r_neq_t: float, t_range: tuple[float, float], gen: torch.Generator
+    n: int,
+    p_mean: float,
+    p_std: float,
+    frac_r_neq_t: float,
+    t_range: tuple[float, float],
+    gen: torch.Generator,
+    r_law: tuple[float, float] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(r, t) of this process's ``n`` rows: t, r i.i.d. logit-normal, sorted so t >= r; a fraction 1 - frac_r_neq_t
-    gets r = t; t clipped to ``t_range``, the teacher's sigma range in FM time (numerics.md 6.1, 9.2)."""
-    draws = torch.sigmoid(p_mean + p_std * parallel.randn((2, n), gen, dim=1))
-    t, r = draws.max(0).values.clamp(*t_range), draws.min(0).values
+    """(r, t) of this process's ``n`` rows: t, r i.i.d. logit-normal, sorted so t >= r, or with ``r_law`` (mean, std)
+    r of its own logit-normal and r = min(r, t) (latent.md 2.3); a fraction 1 - frac_r_neq_t gets r = t; t clipped
+    to ``t_range``, the teacher's sigma range in FM time (numerics.md 6.1, 9.2)."""
+    normal = parallel.randn((2, n), gen, dim=1)
+    if r_law is None:
+        draws = torch.sigmoid(p_mean + p_std * normal)
+        t, r = draws.max(0).values, draws.min(0).values
+    else:
+        t, r = torch.sigmoid(p_mean + p_std * normal[0]), torch.sigmoid(r_law[0] + r_law[1] * normal[1])
+    t = t.clamp(*t_range)
     keep = parallel.rand((n,), gen) < frac_r_neq_t
     return torch.where(keep, r.clamp(max=t), t), t
 
@@ -110,7 +122,8 @@ def meanflow_loss(
 ) -> Tensor:
     """One MeanFlow minibatch loss on data x in [-1, 1] (method.md 8.4), with one-hot ``class_labels`` for a
     class-conditional student (guidance and label dropout: latent.md 2)."""
-    r, t = sample_times(x.shape[0], cfg["p_mean"], cfg["p_std"], cfg["frac_r_neq_t"], t_range, gen)
+    r_law = None if cfg["r_logit_normal"] is None else (cfg["r_logit_normal"]["p_mean"], cfg["r_logit_normal"]["p_std"])
+    r, t = sample_times(x.shape[0], cfg["p_mean"], cfg["p_std"], cfg["frac_r_neq_t"], t_range, gen, r_law)
     eps = parallel.randn(x.shape, gen)
     z = (1 - _col(t, x)) * x + _col(t, x) * eps
     v, student = eps - x, model
