@@ -199,16 +199,15 @@ class DiT(nn.Module):
         proj = self.x_embedder.proj
         nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
         nn.init.zeros_(proj.bias)
-        for embedder in (self.t_embedder, getattr(self, "h_embedder", None)):
-            if embedder is not None:
-                nn.init.normal_(embedder.mlp[0].weight, std=0.02)
-                nn.init.normal_(embedder.mlp[2].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.cfg.second_time:
-            nn.init.zeros_(self.h_embedder.mlp[2].weight)
+            nn.init.normal_(self.h_embedder.mlp[0].weight, std=0.02)
         if self.cfg.label_dim:
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         zeroed = [block.adaLN_modulation[-1] for block in self.blocks]
         zeroed += [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        zeroed += [self.h_embedder.mlp[2]] if self.cfg.second_time else []
         for layer in zeroed:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)

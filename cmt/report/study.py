@@ -109,7 +109,7 @@ class Lineage:
     @property
     def model(self) -> str:
         """Its name in tables and legends: the family, then the variant."""
-        return ", ".join([self.family, *([self.variant] if self.variant else [])])
+        return ", ".join(filter(None, [self.family, self.variant]))
 
     def curve(self, k: int) -> list[tuple[dict, float]]:
         """The lineage's k-step FD curve (``lineage_curve``)."""
@@ -154,7 +154,7 @@ def lineage_variant(ev: pd.Series) -> str:
     """A lineage's post-training setting and teacher where they are a sweep's variants (``post_variants``,
     ``teachers``); "" for the method's own settings under the config's teacher."""
     setting, teacher = tag(ev, "post_variant"), tag(ev, "teacher_variant")
-    return ", ".join([*([setting] if setting else []), *([f"teacher {teacher}"] if teacher else [])])
+    return ", ".join(filter(None, [setting, teacher and f"teacher {teacher}"]))
 
 
 def teacher_references(runs: pd.DataFrame, seeds: set[int]) -> dict[int, float]:
