@@ -59,13 +59,23 @@ def conditioned(denoiser: nn.Module, labels: Tensor | None) -> Callable[..., Ten
     return bound(denoiser, one_hot(labels, label_dim_of(denoiser)))
 
 
-def bound(denoiser: nn.Module, class_labels: Tensor) -> Callable[..., Tensor]:
+def bound(denoiser: nn.Module, class_labels: Tensor) -> "Bound":
     """``denoiser`` with one-hot ``class_labels`` bound; an all-zero row is the null class (label dropout)."""
+    return Bound(denoiser, class_labels)
 
-    def call(x: Tensor, sigma: Tensor, second_time: Tensor | None = None) -> Tensor:
-        return denoiser(x, sigma, second_time, class_labels.to(x.device))
 
-    return call
+class Bound:
+    """A denoiser with its one-hot labels bound: called as ``denoiser(x, sigma[, second_time])`` by every sampler,
+    and giving ``mean_velocity(z, r, t)`` as the denoiser does (``cmt.numerics.precond.FlowMap``)."""
+
+    def __init__(self, denoiser: nn.Module, class_labels: Tensor):
+        self.denoiser, self.class_labels = denoiser, class_labels
+
+    def __call__(self, x: Tensor, sigma: Tensor, second_time: Tensor | None = None) -> Tensor:
+        return self.denoiser(x, sigma, second_time, self.class_labels.to(x.device))
+
+    def mean_velocity(self, z: Tensor, r: Tensor, t: Tensor) -> Tensor:
+        return self.denoiser.mean_velocity(z, r, t, self.class_labels.to(z.device))
 
 
 def class_columns(count: int, label_dim: int) -> Tensor | None:

@@ -12,6 +12,7 @@ class ArchitectureDict:
     image the network takes (every family has ``in_channels`` and ``img_resolution``)."""
 
     family: ClassVar[str]
+    parameterisation: ClassVar[str] = "edm"  # how ``cmt.numerics.precond.Denoiser`` reads the network's output
     in_channels: int
     img_resolution: int
 

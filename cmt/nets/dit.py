@@ -30,6 +30,7 @@ FREQUENCY_CHANNELS = 256  # the sinusoidal time features each time embedder star
 @dataclass(frozen=True)
 class DiTConfig(ArchitectureDict):
     family: ClassVar[str] = "dit"
+    parameterisation: ClassVar[str] = "flow"  # raw velocity u(z, t, h), no EDM preconditioning (latent.md 3)
     img_resolution: int = 32
     in_channels: int = 4
     out_channels: int = 4

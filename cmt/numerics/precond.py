@@ -7,10 +7,12 @@ Formulas restated in docs/numerics.md sections 2.1, 6 and 6.1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+from cmt.errors import BadInput
 
 SIGMA_DATA = 0.5
 
@@ -59,6 +61,10 @@ class Denoiser(nn.Module):
     ``mode`` selects the scalings explicitly: ``"edm"`` (diffusion training, CMT/ECT train mode) or
     ``"boundary"`` (consistency eval mode, f(x, sigma_min) = x).  The attribute name ``model``
     matches EDM's preconditioner, so state-dict keys read ``model.enc.32x32_conv.weight``.
+
+    A network whose family is parameterised by flow (``parameterisation`` "flow": the transformers) is no EDM
+    network: its raw output is the mean velocity u(z, t, h) in flow-matching time, read as is by ``mean_velocity``
+    and converted to a denoiser D = z − t·u(z, t, 0) only where a sampler or objective asks for D (latent.md 3).
     """
 
     def __init__(self, model: nn.Module, sigma_data: float = SIGMA_DATA, sigma_min: float = 0.002, mode: str = "edm"):
@@ -69,9 +75,19 @@ class Denoiser(nn.Module):
         self.amp_dtype: torch.dtype | None = None  # bf16: the network under autocast, preconditioning in fp32
         self.set_mode(mode)
 
+    @property
+    def parameterisation(self) -> str:
+        """ "edm" (the network is preconditioned, EDM Table 1) or "flow" (it predicts u(z, t, h); latent.md 3)."""
+        return self.model.cfg.parameterisation
+
     def set_mode(self, mode: str) -> "Denoiser":
         if mode not in ("edm", "boundary"):
             raise ValueError(f"unknown preconditioning mode {mode!r}; valid modes: edm, boundary")
+        if mode == "boundary" and self.parameterisation == "flow":
+            raise BadInput(
+                f"a {self.model.cfg.family} network predicts a velocity and has no consistency boundary mode "
+                "(latent.md 3); train it with a flow-map method (midtrain.form flowmap, posttrain meanflow)"
+            )
         self.mode = mode
         return self
 
@@ -79,6 +95,12 @@ class Denoiser(nn.Module):
         if self.mode == "boundary":
             return boundary_scalings(sigma, self.sigma_min, self.sigma_data)
         return edm_scalings(sigma, self.sigma_data)
+
+    def network(self, x: Tensor, noise: Tensor, second_time: Tensor | None, class_labels: Tensor | None) -> Tensor:
+        """The raw network on ``x`` (already in the network's dtype) and its noise input, under autocast when
+        ``amp_dtype`` is set; the output in x's dtype."""
+        with torch.autocast(x.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
+            return self.model(x, noise, second_time, class_labels).to(x.dtype)
 
     def forward(
         self, x: Tensor, sigma: Tensor, second_time: Tensor | None = None, class_labels: Tensor | None = None
@@ -93,11 +115,30 @@ class Denoiser(nn.Module):
         sigma = torch.as_tensor(sigma, device=x.device).to(dtype).reshape(-1)
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
-        c = self.scalings(sigma.reshape(-1, *([1] * (x.ndim - 1))))
+        col = sigma.reshape(-1, *([1] * (x.ndim - 1)))
         xc = x.to(dtype)
-        with torch.autocast(x.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
-            f = self.model(c.c_in * xc, c.c_noise.reshape(-1), second_time, class_labels)
-        return (c.c_skip * xc + c.c_out * f.to(dtype)).to(x.dtype)
+        if self.parameterisation == "flow":
+            z, t = edm_to_fm(xc, col)
+            u = self.network(z, t.reshape(-1), second_time, class_labels)
+            return (z - t * u).to(x.dtype)  # the data estimate of the flow path: x = z_t − t·v (latent.md 3)
+        c = self.scalings(col)
+        f = self.network(c.c_in * xc, c.c_noise.reshape(-1), second_time, class_labels)
+        return (c.c_skip * xc + c.c_out * f).to(x.dtype)
+
+    def mean_velocity(self, z: Tensor, r: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """u(z, r, t) in flow-matching time: the network itself for a flow parameterisation (fed t and h = t − r;
+        latent.md 3), else the EDM converter (``converted_mean_velocity``)."""
+        if self.parameterisation == "edm":
+            return converted_mean_velocity(lambda x, s, h: self(x, s, h, class_labels), z, r, t)
+        dtype = torch.promote_types(z.dtype, torch.float32)
+        return self.network(z.to(dtype), t.to(dtype), (t - r).to(dtype), class_labels).to(z.dtype)
+
+
+@runtime_checkable
+class FlowMap(Protocol):
+    """A model that gives its mean velocity itself (``Denoiser``, or one with its labels bound)."""
+
+    def mean_velocity(self, z: Tensor, r: Tensor, t: Tensor) -> Tensor: ...
 
 
 def edm_to_fm(x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
@@ -115,7 +156,21 @@ def fm_time(sigma: float) -> float:
     return sigma / (1 + sigma)
 
 
+def fm_range(parameterisation: str, sigma_min: float, sigma_max: float) -> tuple[float, float]:
+    """The flow-matching times a model is trained and sampled on: the EDM sigma range mapped (numerics.md 6.1), or
+    all of [0, 1] for a network parameterised by flow, sampled from pure noise at t = 1 (latent.md 3)."""
+    return (0.0, 1.0) if parameterisation == "flow" else (fm_time(sigma_min), fm_time(sigma_max))
+
+
 def mean_velocity(model: Callable[..., Tensor], z: Tensor, r: Tensor, t: Tensor) -> Tensor:
+    """u(z, r, t) of a model in flow-matching time: its own (``FlowMap``: a ``Denoiser`` of either
+    parameterisation), or, for a bare EDM denoiser callable, the converter ``converted_mean_velocity``."""
+    if isinstance(model, FlowMap):
+        return model.mean_velocity(z, r, t)
+    return converted_mean_velocity(model, z, r, t)
+
+
+def converted_mean_velocity(model: Callable[..., Tensor], z: Tensor, r: Tensor, t: Tensor) -> Tensor:
     """u(z, r, t) of an EDM denoiser with second time input h = t - r, in flow-matching time (numerics.md 6.1 init
     rule): u = (z - D(z / (1 - t), t / (1 - t); h)) / t, so a zero-initialised second branch starts as the velocity."""
     t_col = t.reshape(-1, *([1] * (z.ndim - 1)))

@@ -46,10 +46,12 @@ class TrajectoryObjective(Objective, Protocol):
 @dataclass(frozen=True)
 class Context:
     """What an objective may need besides its config section: the preconditioning's sigma range (the teacher's, which
-    also bounds flow-matching time), the image shape, the device, and a frozen teacher for methods that read one."""
+    also bounds flow-matching time for an EDM student), the image shape, the device, a frozen teacher for methods
+    that read one, and the student's parameterisation (``cmt.numerics.precond.Denoiser.parameterisation``)."""
 
     sigma_min: float
     sigma_max: float
     shape: tuple[int, ...]
     device: torch.device
     teacher: nn.Module | None = None
+    parameterisation: str = "edm"

@@ -1,8 +1,8 @@
-"""MeanFlow (Geng et al. 2025) in the flow-matching convention on EDM-preconditioned networks (method.md 8.4,
-numerics.md 6.1, 9).
+"""MeanFlow (Geng et al. 2025) in the flow-matching convention (method.md 8.4, numerics.md 6.1, 9).
 
 FM path z_t = (1 - t) x + t eps (t = 0 is data), velocity v = eps - x; the student's mean velocity u(z, r, t) is read
-through the EDM converter (``cmt.numerics.precond.mean_velocity``). Training target (MeanFlow identity):
+through the EDM converter from a preconditioned network, or is the network's output for one parameterised by flow
+(``cmt.numerics.precond.mean_velocity``; latent.md 3). Training target (MeanFlow identity):
 u_tgt = sg[v - clip(t - r, 0, 1) (v . d_z u + d_t u)], the bracket from one forward-mode JVP with tangents (v, 1) for
 (z, t) at fixed r. A class-conditional student may fold classifier-free guidance into the target and train some
 rows on the null class (latent.md 2).
@@ -19,7 +19,7 @@ from torch.func import jvp
 from cmt.data.batches import ImageBatch
 from cmt.data.labels import bound, label_dim_of, one_hot
 from cmt.errors import BadInput
-from cmt.numerics.precond import Denoiser, fm_time, mean_velocity
+from cmt.numerics.precond import Denoiser, fm_range, mean_velocity
 from cmt.objectives.base import Context
 from cmt.training import parallel
 
@@ -154,5 +154,6 @@ class MeanFlow:
 
 
 def build(cfg: dict, context: Context) -> MeanFlow:
-    """From the ``posttrain.meanflow`` section; t is bounded by the preconditioning's sigma range."""
-    return MeanFlow(cfg, (fm_time(context.sigma_min), fm_time(context.sigma_max)))
+    """From the ``posttrain.meanflow`` section; t is bounded by the preconditioning's sigma range for an EDM student
+    and spans [0, 1] for a flow one (``fm_range``)."""
+    return MeanFlow(cfg, fm_range(context.parameterisation, context.sigma_min, context.sigma_max))

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from cmt.data.labels import conditioned
 from cmt.errors import BadInput
-from cmt.numerics.precond import Denoiser, fm_time, mean_velocity
+from cmt.numerics.precond import Denoiser, fm_range, mean_velocity
 from cmt.numerics.solvers import DenoiserFn, sample_trajectory, sigma_grid
 from cmt.objectives.registry import MODEL_KINDS
 
@@ -98,11 +98,12 @@ def check_steps(kind: str, steps: int) -> None:
 @torch.no_grad()
 def sample_few_step(model: Denoiser, kind: str, draws: Draws, steps: int, sigma_max: float, t_mid: float) -> Tensor:
     """k-step samples of a ``consistency`` model (k = 1, 2; method.md 9) or a ``meanflow`` model (any k, from the
-    top of the sigma range in FM time; numerics.md 9.5)."""
+    top of its flow-matching range, ``fm_range``; numerics.md 9.5)."""
     check_steps(kind, steps)
     if kind == "meanflow":
         model.eval()
-        return sample_meanflow(conditioned(model, draws.labels), draws.noise, steps, fm_time(sigma_max))
+        t_max = fm_range(model.parameterisation, 0.0, sigma_max)[1]
+        return sample_meanflow(conditioned(model, draws.labels), draws.noise, steps, t_max)
     if kind != "consistency":
         raise BadInput(f"a {kind} model has no few-step sampler")
     mid = t_mid if steps == 2 else None

@@ -72,7 +72,7 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
     weights = InitWeights(cfg["init"], job.teacher_dir, cfg["init_file"])
     student, init_meta = init_student(weights, job, cfg["dropout"], method)
     teacher_meta = read_meta(job.teacher_dir)
-    objective = registry.build(method, cfg, objective_context(job, train.shape, device))
+    objective = registry.build(method, cfg, objective_context(job, student, train.shape, device))
     per_step = objective.trajectories_per_step(cfg["batch_size"], len(source.sigmas) - 1)
     loop = LoopConfig.from_dict(cfg)
 

@@ -101,10 +101,15 @@ def fetched_weights(spec: dict | None, work_dir: Path) -> tuple[Denoiser, dict]:
 
 
 def objective_context(
-    job: StudentJob, shape: tuple[int, ...], device: torch.device, teacher: torch.nn.Module | None = None
+    job: StudentJob,
+    student: Denoiser,
+    shape: tuple[int, ...],
+    device: torch.device,
+    teacher: torch.nn.Module | None = None,
 ) -> Context:
     """What a student's objective reads besides its config section (``cmt.objectives.base.Context``)."""
-    return Context(job.precond["sigma_min"], job.precond["sigma_max"], shape, device, teacher)
+    sigmas = job.precond["sigma_min"], job.precond["sigma_max"]
+    return Context(*sigmas, shape, device, teacher, student.parameterisation)
 
 
 def student_loss(objective: Objective, batches: Callable[[int, torch.Generator], Batch]) -> LossFn:

@@ -102,7 +102,8 @@ def run(job: TeacherJob) -> dict:
         ema, run_facts = ema.to(device), {"wall_seconds": 0.0, "resumed_from": 0}
     else:
         denoiser = build_denoiser(job.network, job.precond, job.seed)
-        context = Context(job.precond["sigma_min"], job.precond["sigma_max"], train_set.shape, device)
+        sigmas = job.precond["sigma_min"], job.precond["sigma_max"]
+        context = Context(*sigmas, train_set.shape, device, None, denoiser.parameterisation)
         result = train_teacher(denoiser, train_set, job.cfg["train"], job, context)
         if not parallel.is_main():
             return {}

@@ -61,7 +61,7 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
     student, init_meta = init_student(InitWeights(init, folder, cfg["init_file"]), job, cfg["dropout"], entry)
     student: Denoiser = student.to(device)
     teacher = load_teacher(job.teacher_dir)[0].to(device) if "teacher" in entry.reads else None
-    context = objective_context(job, train.shape, device, teacher)
+    context = objective_context(job, student, train.shape, device, teacher)
     loss_fn, objective = make_loss(entry, cfg, train, label_dim_of(student), context, job.seed, job.data["loader"])
     loop = LoopConfig.from_dict(cfg)
     rows = loop.iterations * loop.batch_size
