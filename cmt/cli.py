@@ -23,7 +23,7 @@ import yaml
 
 from cmt.config import JOB_KEY, ConfigError, load_config, resolve_params
 from cmt.errors import CmtError, about
-from cmt.formats.pretrained import MissingWeights, require_inception, require_lpips_trunk
+from cmt.formats.pretrained import MissingWeights, require_inception, require_lpips_trunk, require_vae
 from cmt.inits import INITS
 from cmt.objectives import registry
 from cmt.training.preemption import EXIT_CODE as PREEMPTED_EXIT
@@ -198,6 +198,34 @@ def _dataset(args: argparse.Namespace) -> None:
     print(f"{record['count']} images {record['shape']} -> {args.out} (sha256 {record['sha256']})")
 
 
+def _local_vae(p: dict) -> None:
+    """A local autoencoder's files, checked before torch and diffusers are imported."""
+    if not p["latent"]:
+        raise ConfigError("--params: latent is not set: no autoencoder to provide")
+    vae = p["latent"]["vae"]
+    if vae["source"] == "local":
+        with about("latent.vae.path"):
+            require_vae(vae["path"] or "", vae["repo"], vae["revision"])
+
+
+def _vae(args: argparse.Namespace) -> None:
+    p = _training(args, needs=_local_vae)
+    from cmt.stages import vae
+
+    job = vae.VaeJob(p["latent"], p["data"], p["seed"], Path(args.out), Path(args.work), p["device"], _compute(p))
+    vae.run(job)
+
+
+def _encode(args: argparse.Namespace) -> None:
+    p = _params(args)
+    from cmt.formats.atomic import atomic_write_json
+    from cmt.stages import encode
+
+    record = encode.run(p["data"], p["latent"]["encode"], args.vae, args.out, p["device"])
+    atomic_write_json(args.record, record)
+    print(f"{record['count']} latents {record['shape']} ({record['convention']}) -> {args.out}")
+
+
 def _fid_reference(args: argparse.Namespace) -> None:
     p = _params(args, needs=lambda p: p["evaluate"]["fid"]["reference"] or _inception_for("evaluate.fid"))
     from cmt.stages import fid_reference
@@ -329,6 +357,8 @@ def _stage_verbs(sub: argparse._SubParsersAction) -> None:
     verb("teacher", _teacher, "train or fetch the diffusion teacher", "out", "work")
     verb("featnet", _featnet, "train the offline metric's feature net", "out")
     verb("dataset", _dataset, "build the EDM-format zip of data.build", "out", "record")
+    verb("vae", _vae, "fetch, read or train the autoencoder of latent.vae", "out", "work")
+    verb("encode", _encode, "encode the dataset into a latent zip", "vae", "out", "record")
     verb("fid-reference", _fid_reference, "FID reference statistics of the training set", "out", "work")
     verb("trajectories", _trajectories, "generate a stored trajectory set", "teacher", "out")
     verb("gradient-bias", _gradient_bias, "ECT's gradient against the oracle objective's on Gaussian data", "out")

@@ -11,7 +11,7 @@ import torch
 from helpers.image_standins import cifar_batches, write_cifar_tarball, write_image_folder
 from PIL import Image
 
-from cmt.data.dataset_tool import DatasetError, build
+from cmt.data.dataset_tool import DatasetError, build, center_crop_adm
 from cmt.data.datasets import load_edm_zip
 from cmt.formats.fetch import file_sha256
 
@@ -109,3 +109,24 @@ def test_cli_exits_with_the_message_naming_the_archive(tmp_path):
         [*cmd, "--out", str(tmp_path / "o.zip"), "--record", str(tmp_path / "r.json")], capture_output=True, text=True
     )
     assert done.returncode == 1 and "missing.tar.gz" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_adms_centre_crop_keeps_the_centre_square_of_a_wide_or_tall_image(tmp_path):
+    # 600 x 400 grey with 80-column green bands at both ends: the crop to 64 (box-halved twice to 150 x 100,
+    # bicubic to 96 x 64, centre 64 columns) covers source columns 100..500, so no green survives
+    wide = np.full((400, 600, 3), 128, dtype=np.uint8)
+    wide[:, :80] = wide[:, -80:] = (0, 255, 0)
+    for image in (wide, wide.transpose(1, 0, 2).copy()):
+        out = center_crop_adm(Image.fromarray(image), 64)
+        assert out.shape == (64, 64, 3) and np.abs(out.astype(int) - 128).max() <= 1
+    banded = np.full((400, 600, 3), 128, dtype=np.uint8)
+    banded[:, 200:400] = (0, 255, 0)  # the centre third: the crop's middle columns are green
+    out = center_crop_adm(Image.fromarray(banded), 64)
+    assert out[:, 32, 1].min() > 250 and out[:, 0, 1].max() < 140
+    (tmp_path / "src").mkdir()
+    Image.fromarray(wide).save(tmp_path / "src" / "a.png")
+    record = build(
+        {"from": "image_folder", "archive": str(tmp_path / "src"), "resolution": 64, "transform": "center_crop_adm"},
+        tmp_path / "d.zip",
+    )
+    assert record["shape"] == [3, 64, 64]

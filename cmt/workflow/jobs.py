@@ -44,6 +44,8 @@ FEATNET = "featnet"
 # a sweep's experiments (its `experiments`) -> their folders; each has the config section of its name
 EXPERIMENTS = {"gradient_bias": "gradient-bias", "meanflow_targets": "meanflow-targets"}
 DATASET = "dataset"
+VAE = "vae"  # the autoencoder's folder (config section latent)
+LATENTS = "latents"  # the latent zip encoded with it
 NO_VARIANT = "none"  # the variant axis of a post-training job that does not start from CMT
 BASE = "base"  # the CMT variant (and the teacher variant) that overrides nothing: the main run's
 TEACHER_PREFIX = "t-"  # a teacher variant's jobs: t-<name>/teacher, t-<name>/traj/..., t-<name>/mid/..., ...

@@ -30,6 +30,8 @@ DATASET = f"{RESULTS}/{jobs.DATASET}/images.zip" if config["data"]["build"] else
 if DATASET:
     config["data"] = {**config["data"], "source": "edm_zip", "path": DATASET}
 DATA = [DATASET] if DATASET else []  # the input of every job that reads the dataset
+# latent: rule `vae` provides the autoencoder and rule `encode` the latent zip of the dataset (rules/latent.smk)
+LATENTS = f"{RESULTS}/{jobs.LATENTS}/latents.zip" if config["latent"] else None
 FEATNET = f"{RESULTS}/{jobs.FEATNET}/featnet.safetensors"
 FEATNET_INPUT = [FEATNET] if jobs.uses_featnet(config) else []  # FD along training and in evaluation
 FID_REF = f"{RESULTS}/{jobs.fid_ref_path(config['evaluate']['fid']['mode'])}"

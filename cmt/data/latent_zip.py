@@ -1,0 +1,119 @@
+"""Latent datasets in EDM2's zip layout (docs/latent.md 4.3): per image the autoencoder posterior's mean and std,
+stacked as one float32 array (2C, h, w) in ``<5 digits>/img-mean-std-<8 digits>.npy``, the labels in
+``dataset.json`` as in an image zip, and ``latents.json`` with the convention and the autoencoder that wrote them.
+
+A training draw is z = convention(mean + std · ε) with a fresh ε each time an image is drawn (EDM2's
+``encode_latents``), so the stored posterior, not one sample of it, is the dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from cmt.data.datasets import edm_zip_labels, existing_path
+from cmt.errors import BadInput
+from cmt.formats.atomic import writing
+from cmt.latents.conventions import Convention
+
+META = "latents.json"  # our addition to EDM2's layout (EDM2's reader ignores it)
+
+
+def latent_name(index: int) -> str:
+    """EDM2's name of image ``index``'s moments inside the zip (dataset_tool.py encode)."""
+    digits = f"{index:08d}"
+    return f"{digits[:5]}/img-mean-std-{digits}.npy"
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    """A zip entry with a fixed timestamp, so the same latents give a byte-identical zip."""
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32))
+    return buffer.getvalue()
+
+
+def write_latent_zip(dest: str | Path, count: int, items: Iterator[tuple[np.ndarray, int | None]], meta: dict) -> dict:
+    """Write ``count`` (moments (2C, h, w), label) items and ``meta`` as a latent zip at ``dest`` (atomically)."""
+    labels, shape = [], None
+    with writing(dest) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        for index, (moments, label) in enumerate(tqdm(items, total=count, desc="encode", unit="img")):
+            shape = shape or moments.shape
+            zf.writestr(_entry(latent_name(index)), _npy(moments))
+            labels.append(label)
+        labelled = [[latent_name(i), y] for i, y in enumerate(labels)] if None not in labels else None
+        zf.writestr(_entry("dataset.json"), json.dumps({"labels": labelled}))
+        latent_shape = [shape[0] // 2, shape[1], shape[2]]
+        zf.writestr(_entry(META), json.dumps({**meta, "count": len(labels), "shape": latent_shape}, sort_keys=True))
+    return {"count": len(labels), "shape": latent_shape, "classes": len({y for y in labels if y is not None})}
+
+
+@dataclass(frozen=True)
+class LatentDataset:
+    """A latent zip in memory: each image's posterior mean and std (N, C, h, w), labels, and the convention."""
+
+    mean: Tensor
+    std: Tensor
+    labels: Tensor | None
+    name: str
+    convention: Convention
+    meta: dict
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.mean.shape[1:])
+
+    def draw(self, index: Tensor, noise: Tensor) -> Tensor:
+        """Latents of rows ``index``, one posterior draw each from ``noise`` (docs/latent.md 4.3)."""
+        index = index.to(self.mean.device)
+        return self.convention.to_latent(self.mean[index] + self.std[index] * noise.to(self.mean))
+
+    def subset(self, index: Tensor, name: str | None = None) -> "LatentDataset":
+        labels = None if self.labels is None else self.labels[index]
+        return LatentDataset(self.mean[index], self.std[index], labels, name or self.name, self.convention, self.meta)
+
+
+def _moments(zf: zipfile.ZipFile, name: str, file: Path) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(zf.read(name)), allow_pickle=False)
+    except ValueError as err:
+        raise BadInput(f"{file}: {name}: not a numpy array ({err})") from err
+    if array.ndim != 3 or array.shape[0] % 2:
+        raise BadInput(f"{file}: {name}: moments must be (2C, h, w), got {array.shape}")
+    return array
+
+
+def load_latent_zip(path: str | Path) -> LatentDataset:
+    """A latent zip written by ``write_latent_zip`` (or EDM2's ``dataset_tool.py encode`` plus a ``latents.json``)."""
+    file = existing_path(path)
+    try:
+        with zipfile.ZipFile(file) as zf:
+            if META not in zf.namelist():
+                raise BadInput(f"{file}: no {META} (the convention the latents were written in)")
+            meta = json.loads(zf.read(META))
+            names = sorted(n for n in zf.namelist() if n.endswith(".npy"))
+            if not names:
+                raise BadInput(f"{file}: zip holds no latents")
+            moments = torch.from_numpy(np.stack([_moments(zf, n, file) for n in names]))
+            labels = edm_zip_labels(file, zf, names)
+    except zipfile.BadZipFile as err:
+        raise BadInput(f"{file}: not a readable zip archive ({err})") from err
+    except (KeyError, json.JSONDecodeError) as err:
+        raise BadInput(f"{file}: {META}: {err}") from err
+    mean, std = moments.to(torch.float32).chunk(2, dim=1)
+    return LatentDataset(mean, std, labels, file.stem, Convention.from_dict(meta), meta)
