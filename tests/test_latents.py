@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from cmt.config import resolve_params
+from cmt.data.batches import make_batches
+from cmt.data.datasets import load_dataset
 from cmt.data.latent_zip import latent_name, load_latent_zip, write_latent_zip
 from cmt.errors import BadInput
 from cmt.formats.fetch import FetchError
@@ -223,3 +225,26 @@ def test_encoding_stores_each_images_posterior_and_label(trained, tmp_path):
     torch.testing.assert_close(data.std[[0, 900, 1796]], std)
     assert torch.equal(data.labels, digits.labels) and record["count"] == 1797
     assert data.convention == auto.convention and data.meta["vae"]["source"] == "train"
+
+
+def test_latent_batches_are_fresh_posterior_draws_fixed_by_the_generator(tmp_path):
+    mean, std = np.full((8, 2, 2), 3.0, dtype=np.float32), np.full((8, 2, 2), 0.5, dtype=np.float32)
+    moments = [np.concatenate([mean + i, std]) for i in range(2)]  # two images, posterior means 3 and 4
+    write_latent_zip(tmp_path / "l.zip", 2, iter(zip(moments, [0, 1])), sd_convention(0.2, 8).to_dict())
+    params = resolve_params(
+        json.dumps({"name": "t", "data": {"source": "latent_zip", "path": str(tmp_path / "l.zip")}})
+    )
+    data = load_dataset(params["data"])
+    batches = make_batches(data, data.labels, 4000, 0, torch.device("cpu"), params["data"]["loader"])
+    first = batches(0, torch.Generator().manual_seed(5))
+    again = make_batches(data, data.labels, 4000, 0, torch.device("cpu"), params["data"]["loader"])(
+        0, torch.Generator().manual_seed(5)
+    )
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    for label, posterior_mean in ((0, 3.0), (1, 4.0)):
+        rows = first.images[first.labels == label]
+        # z = 0.2 (mean + 0.5 eps): mean 0.2 * posterior mean, std 0.1, over about 2000 rows x 32 values
+        assert float(rows.mean()) == pytest.approx(0.2 * posterior_mean, abs=0.003)
+        assert float(rows.std()) == pytest.approx(0.1, rel=0.02)
+    with pytest.raises(BadInput, match="data.loader.xflip: latents"):
+        make_batches(data, None, 4, 0, torch.device("cpu"), {**params["data"]["loader"], "xflip": True})

@@ -1,4 +1,5 @@
-"""Training minibatches of real images (and labels): drawn in memory, or streamed from disk by a DataLoader.
+"""Training minibatches of real images (and labels): drawn in memory, or streamed from disk by a DataLoader; or of
+latents, each a fresh draw of its stored posterior.
 
 Every trainer that reads data (teacher, ECT, ECD, MeanFlow) asks ``batches(step, generator)`` for step
 ``step``'s images. In memory (the embedded digits) the rows are drawn with the loss's generator. Streamed
@@ -18,6 +19,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from cmt.data.datasets import ImageDataset, ImageFiles, Images, to_unit
+from cmt.data.latent_zip import LatentDataset
+from cmt.errors import BadInput
 from cmt.seeds import derived_seed
 from cmt.training import parallel
 
@@ -48,6 +51,21 @@ class MemoryBatches:
         if self.xflip:
             images = flip_rows(images, parallel.randint(2, idx.shape, gen).bool())
         return ImageBatch(images, None if self.labels is None else self.labels[idx])
+
+
+class LatentBatches:
+    """Rows of an in-memory latent dataset on the device, each a fresh posterior draw z = convention(mean + std·ε)
+    (docs/latent.md 4.3); rows and ε from the loss's generator. Latents are never mirrored."""
+
+    def __init__(self, data: LatentDataset, labels: Tensor | None, batch_size: int, device: torch.device):
+        self.data = data.to(device)
+        self.local = parallel.local_count(batch_size, "batch_size")
+        self.labels = None if labels is None else labels.to(device)
+
+    def __call__(self, step: int, gen: torch.Generator) -> ImageBatch:
+        idx = parallel.randint(len(self.data), (self.local,), gen).to(self.data.mean.device)
+        latents = self.data.draw(idx, parallel.randn((self.local, *self.data.shape), gen))
+        return ImageBatch(latents, None if self.labels is None else self.labels[idx])
 
 
 class StepRows(Sampler[list[int]]):
@@ -125,10 +143,15 @@ class StreamedBatches:
 
 
 def make_batches(
-    data: Images, labels: Tensor | None, batch_size: int, seed: int, device: torch.device, loader: dict
-) -> MemoryBatches | StreamedBatches:
-    """The batch source of a dataset: in memory for ``ImageDataset``, streamed for ``ImageFiles``; ``labels`` are the
-    checked labels a class-conditional model reads (``cmt.data.labels.dataset_labels``), or None."""
+    data: Images | LatentDataset, labels: Tensor | None, batch_size: int, seed: int, device: torch.device, loader: dict
+) -> MemoryBatches | StreamedBatches | LatentBatches:
+    """The batch source of a dataset: in memory for ``ImageDataset``, streamed for ``ImageFiles``, posterior draws
+    for a ``LatentDataset``; ``labels`` are the checked labels a class-conditional model reads
+    (``cmt.data.labels.dataset_labels``), or None."""
+    if isinstance(data, LatentDataset):
+        if loader["xflip"]:
+            raise BadInput(f"data.loader.xflip: latents ({data.name}) are not mirrored; encode mirrored images instead")
+        return LatentBatches(data, labels, batch_size, device)
     if isinstance(data, ImageDataset):
         return MemoryBatches(data, labels, batch_size, device, loader["xflip"])
     return StreamedBatches(data, labels, batch_size, seed, device, loader)

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from cmt.data.datasets import existing_path, image_files
+from cmt.data.datasets import image_files
+from cmt.data.files import existing_path
 from cmt.errors import CmtError
 from cmt.formats.atomic import writing
 from cmt.formats.fetch import file_sha256

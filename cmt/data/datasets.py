@@ -9,7 +9,6 @@ Nothing here downloads: missing files raise ``FileNotFoundError`` naming the pat
 from __future__ import annotations
 
 import io
-import json
 import os
 import zipfile
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cmt.data.files import edm_zip_labels, existing_path
+from cmt.data.latent_zip import LatentDataset, load_latent_zip
 from cmt.errors import BadInput, MissingInput
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -233,26 +234,6 @@ def load_cifar10(root: str | Path, train: bool = True) -> ImageFiles:
     return _files(_ArrayReader(ds.data), torch.tensor(ds.targets), "cifar10")
 
 
-def edm_zip_labels(file: Path, zf: zipfile.ZipFile, names: list[str]) -> Tensor | None:
-    """Labels of an EDM zip's images from its ``dataset.json`` ({"labels": [[name, y], ...]} or null)."""
-    if "dataset.json" not in zf.namelist():
-        return None
-    try:
-        entries = json.loads(zf.read("dataset.json")).get("labels")
-        by_name = {name: int(y) for name, y in entries or []}
-    except (ValueError, TypeError, AttributeError) as err:
-        raise BadInput(f'{file}: dataset.json: expected {{"labels": [[name, class], ...]}}: {err}') from err
-    if not entries:
-        return None
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise BadInput(f"{file}: dataset.json has no label for {missing[0]} ({len(missing)} missing)")
-    labels = torch.tensor([by_name[n] for n in names])
-    if int(labels.min()) < 0:
-        raise BadInput(f"{file}: dataset.json: negative class {int(labels.min())}")
-    return labels
-
-
 def load_edm_zip(path: str | Path) -> ImageFiles:
     """EDM's dataset zip (``dataset_tool.py``): image files plus optional ``dataset.json`` {"labels": [[name, y]]}."""
     file = existing_path(path)
@@ -267,12 +248,19 @@ def load_edm_zip(path: str | Path) -> ImageFiles:
     return _files(_ZipReader(file, names), labels, file.stem)
 
 
-def load_dataset(cfg: dict) -> Images:
-    """Dataset from a config ``data`` section: {source: digits | folder | npz | cifar10 | edm_zip, path: ...}."""
+def load_dataset(cfg: dict) -> Images | LatentDataset:
+    """Dataset from a config ``data`` section: {source: digits | folder | npz | cifar10 | edm_zip | latent_zip,
+    path: ...}."""
     source = cfg["source"]
     if source == "digits":
         return load_digits()
-    loaders = {"folder": load_image_folder, "npz": load_npz, "cifar10": load_cifar10, "edm_zip": load_edm_zip}
+    loaders = {
+        "folder": load_image_folder,
+        "npz": load_npz,
+        "cifar10": load_cifar10,
+        "edm_zip": load_edm_zip,
+        "latent_zip": load_latent_zip,
+    }
     if source not in loaders:
         raise BadInput(f"unknown data source {source!r}; valid sources: digits, {', '.join(loaders)}")
     if not cfg.get("path"):
@@ -280,7 +268,7 @@ def load_dataset(cfg: dict) -> Images:
     return loaders[source](cfg["path"])
 
 
-def split(dataset: Images, holdout_fraction: float, seed: int) -> tuple[Images, Images]:
+def split(dataset: Images | LatentDataset, holdout_fraction: float, seed: int) -> tuple[Images, Images]:
     """Deterministic (train, held-out) split: a seeded permutation, the same on every machine. With
     ``holdout_fraction`` 0 the whole dataset trains (the paper's setting) and the held-out set is empty."""
     if not 0 <= holdout_fraction < 1:
@@ -302,10 +290,3 @@ def train_holdout(data_cfg: dict) -> tuple[Images, Images]:
     against the same held-out images.
     """
     return split(load_dataset(data_cfg), data_cfg["holdout_fraction"], data_cfg["split_seed"])
-
-
-def existing_path(path: str | Path) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise MissingInput(f"data path does not exist: {p}")
-    return p

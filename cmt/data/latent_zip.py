@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from cmt.data.datasets import edm_zip_labels, existing_path
+from cmt.data.files import edm_zip_labels, existing_path
 from cmt.errors import BadInput
 from cmt.formats.atomic import writing
 from cmt.latents.conventions import Convention
@@ -82,6 +82,10 @@ class LatentDataset:
         """Latents of rows ``index``, one posterior draw each from ``noise`` (docs/latent.md 4.3)."""
         index = index.to(self.mean.device)
         return self.convention.to_latent(self.mean[index] + self.std[index] * noise.to(self.mean))
+
+    def to(self, device: torch.device | str) -> "LatentDataset":
+        labels = None if self.labels is None else self.labels.to(device)
+        return LatentDataset(self.mean.to(device), self.std.to(device), labels, self.name, self.convention, self.meta)
 
     def subset(self, index: Tensor, name: str | None = None) -> "LatentDataset":
         labels = None if self.labels is None else self.labels[index]
