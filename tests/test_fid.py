@@ -132,3 +132,18 @@ def test_published_statistics_are_sha256_checked_and_validated(inception, tmp_pa
     np.savez(tmp_path / "small.npz", mu=np.zeros(64), sigma=np.eye(64))
     with pytest.raises(ValueError, match=r"small.npz: mu must be finite of shape \(2048,\)"):
         load_statistics(tmp_path / "small.npz")
+
+
+def test_adms_reference_file_gives_its_mu_and_sigma_without_unpickling_or_reading_the_images(tmp_path):
+    # ADM's VIRTUAL_imagenet256_labeled.npz holds arr_0 (reference images), mu, sigma, mu_s, sigma_s; here arr_0 is
+    # an object array, which numpy can only read by unpickling: loading must not touch it
+    gen = np.random.default_rng(0)
+    mu, sigma = gen.standard_normal(2048), np.diag(gen.uniform(0.1, 1.0, 2048))
+    arr_0 = np.empty(2, dtype=object)
+    arr_0[:] = [{"payload": 1}, None]
+    np.savez(tmp_path / "adm.npz", arr_0=arr_0, mu=mu, sigma=sigma, mu_s=mu[:7], sigma_s=sigma[:7, :7])
+    stats = load_statistics(tmp_path / "adm.npz")
+    assert np.array_equal(stats["mu"], mu) and np.array_equal(stats["sigma"], sigma)
+    assert stats["mode"] == "legacy_tensorflow" and stats["count"] == -1
+    with pytest.raises(ValueError, match="allow_pickle"):
+        np.load(tmp_path / "adm.npz")["arr_0"]  # the object array does need unpickling

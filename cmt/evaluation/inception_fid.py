@@ -96,16 +96,19 @@ def save_statistics(path: str | Path, stats: dict) -> None:
 
 def load_statistics(path: str | Path) -> dict:
     """Reference statistics from an ``.npz`` with ``mu`` (2048,) and ``sigma`` (2048, 2048): ours, or a published
-    file such as EDM's ``fid-refs/*.npz``; anything else raises naming the file and the key."""
+    file such as EDM's ``fid-refs/*.npz`` or ADM's ``VIRTUAL_imagenet256_labeled.npz``; anything else raises naming
+    the file and the key. Only these arrays are read, never unpickled: ADM's reference images (``arr_0``) and
+    spatial statistics stay on disk (docs/latent.md 5)."""
     file = Path(path)
     try:
-        with np.load(file) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        with np.load(file, allow_pickle=False) as npz:
+            names = npz.files
+            arrays = {k: npz[k] for k in ("mu", "sigma", "count", "mode") if k in names}
     except (OSError, ValueError) as err:
         raise BadInput(f"{file}: not an .npz of FID statistics ({err})") from err
     for key, shape in (("mu", (FEATURES,)), ("sigma", (FEATURES, FEATURES))):
         if key not in arrays:
-            raise BadInput(f"{file}: no array {key!r} (found: {', '.join(arrays) or 'none'})")
+            raise BadInput(f"{file}: no array {key!r} (found: {', '.join(names) or 'none'})")
         if arrays[key].shape != shape or not np.isfinite(arrays[key]).all():
             raise BadInput(f"{file}: {key} must be finite of shape {shape}, got {arrays[key].shape}")
     stats = {"mu": arrays["mu"].astype(np.float64), "sigma": arrays["sigma"].astype(np.float64)}
