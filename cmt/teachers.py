@@ -1,7 +1,7 @@
 """Teacher kinds, one registry: what a teacher job's weights are and how the stages that read a teacher (trajectories,
-online CMT, ECD's teacher step, the teacher's own evaluation) use them. Today's kind is ``ode``, an EDM denoiser
-solved by the PF-ODE solvers; a flow-map teacher sampled in k steps and an autoguided pair (two networks a call)
-join here as entries.
+online CMT, ECD's teacher step, the teacher's own evaluation) use them: ``ode``, an EDM denoiser solved by the PF-ODE
+solvers, and ``flowmap``, a mean-flow model sampled in k steps whose trajectories are the states along that path in
+flow-matching time (docs/latent.md 6). An autoguided pair (two networks a call) joins here as an entry.
 """
 
 from __future__ import annotations
@@ -19,18 +19,22 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class TeacherKind:
     """A teacher kind: its name (config ``teacher.kind``, recorded in the teacher's meta), the model kind of its
-    weights (``cmt.objectives.registry.MODEL_KINDS``: how it is sampled), and its network passes per teacher
-    evaluation (what one teacher NFE costs)."""
+    weights (``cmt.objectives.registry.MODEL_KINDS``: how it is sampled), its network passes per teacher
+    evaluation (what one teacher NFE costs), and the teacher-stage method that trains it."""
 
     name: str
     model_kind: str
     passes: int
+    method: str
     description: str
 
 
 TEACHER_KINDS = {
     kind.name: kind
-    for kind in (TeacherKind("ode", "diffusion", 1, "an EDM denoiser; trajectories and teacher steps by ODE solvers"),)
+    for kind in (
+        TeacherKind("ode", "diffusion", 1, "edm", "an EDM denoiser; trajectories and teacher steps by ODE solvers"),
+        TeacherKind("flowmap", "meanflow", 1, "meanflow", "a mean-flow model; trajectories along its k-step path"),
+    )
 }
 UNNAMED = "ode"  # the kind of a teacher whose meta names none (written before kinds were named)
 

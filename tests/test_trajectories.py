@@ -57,7 +57,7 @@ def test_index_and_shards(stored, teacher):
     # shard 1 is the solver run from its own seeded start points
     gen = torch.Generator().manual_seed(shard_seed(3, 1))
     x_T = 80.0 * torch.randn((4, 1, 8, 8), generator=gen)
-    expected = sample_trajectory(teacher, x_T, SPEC.sigmas.float(), SPEC.solver).transpose(0, 1)
+    expected = sample_trajectory(teacher, x_T, SPEC.grid.float(), SPEC.solver).transpose(0, 1)
     torch.testing.assert_close(states[4:8], expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(traj.read(torch.tensor([9, 4, 0, 4])).states, states[[9, 4, 0, 4]])  # any order, repeats
 
@@ -121,8 +121,8 @@ def test_a_conditional_teacher_stores_the_label_each_trajectory_was_solved_for(t
     assert every.labels.shape == (6,) and every.labels.dtype == torch.int64
     x_T, label = every.states[4:5, 0], every.labels[4:5]
     with torch.no_grad():
-        alone = sample_trajectory(conditioned(teacher, label), x_T, SPEC.sigmas, SPEC.solver)[:, 0]
-        other = sample_trajectory(conditioned(teacher, (label + 1) % 10), x_T, SPEC.sigmas, SPEC.solver)[:, 0]
+        alone = sample_trajectory(conditioned(teacher, label), x_T, SPEC.grid, SPEC.solver)[:, 0]
+        other = sample_trajectory(conditioned(teacher, (label + 1) % 10), x_T, SPEC.grid, SPEC.solver)[:, 0]
     torch.testing.assert_close(alone, every.states[4], rtol=1e-5, atol=1e-5)
     assert (other[-1] - alone[-1]).abs().max() > 1e-3  # the label steers the solve
     batch = stored.sample(5, torch.Generator().manual_seed(0))

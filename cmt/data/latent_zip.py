@@ -102,6 +102,18 @@ def _moments(zf: zipfile.ZipFile, name: str, file: Path) -> np.ndarray:
     return array
 
 
+def read_latent_meta(path: str | Path) -> dict:
+    """A latent zip's ``latents.json`` alone (convention, autoencoder, the images it encoded, count and shape)."""
+    file = existing_path(path)
+    try:
+        with zipfile.ZipFile(file) as zf:
+            return json.loads(zf.read(META))
+    except zipfile.BadZipFile as err:
+        raise BadInput(f"{file}: not a readable zip archive ({err})") from err
+    except (KeyError, json.JSONDecodeError) as err:
+        raise BadInput(f"{file}: {META}: {err}") from err
+
+
 def load_latent_zip(path: str | Path) -> LatentDataset:
     """A latent zip written by ``write_latent_zip`` (or EDM2's ``dataset_tool.py encode`` plus a ``latents.json``)."""
     file = existing_path(path)

@@ -64,7 +64,8 @@ class Denoiser(nn.Module):
 
     A network whose family is parameterised by flow (``parameterisation`` "flow": the transformers) is no EDM
     network: its raw output is the mean velocity u(z, t, h) in flow-matching time, read as is by ``mean_velocity``
-    and converted to a denoiser D = z − t·u(z, t, 0) only where a sampler or objective asks for D (latent.md 3).
+    and converted to a denoiser D = z − t·u (u fed t and the second time h; h = 0 is the instantaneous velocity)
+    only where a sampler or objective asks for D (latent.md 3).
     """
 
     def __init__(self, model: nn.Module, sigma_data: float = SIGMA_DATA, sigma_min: float = 0.002, mode: str = "edm"):
@@ -77,7 +78,7 @@ class Denoiser(nn.Module):
 
     @property
     def parameterisation(self) -> str:
-        """ "edm" (the network is preconditioned, EDM Table 1) or "flow" (it predicts u(z, t, h); latent.md 3)."""
+        """How the network's output is read: "edm" (preconditioned, EDM Table 1) or "flow" (u(z, t, h); latent.md 3)."""
         return self.model.cfg.parameterisation
 
     def set_mode(self, mode: str) -> "Denoiser":

@@ -18,13 +18,15 @@ from cmt.data.batches import ImageBatch
 
 
 class TrajectoryBatch(NamedTuple):
-    """This process's share of a step's teacher trajectories (n, S + 1, C, H, W), their noise levels (S + 1,), labels
-    (n,) or None, and the states the objective chose for them (``TrajectoryObjective.select``)."""
+    """This process's share of a step's teacher trajectories (n, S + 1, C, H, W), their grid (S + 1,) in its time
+    (EDM's sigma, or flow-matching t for a flow-map teacher's path), labels (n,) or None, and the states the
+    objective chose for them (``TrajectoryObjective.select``)."""
 
     states: Tensor
-    sigmas: Tensor
+    grid: Tensor
     labels: Tensor | None = None
     chosen: Tensor | None = None
+    time: str = "sigma"
 
 
 Batch = ImageBatch | TrajectoryBatch

@@ -86,7 +86,11 @@ class CMTConsistency:
         return state_points(self.points, n, states, gen)
 
     def __call__(self, model: Denoiser, batch: TrajectoryBatch, gen: torch.Generator, step: int) -> Tensor:
-        return cmt_loss(model, batch.states, batch.sigmas, self.distance, batch.chosen, batch.labels)
+        if batch.time != "sigma":
+            raise BadInput(
+                "midtrain.form consistency: a flow-map teacher's path is in flow-matching time; use form flowmap"
+            )
+        return cmt_loss(model, batch.states, batch.grid, self.distance, batch.chosen, batch.labels)
 
 
 def build(cfg: dict, context: Context) -> CMTConsistency:

@@ -22,16 +22,22 @@ def state_pairs(states: int, device: torch.device | None = None) -> Tensor:
 
 
 def cmt_flowmap_loss(
-    student: Denoiser, trajectories: Tensor, sigmas: Tensor, pairs: Tensor, labels: Tensor | None = None
+    student: Denoiser,
+    trajectories: Tensor,
+    grid: Tensor,
+    pairs: Tensor,
+    labels: Tensor | None = None,
+    time: str = "sigma",
 ) -> Tensor:
     """CMT-MF in flow-matching time: u(z_a, t_b, t_a) regressed onto (z_a - z_b) / (t_a - t_b), l2 (method.md 4).
 
-    States and times are converted from EDM first (z = x / (1 + sigma), t = sigma / (1 + sigma)); ``pairs``
-    (n, k, 2) holds k index pairs (a, b) per trajectory.
+    An ODE teacher's states and sigmas are converted from EDM first (z = x / (1 + sigma), t = sigma / (1 + sigma));
+    a flow-map teacher's path is already in flow-matching time (``time`` "fm"; latent.md 6). ``pairs`` (n, k, 2)
+    holds k index pairs (a, b) per trajectory.
     """
     n = trajectories.shape[0]
-    sig = sigmas.to(trajectories)
-    z_all, t_all = edm_to_fm(trajectories, sig.reshape(1, -1, *([1] * (trajectories.ndim - 2))))  # numerics.md 6.1
+    column = grid.to(trajectories).reshape(1, -1, *([1] * (trajectories.ndim - 2)))
+    z_all, t_all = (trajectories, column) if time == "fm" else edm_to_fm(trajectories, column)  # numerics.md 6.1
     t_all = t_all.flatten()
     rows = torch.arange(n, device=trajectories.device)[:, None].expand(n, pairs.shape[1])
     a, b = pairs[..., 0], pairs[..., 1]
@@ -54,7 +60,7 @@ class CMTFlowMap:
         return pairs[parallel.randint(len(pairs), (n, states), gen).to(gen.device)]
 
     def __call__(self, model: Denoiser, batch: TrajectoryBatch, gen: torch.Generator, step: int) -> Tensor:
-        return cmt_flowmap_loss(model, batch.states, batch.sigmas, batch.chosen, batch.labels)
+        return cmt_flowmap_loss(model, batch.states, batch.grid, batch.chosen, batch.labels, batch.time)
 
 
 def build(cfg: dict, context: Context) -> CMTFlowMap:

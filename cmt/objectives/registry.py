@@ -70,10 +70,19 @@ class Method:
         return {"teacher": "teacher.train", "midtrain": "midtrain"}.get(self.stage, f"{self.stage}.{self.name}")
 
 
+MEANFLOW_FP32 = "its JVP and target stay in fp32 (numerics.md 9.4)"
 ECT_FP32 = "its target f(x_t) - f(x_r) is O(1/q) of f, below bf16's 2^-8 resolution at the recipe's q (measured)"
+
+
+def meanflow(stage: str) -> Method:
+    """MeanFlow, which trains a flow-map teacher from scratch and post-trains a student alike."""
+    module = "cmt.objectives.meanflow"
+    return Method(stage, "meanflow", "MeanFlow", "meanflow", ("images",), "none", module, MEANFLOW_FP32)
+
 
 METHODS = (
     Method("teacher", "edm", "EDM", "diffusion", ("images",), "none", "cmt.objectives.edm"),
+    meanflow("teacher"),
     Method("midtrain", "consistency", "CMT", "consistency", ("trajectories",), "per_trajectory", "cmt.objectives.cmt"),
     Method(
         "midtrain",
@@ -86,16 +95,7 @@ METHODS = (
     ),
     Method("posttrain", "ect", "ECT", "consistency", ("images",), "none", "cmt.objectives.ect", ECT_FP32),
     Method("posttrain", "ecd", "ECD", "consistency", ("images", "teacher"), "per_row", "cmt.objectives.ecd", ECT_FP32),
-    Method(
-        "posttrain",
-        "meanflow",
-        "MeanFlow",
-        "meanflow",
-        ("images",),
-        "none",
-        "cmt.objectives.meanflow",
-        "its JVP and target stay in fp32 (numerics.md 9.4)",
-    ),
+    meanflow("posttrain"),
 )
 
 

@@ -17,6 +17,8 @@ from cmt.formats.atomic import atomic_write_bytes
 from cmt.inits import INITS
 from cmt.objectives import registry
 from cmt.report.plots import save_figure
+from cmt.teachers import TEACHER_KINDS
+from cmt.teachers import UNNAMED as UNNAMED_TEACHER
 from cmt.workflow.jobs import eval_path
 
 METHOD_NAMES = {name: registry.method("posttrain", name).display for name in registry.names("posttrain")}
@@ -87,8 +89,9 @@ def lineage_sum(chain: list[pd.Series], name: str, kinds: tuple[str, ...] = KIND
 
 def model_name(ev: pd.Series) -> str:
     kind, variant = tag(ev, "kind"), tag(ev, "variant")
-    if kind == "teacher":
-        return "teacher (EDM)"
+    if kind == "teacher":  # named by the method of its kind (a teacher recorded before kinds were named: ode)
+        method = TEACHER_KINDS[tag(ev, "teacher_kind") or UNNAMED_TEACHER].method
+        return f"teacher ({registry.method('teacher', method).display})"
     if kind == "mid":
         return "CMT only" if variant == "base" else f"CMT ({variant})"
     return f"{METHOD_NAMES[tag(ev, 'method')]} from {INIT_NAMES[tag(ev, 'init')]}"

@@ -74,15 +74,23 @@ def sample_consistency(
 
 
 @torch.no_grad()
-def sample_meanflow(model: DenoiserFn, noise: Tensor, steps: int, t_max: float) -> Tensor:
-    """k-step flow-map sampling on a uniform grid t_max -> 0 from z = t_max * eps (numerics.md 6.1, 9.5)."""
-    z = t_max * noise
-    grid = torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64).tolist()
+def flowmap_path(model: DenoiserFn, z: Tensor, grid: list[float]) -> Tensor:
+    """Every state of k flow-map steps along ``grid`` (t_0 > ... > t_k) from z at t_0:
+    z_{i+1} = z_i − (t_i − t_{i+1})·u(z_i, t_{i+1}, t_i), stacked (k + 1, n, ...) (numerics.md 9.5)."""
+    states = [z]
     for t_i, t_next in zip(grid[:-1], grid[1:]):
         t = torch.full((z.shape[0],), t_i, device=z.device, dtype=z.dtype)
         r = torch.full((z.shape[0],), t_next, device=z.device, dtype=z.dtype)
         z = z - (t_i - t_next) * mean_velocity(model, z, r, t)
-    return z
+        states.append(z)
+    return torch.stack(states)
+
+
+@torch.no_grad()
+def sample_meanflow(model: DenoiserFn, noise: Tensor, steps: int, t_max: float) -> Tensor:
+    """k-step flow-map sampling on a uniform grid t_max -> 0 from z = t_max * eps (numerics.md 6.1, 9.5)."""
+    grid = torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64).tolist()
+    return flowmap_path(model, t_max * noise, grid)[-1]
 
 
 def check_steps(kind: str, steps: int) -> None:

@@ -31,18 +31,23 @@ from cmt.formats.checkpoints import read_json
 from cmt.formats.fetch import file_sha256
 from cmt.formats.names import TRAJ_INDEX as INDEX
 from cmt.formats.names import shard_name
-from cmt.numerics.precond import Denoiser
-from cmt.numerics.solvers import sample_trajectory, sigma_grid
+from cmt.numerics.precond import Denoiser, fm_range
+from cmt.numerics.solvers import denoiser_calls, sample_trajectory, sigma_grid
 from cmt.objectives.base import TrajectoryBatch, TrajectoryObjective
+from cmt.sampling.samplers import flowmap_path
 from cmt.training import parallel
+
+TIMES = ("sigma", "fm")  # a set's time: EDM's sigma (states x_sigma) or flow-matching t (states z_t; latent.md 6)
+FLOWMAP = "flowmap"  # the solver name of a flow-map teacher's own k-step sampler
 
 
 @dataclass(frozen=True)
 class TrajectorySpec:
     solver: str
-    sigmas: Tensor  # (S + 1,) float64, decreasing, ending at sigma_min
+    grid: Tensor  # (S + 1,) float64, decreasing: sigmas ending at sigma_min, or flow-matching times ending at 0
     start: str  # "prior" (x_T = sigma_max * eps) or "data_plus_noise" (x_T = y + sigma_max * eps, authors' code)
     shape: tuple[int, ...]
+    time: str = "sigma"  # of TIMES
 
 
 def trajectory_section(config: Mapping) -> dict:
@@ -51,10 +56,33 @@ def trajectory_section(config: Mapping) -> dict:
     return {**config["trajectories"], "sigma_min": precond["sigma_min"], "sigma_max": precond["sigma_max"]}
 
 
-def trajectory_spec(cfg: dict, shape: tuple[int, ...]) -> TrajectorySpec:
-    """Spec from a config section {solver, nfe, grid, sigma_min, sigma_max, start}."""
-    sigmas = sigma_grid(cfg["grid"], cfg["nfe"], sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"])
-    return TrajectorySpec(cfg["solver"], sigmas, cfg["start"], shape)
+def check_solver(solver: str, teacher_model_kind: str) -> None:
+    """A flow-map teacher (model kind ``meanflow``) is followed by its own k-step sampler, ``flowmap``; a diffusion
+    teacher by an ODE solver."""
+    if (solver == FLOWMAP) != (teacher_model_kind == "meanflow"):
+        need = "solver flowmap" if teacher_model_kind == "meanflow" else "an ODE solver (not flowmap)"
+        raise BadInput(f"trajectories.solver {solver!r}: a {teacher_model_kind} teacher's trajectories need {need}")
+
+
+def teacher_calls(solver: str, grid: Tensor) -> int:
+    """Teacher evaluations one trajectory costs: one per flow-map step, or the ODE solver's count."""
+    return len(grid) - 1 if solver == FLOWMAP else denoiser_calls(solver, grid)
+
+
+def trajectory_spec(cfg: dict, shape: tuple[int, ...], teacher: Denoiser | None = None) -> TrajectorySpec:
+    """Spec from a config section {solver, nfe, grid, sigma_min, sigma_max, start}: a sigma grid for the ODE solvers,
+    or for ``flowmap`` the ``nfe`` uniform steps of a flow-map teacher's sampler in flow-matching time, from the top
+    of its range (``fm_range``: 1 for a flow-parameterised teacher) to 0 (numerics.md 9.5, latent.md 6)."""
+    if cfg["solver"] != FLOWMAP:
+        sigmas = sigma_grid(cfg["grid"], cfg["nfe"], sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"])
+        return TrajectorySpec(cfg["solver"], sigmas, cfg["start"], shape)
+    if cfg["start"] != "prior":
+        raise BadInput("trajectories.start: a flow-map teacher's path starts from the prior (start: prior)")
+    parameterisation = "edm" if teacher is None else teacher.parameterisation
+    t_max = fm_range(parameterisation, cfg["sigma_min"], cfg["sigma_max"])[1]
+    return TrajectorySpec(
+        FLOWMAP, torch.linspace(t_max, 0.0, cfg["nfe"] + 1, dtype=torch.float64), "prior", shape, "fm"
+    )
 
 
 def shard_seed(seed: int, shard: int) -> int:
@@ -79,7 +107,7 @@ def start_points(
     the image a ``data_plus_noise`` start was built on, else uniform draws. With several processes, this process's
     share of the global draws (``cmt.training.parallel``)."""
     noise = parallel.randn((n, *spec.shape), gen)
-    x_T = float(spec.sigmas[0]) * noise
+    x_T = float(spec.grid[0]) * noise  # sigma_max eps, or t_max eps: pure noise at t = 1 (latent.md 6)
     if spec.start == "data_plus_noise":
         if data is None:
             raise BadInput("trajectory start 'data_plus_noise' needs the training images")
@@ -105,15 +133,18 @@ def generate(
     NaN -> 0 (method.md 2)."""
     teacher.eval()
     x_T, labels = start_points(spec, n, gen, data, label_dim_of(teacher))
-    sigmas = spec.sigmas.to(x_T.device)
+    grid = spec.grid.to(x_T.device)
     chunks = []
     for i in range(0, n, batch_size):
         teacher_i = conditioned(teacher, None if labels is None else labels[i : i + batch_size])
+        if spec.time == "fm":
+            chunks.append(flowmap_path(teacher_i, x_T[i : i + batch_size], grid.tolist()).transpose(0, 1))
+            continue
 
         def denoise(x: Tensor, sigma: Tensor, teacher_i=teacher_i) -> Tensor:
             return torch.nan_to_num(teacher_i(x, sigma), nan=0.0)
 
-        chunks.append(sample_trajectory(denoise, x_T[i : i + batch_size], sigmas, spec.solver).transpose(0, 1))
+        chunks.append(sample_trajectory(denoise, x_T[i : i + batch_size], grid, spec.solver).transpose(0, 1))
     return Trajectories(torch.cat(chunks).to(torch.float32), labels)
 
 
@@ -158,11 +189,12 @@ def write_set(
         shards.append({"file": path.name, "count": n, "seed": shard_seed(seed, k), "sha256": file_sha256(path)})
     index = {
         "solver": spec.solver,
-        "nfe": len(spec.sigmas) - 1,
+        "nfe": len(spec.grid) - 1,
         "start": spec.start,
         "shape": list(spec.shape),
         "label_dim": label_dim_of(teacher),
-        "sigmas": [float(s) for s in spec.sigmas],
+        "time": spec.time,
+        GRID_KEYS[spec.time]: [float(s) for s in spec.grid],
         "count": count,
         "shard_size": shard_size,
         "seed": seed,
@@ -171,6 +203,9 @@ def write_set(
     }
     atomic_write_json(out / INDEX, index)
     return index
+
+
+GRID_KEYS = {"sigma": "sigmas", "fm": "times"}  # where index.json keeps the grid of each time
 
 
 def read_index(folder: str | Path) -> dict:
@@ -229,7 +264,8 @@ def open_shard(folder: str | Path, entry: dict, shape: tuple[int, ...], steps: i
 class TrajectorySource(Protocol):
     """Where CMT's trajectories come from; its count of what it handed out is part of a run's resume state."""
 
-    sigmas: Tensor
+    grid: Tensor
+    time: str
 
     def sample(self, n: int, gen: torch.Generator) -> Trajectories: ...
 
@@ -254,7 +290,8 @@ class StoredTrajectories:
         if limit is not None and not 0 < limit <= index["count"]:
             raise BadInput(f"{Path(folder) / INDEX}: cannot take {limit} of its {index['count']} trajectories")
         self.index, self.device = index, device or torch.device("cpu")
-        self.sigmas = torch.tensor(index["sigmas"], dtype=torch.float64)
+        self.time = index.get("time", "sigma")  # sets written before flow-map teachers are in sigma
+        self.grid = torch.tensor(index[GRID_KEYS[self.time]], dtype=torch.float64)
         self.label_dim, needed, starts = index.get("label_dim", 0), limit or index["count"], [0]
         self.shards = []
         for entry in index["shards"]:
@@ -310,15 +347,14 @@ class TrajectoryBatches:
 
     def __init__(self, source: TrajectorySource, objective: TrajectoryObjective, per_step: int, device: torch.device):
         self.source, self.objective, self.device = source, objective, device
-        self.sigmas = source.sigmas.to(device)
+        self.grid, self.time = source.grid.to(device), source.time
         self.local = parallel.local_count(per_step, "midtrain.batch_size's trajectories per step")
 
     def __call__(self, step: int, gen: torch.Generator) -> TrajectoryBatch:
-        chosen = self.objective.select(self.local, len(self.sigmas) - 1, gen)
+        chosen = self.objective.select(self.local, len(self.grid) - 1, gen)
         batch = self.source.sample(self.local, gen).to(self.device)
-        return TrajectoryBatch(
-            batch.states, self.sigmas, batch.labels, None if chosen is None else chosen.to(self.device)
-        )
+        chosen = None if chosen is None else chosen.to(self.device)
+        return TrajectoryBatch(batch.states, self.grid, batch.labels, chosen, self.time)
 
 
 class OnlineTrajectories:
@@ -326,7 +362,7 @@ class OnlineTrajectories:
 
     def __init__(self, teacher: Denoiser, spec: TrajectorySpec, data: Images | None):
         self.teacher, self.spec, self.data = teacher, spec, data
-        self.sigmas = spec.sigmas
+        self.grid, self.time = spec.grid, spec.time
         self._count = 0
 
     def sample(self, n: int, gen: torch.Generator) -> Trajectories:

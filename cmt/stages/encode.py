@@ -23,7 +23,9 @@ def run(data_cfg: dict, encode_cfg: dict, vae_dir: str | Path, out: str | Path, 
     auto = load_autoencoder(vae_dir).to(resolve_device(device))
     vae = read_record(vae_dir)
     origin = {k: vae[k] for k in ("source", "repo", "revision", "files") if k in vae}
-    meta = {**auto.convention.to_dict(), "vae": {**origin, "record_sha256": file_sha256(Path(vae_dir) / RECORD)}}
+    vae_facts = {**origin, "folder": str(vae_dir), "record_sha256": file_sha256(Path(vae_dir) / RECORD)}
+    images_facts = {"source": data_cfg["source"], "path": data_cfg["path"]}  # the images the latents stand for
+    meta = {**auto.convention.to_dict(), "vae": vae_facts, "images": images_facts}
     written = write_latent_zip(out, len(images), moments(images, auto, encode_cfg["batch_size"]), meta)
     return {**written, "images": images.name, "convention": auto.convention.name, "sha256": file_sha256(out)}
 

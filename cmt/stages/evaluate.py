@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmt.data.datasets import Images, train_holdout
+from cmt.data.datasets import Images
 from cmt.data.labels import class_grid_order, draw_labels, label_dim_of
+from cmt.data.pixels import Decode, holdout_images, identity, sample_decoder
 from cmt.errors import BadInput
 from cmt.evaluation.featnet_fd import (
     class_probs,
@@ -95,18 +96,17 @@ class Scorer:
 
 
 def few_step_fd_callback(
-    scorer: Scorer, kind: str, n: int, sigma_max: float, t_mid: float, seed: int, shape: tuple[int, ...]
+    scorer: Scorer, kind: str, n: int, sigma_max: float, t_mid: float, seed: int, decode: Decode = identity
 ):
-    """Training-time evaluation: FD of 1-step and 2-step samples of the EMA model, noise fixed per sample index."""
-    noise, eps = index_normal(seed, "noise", 0, n, shape), index_normal(seed, "renoise", 0, n, shape)
+    """Training-time evaluation: FD of 1-step and 2-step samples of the EMA model (decoded to images when the model
+    works in latents), noise fixed per sample index."""
 
     def evaluate(ema: Denoiser, step: int) -> dict:
-        device = next(ema.parameters()).device
-        labels = draw_labels(n, label_dim_of(ema), seed, device=device)
+        device, shape = next(ema.parameters()).device, ema.model.cfg.image_shape
+        noise, eps = (index_normal(seed, purpose, 0, n, shape, device) for purpose in ("noise", "renoise"))
+        draws = Draws(noise, eps, draw_labels(n, label_dim_of(ema), seed, device=device))
         return {
-            f"fd_{steps}step": scorer.fd(
-                sample_few_step(ema, kind, Draws(noise.to(device), eps.to(device), labels), steps, sigma_max, t_mid)
-            )
+            f"fd_{steps}step": scorer.fd(decode(sample_few_step(ema, kind, draws, steps, sigma_max, t_mid)))
             for steps in MODEL_KINDS[kind].eval_steps
         }
 
@@ -121,9 +121,12 @@ def sampler_settings(cfg: dict, precond: dict) -> SamplerSettings:
 
 
 def samplers(model: Denoiser, meta: dict, cfg: dict, precond: dict) -> dict[str, Sampler]:
-    """The samplers a model is evaluated with, by name: the teacher's ODE sampler (named by its NFE), or its kind's
-    evaluation step counts (1 and 2 steps)."""
+    """The samplers a model is evaluated with, by name: the teacher's own sampler (named by its NFE: its ODE solver,
+    or a flow-map teacher's ``sample.steps`` steps), or its kind's evaluation step counts (1 and 2 steps)."""
     kind, settings = meta.get("model_kind", "consistency"), sampler_settings(cfg, precond)
+    if kind == "meanflow" and meta.get("stage") == "teacher":
+        steps = cfg["sample"]["steps"]
+        return {f"{steps}nfe": make_sampler(model, kind, steps, settings)}
     if kind == "diffusion":
         steps = cfg["sample"]["steps"]
         sigmas = sigma_grid(settings.grid, steps, sigma_min=settings.sigma_min, sigma_max=settings.sigma_max)
@@ -132,10 +135,16 @@ def samplers(model: Denoiser, meta: dict, cfg: dict, precond: dict) -> dict[str,
 
 
 def sample_batches(
-    model: Denoiser, named: dict[str, Sampler], cfg: dict, shape: tuple[int, ...], device: torch.device
+    model: Denoiser,
+    named: dict[str, Sampler],
+    cfg: dict,
+    shape: tuple[int, ...],
+    device: torch.device,
+    decode: Decode = identity,
 ) -> Iterator[tuple[str, Tensor, Tensor | None]]:
-    """(sampler, images, labels) batch by batch over ``cfg['num_samples']`` samples; sample i's noise, re-noise draw
-    and label are fixed by (``cfg['seed']``, i), so no result depends on ``cfg['batch_size']``."""
+    """(sampler, images, labels) batch by batch over ``cfg['num_samples']`` samples, decoded to images when the model
+    works in latents; sample i's noise, re-noise draw and label are fixed by (``cfg['seed']``, i), so no result
+    depends on ``cfg['batch_size']``."""
     total, size, seed, label_dim = cfg["num_samples"], cfg["batch_size"], cfg["seed"], label_dim_of(model)
     for first in range(0, total, size):
         count = min(size, total - first)
@@ -143,7 +152,7 @@ def sample_batches(
         eps = index_normal(seed, "renoise", first, count, shape, device)
         labels = draw_labels(count, label_dim, seed, first, device)
         for name, sampler in named.items():
-            yield name, sampler(Draws(z, eps, labels)), labels
+            yield name, decode(sampler(Draws(z, eps, labels))), labels
 
 
 def save_sample_grid(images: Tensor, labels: Tensor | None, label_dim: int, path: Path) -> None:
@@ -159,16 +168,17 @@ def score_samples(
     named: dict[str, Sampler],
     cfg: dict,
     scorer: Scorer,
-    shape: tuple[int, ...],
     device: torch.device,
     out: Path,
+    decode: Decode = identity,
 ) -> dict:
-    """Scores per sampler over all samples, measured batch by batch; one grid per sampler (per class if
-    class-conditional) from the first samples."""
+    """Scores per sampler over all samples (decoded images), measured batch by batch; one grid per sampler (per
+    class if class-conditional) from the first samples."""
     label_dim = label_dim_of(model)
     keep = 20 * label_dim or 100  # enough for a 10-deep per-class grid
     measured, grids = ({name: [] for name in named} for _ in range(2))
-    for name, images, labels in sample_batches(model, named, cfg, shape, device):
+    shape = model.model.cfg.image_shape
+    for name, images, labels in sample_batches(model, named, cfg, shape, device, decode):
         measured[name].append(scorer.measure(images))
         if sum(len(images) for images, _ in grids[name]) < keep:
             grids[name].append((images.cpu(), None if labels is None else labels.cpu()))
@@ -205,11 +215,11 @@ def run(job: EvalJob, cfg: dict, data_cfg: dict, precond: dict, tags: dict | Non
     scores.json, one grid per sampler, and a record for MLflow. ``tags``: the job's own axes where they are not the
     model's (an evaluation-only job)."""
     model, meta = load_denoiser(job.model_dir)
-    _, holdout = train_holdout(data_cfg)
+    holdout = holdout_images(data_cfg)
     scorer = Scorer(job.featnet, holdout, job.fid_reference, cfg["fid"]["mode"], job.device)
     named = samplers(model, meta, cfg, precond)
-    shape = model.model.cfg.image_shape
-    scores = score_samples(model.to(job.device).eval(), named, cfg, scorer, shape, job.device, job.out_dir)
+    decode = sample_decoder(data_cfg, job.device)
+    scores = score_samples(model.to(job.device).eval(), named, cfg, scorer, job.device, job.out_dir, decode)
     fid = {"fid_mode": scorer.fid_mode} if scorer.fid_stats else {}
     result = {
         "label": job.label,

@@ -25,7 +25,7 @@ def run(teacher_dir: Path, traj_dir: Path, models: dict[str, Path], count: int, 
     frames = []
     for label, folder in models.items():
         student = load_denoiser(folder)[0].set_mode("edm").eval()
-        frame = target_errors(student, teacher, batch.states.float(), trajectories.sigmas.float())
+        frame = target_errors(student, teacher, batch.states.float(), trajectories.grid.float())
         frames.append(frame.assign(model=label, ratio=frame["target"] / frame["student"]))
     table = pd.concat(frames)[["model", "end", "k", "sigma_k", "t_k", "t_j", "student", "target", "ratio"]]
     atomic_write_bytes(out / "meanflow_targets.csv", table.to_csv(index=False).encode())

@@ -12,14 +12,15 @@ from cmt.config import config_hash
 from cmt.data.datasets import Images, train_holdout
 from cmt.errors import BadInput
 from cmt.formats.checkpoints import read_meta
-from cmt.numerics.solvers import denoiser_calls
 from cmt.objectives import registry
 from cmt.sampling.trajectory_sets import (
     OnlineTrajectories,
     StoredTrajectories,
     TrajectoryBatches,
     TrajectorySource,
+    check_solver,
     precision_error,
+    teacher_calls,
     trajectory_spec,
 )
 from cmt.stages.student import (
@@ -46,9 +47,10 @@ def trajectory_source(
         if traj_dir is None:
             raise BadInput("midtrain.source 'stored' needs a trajectory folder")
         return StoredTrajectories(traj_dir, device, limit=cfg["max_trajectories"])
-    teacher, _ = load_teacher(job.teacher_dir)
+    teacher, kind = load_teacher(job.teacher_dir)
+    check_solver(traj_cfg["solver"], kind.model_kind)
     set_precision(teacher, job.compute.teacher_precision)
-    spec = trajectory_spec(traj_cfg, train.shape)
+    spec = trajectory_spec(traj_cfg, train.shape, teacher)
     return OnlineTrajectories(teacher.to(device).eval(), spec, train)
 
 
@@ -66,20 +68,20 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
     """CMT mid-training from the teacher in ``job``: a stored set in ``traj_dir`` or online trajectories."""
     device = resolve_device(job.device)
     method = registry.method("midtrain", cfg["form"])
-    train, holdout = train_holdout(job.data)
+    train, _ = train_holdout(job.data)
     source = trajectory_source(cfg, traj_cfg, traj_dir, job, train, device)
     precision_facts = online_precision_error(source, job.compute.teacher_precision)
     weights = InitWeights(cfg["init"], job.teacher_dir, cfg["init_file"])
     student, init_meta = init_student(weights, job, cfg["dropout"], method)
     teacher_meta = read_meta(job.teacher_dir)
     objective = registry.build(method, cfg, objective_context(job, student, train.shape, device))
-    per_step = objective.trajectories_per_step(cfg["batch_size"], len(source.sigmas) - 1)
+    per_step = objective.trajectories_per_step(cfg["batch_size"], len(source.grid) - 1)
     loop = LoopConfig.from_dict(cfg)
 
     def costs() -> dict:
         seen = loop.iterations * per_step
         solved = len(source) if isinstance(source, StoredTrajectories) else seen  # each trajectory is solved once
-        calls = denoiser_calls(source_solver(source), source.sigmas) * teacher_kind(teacher_meta).passes
+        calls = teacher_calls(source_solver(source), source.grid) * teacher_kind(teacher_meta).passes
         return {
             "images": loop.iterations * loop.batch_size,
             "trajectories_seen": seen,
@@ -100,7 +102,7 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
         costs,
         extra=source,  # which trajectories were seen survives a resume
     )
-    return train_student(job, plan, holdout, record(cfg, source, teacher_meta, init_meta, job))
+    return train_student(job, plan, record(cfg, source, teacher_meta, init_meta, job))
 
 
 def record(cfg: dict, source: TrajectorySource, teacher_meta: dict, init_meta: dict, job: StudentJob) -> Record:
@@ -113,7 +115,7 @@ def record(cfg: dict, source: TrajectorySource, teacher_meta: dict, init_meta: d
         "loss": cfg["loss"],
         "source": cfg["source"],
         "solver": source_solver(source),
-        "nfe": str(len(source.sigmas) - 1),
+        "nfe": str(len(source.grid) - 1),
         "teacher": teacher_meta.get("config_hash", "?"),
         **(job.tags or {}),
     }

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cmt.data.pixels import sample_decoder
 from cmt.formats.atomic import atomic_write_bytes, writing
 from cmt.formats.checkpoint_import import load_any
 from cmt.formats.images import png_bytes, tile, to_uint8
@@ -53,7 +54,8 @@ def run(job: SampleJob, config: dict) -> dict:
     sampler = make_sampler(model.to(job.device).eval(), kind, steps, sampler_settings(evaluate, config["precond"]))
     draw = {"num_samples": job.num, "batch_size": evaluate["batch_size"], "seed": evaluate["seed"]}
     images, labels = [], []
-    batches = sample_batches(model, {"samples": sampler}, draw, model.model.cfg.image_shape, job.device)
+    decode = sample_decoder(config["data"], job.device)
+    batches = sample_batches(model, {"samples": sampler}, draw, model.model.cfg.image_shape, job.device, decode)
     with tqdm(total=job.num, desc=f"sample {kind} {steps}-step", unit="img") as bar:
         for _, batch, batch_labels in batches:
             images.append(to_uint8(batch))

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from cmt.data.datasets import Images
 from cmt.data.labels import class_columns, label_dim_of
+from cmt.data.pixels import holdout_images, sample_decoder
 from cmt.errors import BadInput, about
 from cmt.formats.checkpoint_import import fetch_checkpoint
 from cmt.formats.checkpoints import load_denoiser, save_denoiser
@@ -27,7 +27,17 @@ from cmt.sampling.samplers import Draws, sample_few_step
 from cmt.seeds import seeded
 from cmt.stages.evaluate import Scorer, few_step_fd_callback
 from cmt.training import parallel
-from cmt.training.loop import Compute, FitOptions, FitResult, LoopConfig, LossFn, Stateful, clear_resume, fit
+from cmt.training.loop import (
+    Compute,
+    FitOptions,
+    FitResult,
+    LoopConfig,
+    LossFn,
+    Stateful,
+    clear_resume,
+    fit,
+    resolve_device,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,15 @@ class StudentJob:
     device: str
     compute: Compute = field(default_factory=Compute.from_dict)
     tags: dict | None = None  # the job's axes (cmt/workflow/jobs.py), written as MLflow tags
+
+
+def method_compute(method: Method, compute: Compute) -> Compute:
+    """The compute switches a method trains with: fp32 where its registry entry gives a reason; bf16 serves the
+    teacher and CMT."""
+    if compute.precision != "fp32" and method.fp32_reason:
+        print(f"{method.name}: compute.precision {compute.precision} does not apply: {method.fp32_reason}; fp32")
+        return replace(compute, precision="fp32")
+    return compute
 
 
 def job_label(job: StudentJob, fallback: str) -> str:
@@ -151,15 +170,16 @@ class Record:
     tags: dict
 
 
-def train_student(job: StudentJob, run: StudentRun, holdout: Images, record: Record) -> dict:
-    """Train ``run`` with feature-net FD of its evaluation samplers along training (when the job has a feature net),
-    then write its outputs (``finish``); returns its costs and last FDs."""
+def train_student(job: StudentJob, run: StudentRun, record: Record) -> dict:
+    """Train ``run`` with feature-net FD of its evaluation samplers along training (when the job has a feature net;
+    samples decoded to images when the student works in latents), then write its outputs (``finish``); returns its
+    costs and last FDs."""
     evaluate = None
     if job.featnet is not None and parallel.is_main():  # FD along training: the feature net is among evaluate.metrics
-        scorer = Scorer(Path(job.featnet), holdout)
-        sigma_max = job.precond["sigma_max"]
+        scorer = Scorer(Path(job.featnet), holdout_images(job.data))
+        decode = sample_decoder(job.data, resolve_device(job.device))
         evaluate = few_step_fd_callback(
-            scorer, run.method.kind, run.eval_samples, sigma_max, run.t_mid, job.seed, holdout.shape
+            scorer, run.method.kind, run.eval_samples, job.precond["sigma_max"], run.t_mid, job.seed, decode
         )
     options = FitOptions(evaluate, run.fingerprint, run.extra, job.compute)
     with about(run.method.section):
@@ -187,8 +207,9 @@ def finish(job: StudentJob, result: FitResult, run: StudentRun, record: Record, 
     eps = torch.randn(noise.shape, generator=torch.Generator().manual_seed(1))
     draws = Draws(noise, eps, class_columns(count, label_dim))
     grids = [f"grid-{steps}step.png" for steps in kind.eval_steps]
+    decode = sample_decoder(job.data)
     for steps, name in zip(kind.eval_steps, grids):
-        images = sample_few_step(ema, kind.name, draws, steps, job.precond["sigma_max"], run.t_mid)
+        images = decode(sample_few_step(ema, kind.name, draws, steps, job.precond["sigma_max"], run.t_mid))
         save_grid(images, out / name, nrow=label_dim or None, scale=4)
     run_facts = {"wall_seconds": result.wall_seconds, "resumed_from": result.resumed_from}
     metrics = {**final, **run_facts, "replica_spread": result.replica_spread}  # run facts: never in the model's meta

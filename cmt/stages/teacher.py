@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -11,31 +11,33 @@ from torch import Tensor
 from cmt.config import config_hash
 from cmt.data.batches import make_batches
 from cmt.data.datasets import Images, train_holdout
-from cmt.data.labels import class_columns, conditioned, dataset_labels, label_dim_of
+from cmt.data.labels import class_columns, dataset_labels, label_dim_of
+from cmt.data.pixels import sample_decoder
 from cmt.errors import about
 from cmt.formats.checkpoint_import import fetch_checkpoint
 from cmt.formats.checkpoints import save_denoiser
 from cmt.formats.images import save_grid
 from cmt.nets import build_network, count_parameters, network_config
 from cmt.numerics.precond import Denoiser
-from cmt.numerics.solvers import sigma_grid
 from cmt.objectives import registry
 from cmt.objectives.base import Context
+from cmt.objectives.registry import MODEL_KINDS
 from cmt.report.plots import save_loss_curve
 from cmt.report.tracking import write_history, write_record
-from cmt.sampling.samplers import sample_diffusion
+from cmt.sampling.samplers import Draws, SamplerSettings, make_sampler
 from cmt.seeds import seeded
-from cmt.stages.student import student_loss
+from cmt.stages.student import method_compute, student_loss
 from cmt.teachers import TEACHER_KINDS
 from cmt.training import parallel
 from cmt.training.loop import Compute, FitOptions, FitResult, LoopConfig, clear_resume, fit, resolve_device
 
 
-def build_denoiser(network: dict, precond: dict, seed: int) -> Denoiser:
-    """Fresh EDM-preconditioned denoiser from the config's ``network`` and ``precond`` sections; ``seed`` fixes
-    its initialisation."""
+def build_denoiser(network: dict, precond: dict, seed: int, second_time: bool = False) -> Denoiser:
+    """Fresh denoiser from the config's ``network`` and ``precond`` sections, with a second time input when the
+    teacher's kind trains a flow map; ``seed`` fixes its initialisation."""
+    cfg = network_config(network)
     with seeded(seed, "init"):
-        net = build_network(network_config(network))
+        net = build_network(replace(cfg, second_time=True) if second_time else cfg)
     return Denoiser(net, sigma_data=precond["sigma_data"], sigma_min=precond["boundary_sigma_min"], mode="edm")
 
 
@@ -66,28 +68,31 @@ class TeacherJob:
 
 
 def train_teacher(denoiser: Denoiser, train_set: Images, cfg: dict, job: TeacherJob, context: Context) -> FitResult:
-    """EDM training by ``cfg`` (a ``teacher.train`` section; ``cmt.objectives.edm``) on ``context``'s device: Adam,
-    linear LR warm-up, EDM's ramped half-life EMA; resumable from the job's work folder."""
+    """Training by the teacher kind's method on ``context``'s device: EDM by ``cfg`` (a ``teacher.train`` section;
+    ``cmt.objectives.edm``) or MeanFlow by its ``meanflow`` subsection (a flowmap teacher); Adam, linear LR warm-up,
+    EDM's ramped half-life EMA; resumable from the job's work folder."""
     loop = LoopConfig.from_dict(cfg)
     labels = dataset_labels(train_set.labels, label_dim_of(denoiser), f"teacher on {train_set.name}")
     batches = make_batches(train_set, labels, loop.batch_size, job.seed, context.device, job.data["loader"])
-    loss_fn = student_loss(registry.build(registry.method("teacher", "edm"), cfg, context), batches)
+    method = registry.method("teacher", TEACHER_KINDS[job.cfg["kind"]].method)
+    objective_cfg = cfg[method.name] if method.name in cfg else cfg  # EDM's settings are teacher.train's own
+    loss_fn = student_loss(registry.build(method, objective_cfg, context), batches)
     fingerprint = config_hash({"train": cfg, "architecture": denoiser.model.cfg.to_dict(), "seed": job.seed})
-    options = FitOptions(fingerprint=fingerprint, compute=job.compute)
+    options = FitOptions(fingerprint=fingerprint, compute=method_compute(method, job.compute))
     with about("teacher.train"):
         return fit(denoiser.to(context.device), loss_fn, loop, job.work_dir, "teacher", job.seed, options)
 
 
-def sample_grid_images(
-    denoiser: Denoiser, sample: dict, precond: dict, seed: int, shape: tuple[int, ...], device: torch.device
-) -> Tensor:
-    """``sample.num_samples`` teacher samples with the configured solver and grid (no grad); a class-conditional
-    teacher draws class k in column k (``class_columns``)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
+def sample_grid_images(denoiser: Denoiser, job: TeacherJob, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """``teacher.sample.num_samples`` samples by the teacher kind's sampler: the configured solver and grid, or the
+    flow map in ``steps`` steps (no grad); a class-conditional teacher draws class k in column k."""
+    sample, precond, kind = job.cfg["sample"], job.precond, TEACHER_KINDS[job.cfg["kind"]]
+    gen = torch.Generator(device=device).manual_seed(job.seed + 1)
     noise = torch.randn((sample["num_samples"], *shape), generator=gen, device=device)
-    sigmas = sigma_grid(sample["grid"], sample["steps"], sigma_min=precond["sigma_min"], sigma_max=precond["sigma_max"])
     labels = class_columns(sample["num_samples"], label_dim_of(denoiser))
-    return sample_diffusion(conditioned(denoiser.eval(), labels), noise, sigmas, sample["solver"])
+    settings = SamplerSettings(precond["sigma_min"], precond["sigma_max"], 0.0, sample["solver"], sample["grid"])
+    sampler = make_sampler(denoiser.eval(), kind.model_kind, sample["steps"], settings)
+    return sampler(Draws(noise, None, None if labels is None else labels.to(device)))
 
 
 def run(job: TeacherJob) -> dict:
@@ -101,7 +106,8 @@ def run(job: TeacherJob) -> dict:
         ema, meta, losses = _fetched(job.cfg["fetch"], job.work_dir)
         ema, run_facts = ema.to(device), {"wall_seconds": 0.0, "resumed_from": 0}
     else:
-        denoiser = build_denoiser(job.network, job.precond, job.seed)
+        second_time = MODEL_KINDS[TEACHER_KINDS[job.cfg["kind"]].model_kind].second_time
+        denoiser = build_denoiser(job.network, job.precond, job.seed, second_time)
         sigmas = job.precond["sigma_min"], job.precond["sigma_max"]
         context = Context(*sigmas, train_set.shape, device, None, denoiser.parameterisation)
         result = train_teacher(denoiser, train_set, job.cfg["train"], job, context)
@@ -115,14 +121,15 @@ def run(job: TeacherJob) -> dict:
             "replica_spread": result.replica_spread,
         }
         save_loss_curve(losses, job.out_dir / "loss.png", title="EDM teacher loss (per pixel)")
-    samples = sample_grid_images(ema, job.cfg["sample"], job.precond, job.seed + 1, train_set.shape, device)
-    save_grid(samples, job.out_dir / "samples.png", nrow=label_dim_of(ema) or None, scale=4)
+    samples = sample_grid_images(ema, job, train_set.shape, device)
+    images = sample_decoder(job.data, device)(samples)
+    save_grid(images, job.out_dir / "samples.png", nrow=label_dim_of(ema) or None, scale=4)
     meta = {
         **meta,
         "stage": "teacher",
         "model_kind": TEACHER_KINDS[job.cfg["kind"]].model_kind,
         "teacher_kind": job.cfg["kind"],
-        "tags": {"label": "teacher", **(job.tags or {})},
+        "tags": {"label": "teacher", "teacher_kind": job.cfg["kind"], **(job.tags or {})},
         "data": {"name": train_set.name, "shape": list(train_set.shape), "count": len(train_set)},
         "config": job.subtree(),
         "config_hash": config_hash(job.subtree()),

@@ -1,4 +1,5 @@
-"""The trajectories stage: a stored set of teacher PF-ODE trajectories for one (teacher, solver, NFE)."""
+"""The trajectories stage: a stored set of teacher trajectories for one (teacher, solver, NFE): PF-ODE solutions, or
+a flow-map teacher's k-step paths (solver ``flowmap``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 from cmt.data.datasets import train_holdout
 from cmt.formats.fetch import file_sha256
-from cmt.sampling.trajectory_sets import SetSize, trajectory_spec, write_set
+from cmt.sampling.trajectory_sets import SetSize, check_solver, trajectory_spec, write_set
 from cmt.teachers import load_teacher
 from cmt.training.loop import resolve_device
 
@@ -16,9 +17,10 @@ def run(
 ) -> dict:
     """Write ``cfg['count']`` trajectories in shards; the teacher's weights sha256 is recorded."""
     device = resolve_device(device_name)
-    teacher, _ = load_teacher(teacher_dir)
+    teacher, kind = load_teacher(teacher_dir)
+    check_solver(cfg["solver"], kind.model_kind)
     train, _ = train_holdout(data_cfg)
-    spec = trajectory_spec(cfg, train.shape)
+    spec = trajectory_spec(cfg, train.shape, teacher)
     provenance = {"teacher_sha256": file_sha256(Path(teacher_dir) / "model.safetensors")}
     return write_set(
         out_dir,

@@ -118,7 +118,7 @@ def obtain(job: VaeJob, train: Images) -> tuple[Autoencoder, dict, Path | None]:
         else:
             folder, origin = require_vae(cfg["path"] or "", cfg["repo"], cfg["revision"]), {"path": str(cfg["path"])}
         vae = read_vae(folder).eval().requires_grad_(False)
-    files = {name: file_sha256(folder / name) for name in VAE_FILES}
+    files = {file: file_sha256(folder / file) for file in VAE_FILES}
     return Autoencoder(vae, published_convention(name, vae)), {**origin, "files": files}, folder
 
 

@@ -29,9 +29,14 @@ RESULTS = f"results/{config['name']}"
 DATASET = f"{RESULTS}/{jobs.DATASET}/images.zip" if config["data"]["build"] else None
 if DATASET:
     config["data"] = {**config["data"], "source": "edm_zip", "path": DATASET}
-DATA = [DATASET] if DATASET else []  # the input of every job that reads the dataset
-# latent: rule `vae` provides the autoencoder and rule `encode` the latent zip of the dataset (rules/latent.smk)
+IMAGES = [DATASET] if DATASET else []  # the input of every job that reads the images
+IMAGE_DATA = dict(config["data"])  # their data section: the feature net, FID statistics, autoencoder and encoding
+# latent: rule `vae` provides the autoencoder and rule `encode` the latent zip of the images (rules/latent.smk); every
+# training job then reads the latent zip, which names the images and the autoencoder its samples are scored with
 LATENTS = f"{RESULTS}/{jobs.LATENTS}/latents.zip" if config["latent"] else None
+if LATENTS:
+    config["data"] = {**config["data"], "source": "latent_zip", "path": LATENTS}
+DATA = IMAGES + ([LATENTS] if LATENTS else [])  # the input of every job that reads the training data
 FEATNET = f"{RESULTS}/{jobs.FEATNET}/featnet.safetensors"
 FEATNET_INPUT = [FEATNET] if jobs.uses_featnet(config) else []  # FD along training and in evaluation
 FID_REF = f"{RESULTS}/{jobs.fid_ref_path(config['evaluate']['fid']['mode'])}"

@@ -3,11 +3,11 @@ rule fid_reference:
     conda:
         "../../envs/cmt.yaml"
     input:
-        data=DATA,
+        data=IMAGES,
     output:
         FID_REF,
     params:
-        cfg=subtree("data", *DEVICE, evaluate={"fid": config["evaluate"]["fid"]}),
+        cfg=subtree(*DEVICE, data=IMAGE_DATA, evaluate={"fid": config["evaluate"]["fid"]}),
         work=f"{WORK}/fid-ref",
     threads: threads_of("evaluate")
     resources:

@@ -6,12 +6,12 @@ if LATENTS:
         conda:
             "../../envs/cmt.yaml"
         input:
-            data=DATA,
+            data=IMAGES,
         output:
             record=result(jobs.VAE, "vae.json"),
             run=result(jobs.VAE, names.RECORD),
         params:
-            cfg=subtree("latent", "data", "seed", *TRAINING),
+            cfg=subtree("latent", "seed", *TRAINING, data=IMAGE_DATA),
             out=result(jobs.VAE, ""),
             work=f"{WORK}/{jobs.VAE}",
         threads: threads_of("vae")
@@ -30,13 +30,13 @@ if LATENTS:
         conda:
             "../../envs/cmt.yaml"
         input:
-            data=DATA,
+            data=IMAGES,
             vae=rules.vae.output.record,
         output:
             zip=LATENTS,
             record=result(jobs.LATENTS, "encode.json"),
         params:
-            cfg=subtree("latent", "data", *DEVICE),
+            cfg=subtree("latent", *DEVICE, data=IMAGE_DATA),
             vae=subpath(input.vae, parent=True),
         threads: threads_of("encode")
         resources:

@@ -31,12 +31,12 @@ rule featnet:
     conda:
         "../../envs/cmt.yaml"
     input:
-        data=DATA,
+        data=IMAGES,
     output:
         net=FEATNET,
         record=result(jobs.FEATNET, names.RECORD),
     params:
-        cfg=subtree("featnet", "data", "seed", "compute"),
+        cfg=subtree("featnet", "seed", "compute", data=IMAGE_DATA),
     threads: threads_of("featnet")
     resources:
         **resources_of("featnet"),

@@ -23,21 +23,13 @@ from cmt.stages.student import (
     StudentRun,
     init_student,
     job_label,
+    method_compute,
     objective_context,
     student_loss,
     train_student,
 )
 from cmt.teachers import load_teacher, teacher_kind
-from cmt.training.loop import Compute, LoopConfig, LossFn, resolve_device
-
-
-def method_compute(method: Method, compute: Compute) -> Compute:
-    """The compute switches a method trains with: fp32 where its registry entry gives a reason; bf16 serves the
-    teacher and CMT."""
-    if compute.precision != "fp32" and method.fp32_reason:
-        print(f"{method.name}: compute.precision {compute.precision} does not apply: {method.fp32_reason}; fp32")
-        return replace(compute, precision="fp32")
-    return compute
+from cmt.training.loop import LoopConfig, LossFn, resolve_device
 
 
 def make_loss(
@@ -56,7 +48,7 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
     entry = registry.method("posttrain", method)
     job = replace(job, compute=method_compute(entry, job.compute))
     device = resolve_device(job.device)
-    train, holdout = train_holdout(job.data)
+    train, _ = train_holdout(job.data)
     folder = job.teacher_dir if init_source(init).weights == "teacher" else init_dir
     student, init_meta = init_student(InitWeights(init, folder, cfg["init_file"]), job, cfg["dropout"], entry)
     student: Denoiser = student.to(device)
@@ -87,4 +79,4 @@ def run(method: str, cfg: dict, init: str, init_dir: str | Path | None, job: Stu
         "seed": job.seed,
         **job.compute.params(),
     }
-    return train_student(job, plan, holdout, Record(f"posttrain/{label}", meta, params, tags))
+    return train_student(job, plan, Record(f"posttrain/{label}", meta, params, tags))
