@@ -136,6 +136,7 @@ def _student_job(p: dict, args: argparse.Namespace) -> StudentJob:
         p["device"],
         _compute(p),
         p.get(JOB_KEY),
+        p["student_network"],
     )
 
 

@@ -248,10 +248,31 @@ def resolve_params(value: str) -> dict:
     return resolve(params, source, schema=params_schema())
 
 
+OMIT_AT_DEFAULT = "x-omit-at-default"  # annotates a key added after jobs ran, defaulting to their behaviour
+
+
+def without_added_defaults(instance: Mapping, schema: dict, root: dict) -> dict:
+    """``instance`` less every key annotated ``x-omit-at-default`` whose value is its (filled) default: such a key
+    was added with a default that keeps the old behaviour, so leaving it out keeps finished jobs' params, and the
+    job's ``--params`` reading fills it back (``resolve_params``)."""
+    found, pruned = properties(schema, root), {}
+    for key, value in instance.items():
+        sub = found.get(key)
+        if sub is not None and sub.get(OMIT_AT_DEFAULT):
+            default = _default(sub, root)
+            if value == (fill_defaults(default, sub, root) if isinstance(default, dict) else default):
+                continue
+        keep = sub is not None and isinstance(value, dict)
+        pruned[key] = without_added_defaults(value, sub, root) if keep else value
+    return pruned
+
+
 def write_params(params: Mapping, folder: str | Path) -> str:
     """A job's params as a file named by its content's hash below ``folder``, written once: a rule passes the path,
-    so its shell command stays short, and the path changes exactly when the params do (Snakemake's rerun trigger)."""
-    text = canonical_json(params)
+    so its shell command stays short, and the path changes exactly when the params do (Snakemake's rerun trigger).
+    Keys added since jobs ran are left out at their defaults (``without_added_defaults``)."""
+    schema = load_schema()
+    text = canonical_json(without_added_defaults(params, schema, schema))
     path = Path(folder) / f"{_digest(text, 20)}.json"
     if not path.exists():
         atomic_write_bytes(path, (text + "\n").encode())

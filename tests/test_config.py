@@ -23,13 +23,18 @@ from cmt.config import (
     resolve_params,
     runtime_minutes,
     scaled_resources,
+    write_params,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "config" / "config.yaml"
 OVERLAYS = sorted(p for p in (ROOT / "config").glob("*.yaml") if p != DEFAULT)
 RECIPE = ROOT / "config" / "paper.yaml"  # the paper's recipe: states every value with its source, defaults too
-PAPER = [RECIPE, *(p for p in OVERLAYS if (read_yaml(p) or {}).get("extends") == RECIPE.name)]
+PAPER = [
+    RECIPE,
+    *(p for p in OVERLAYS if (read_yaml(p) or {}).get("extends") == RECIPE.name),
+    ROOT / "config" / "imagenet256.yaml",  # the latent run, on MeanFlow's recipe rather than CMT's pixel one
+]
 
 
 def write(tmp_path, cfg, name="cfg.yaml"):
@@ -224,3 +229,20 @@ def test_resources_scale_with_the_attempt():
 def test_config_hash_is_order_independent():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_keys_added_after_jobs_ran_stay_out_of_their_params_at_their_defaults(tmp_path):
+    # MeanFlow's guidance, label dropout and r sampler, a flowmap teacher's MeanFlow settings and student_network were
+    # added after the study ran: at their defaults a job's params file (its rerun trigger) is what it was
+    config = load_config(ROOT / "config" / "config.yaml")
+    before = {k: v for k, v in config["posttrain"]["meanflow"].items() if k not in ("guidance", "label_dropout")}
+    before = {k: v for k, v in before.items() if k != "r_logit_normal"}
+    teacher = {**config["teacher"], "train": {k: v for k, v in config["teacher"]["train"].items() if k != "meanflow"}}
+    now = {"posttrain": {"meanflow": config["posttrain"]["meanflow"]}, "teacher": config["teacher"]}
+    now["student_network"] = None
+    old = {"posttrain": {"meanflow": before}, "teacher": teacher}
+    assert write_params(now, tmp_path) == write_params(old, tmp_path)
+    guided = {**now, "posttrain": {"meanflow": {**before, "guidance": {**config["posttrain"]["meanflow"]["guidance"]}}}}
+    guided["posttrain"]["meanflow"]["guidance"]["omega"] = 2.0
+    assert write_params(guided, tmp_path) != write_params(old, tmp_path)
+    assert resolve_params(write_params(old, tmp_path))["posttrain"]["meanflow"] == config["posttrain"]["meanflow"]

@@ -87,6 +87,38 @@ def test_both_targets_on_the_default_config_and_all_is_inside_all_ablations(proj
     assert "Congratulations" in lint.stdout + lint.stderr
 
 
+def test_the_imagenet256_config_plans_the_latent_comparison_on_gpus(project):
+    """config/imagenet256.yaml plans ADM's crop, the autoencoder and the encoding, the MF-B/4 teacher, online CMT-MF
+    on MF-XL/2, MeanFlow from three inits and 50k-sample FID against ADM's statistics; GPUs on the jobs that run a
+    network, none where a job only reads or writes files."""
+    dry = snakemake(project, "-n", "-p", "--forceall", "all_ablations", "--configfile", "config/config.yaml",
+                    "config/imagenet256.yaml").stdout  # fmt: skip
+    jobs = planned_jobs(dry)
+    assert {k: jobs.get(k, 0) for k in ("dataset", "vae", "encode", "teacher", "fid_reference")} == dict.fromkeys(
+        ("dataset", "vae", "encode", "teacher", "fid_reference"), 1
+    )
+    assert jobs["midtrain"] == 1 and jobs["posttrain"] == 3 and jobs["evaluate"] == 5
+    assert "trajectories" not in jobs and "featnet" not in jobs  # online paths; FID only
+    commands = [line for line in dry.splitlines() if " -m cmt " in line]
+
+    def params(command: str) -> dict:
+        return json.loads((project / re.search(r"--params (\S+)", command)[1]).read_text())
+
+    (mid,) = [params(c) for c in commands if "cmt midtrain" in c]
+    assert mid["midtrain"]["form"] == "flowmap" and mid["midtrain"]["source"] == "online"
+    assert mid["trajectories"]["solver"] == "flowmap" and mid["student_network"] == {"preset": "dit-xl2"}
+    assert mid["data"]["source"] == "latent_zip"
+    inits = sorted(re.search(r"--init (\S+)", c)[1] for c in commands if "cmt posttrain" in c)
+    assert inits == ["cmt", "file", "random"]
+    (teacher,) = [params(c) for c in commands if "cmt teacher" in c]
+    assert teacher["teacher"]["kind"] == "flowmap" and teacher["network"]["preset"] == "dit-b4"
+    evaluations = [params(c)["evaluate"] for c in commands if "cmt evaluate" in c]
+    assert all(e["num_samples"] == 50000 and e["metrics"] == ["fid"] for e in evaluations)
+    for rule, res in job_resources(dry).values():
+        gpus = {"teacher": 8, "midtrain": 8, "posttrain": 8, "evaluate": 1, "fid_reference": 1, "vae": 1, "encode": 1}
+        assert f"gpu={gpus.get(rule, 0)}" in res or (rule not in gpus and "gpu=" not in res), (rule, res)
+
+
 def test_resources_come_from_config_and_an_overlay_changes_only_its_rule(project, tmp_path):
     default = job_resources(dry_run(project, "all_ablations"))
     assert {res for rule, res in default.values() if rule == "midtrain"} == {

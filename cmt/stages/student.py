@@ -16,7 +16,7 @@ from cmt.formats.checkpoint_import import fetch_checkpoint
 from cmt.formats.checkpoints import load_denoiser, save_denoiser
 from cmt.formats.images import save_grid
 from cmt.inits import init_source
-from cmt.nets import UNetBlock, add_second_time, build_network
+from cmt.nets import UNetBlock, add_second_time, build_network, network_config
 from cmt.nets.edm2 import Block as EDM2Block
 from cmt.numerics.precond import Denoiser
 from cmt.objectives.base import Batch, Context, Objective
@@ -55,6 +55,7 @@ class StudentJob:
     device: str
     compute: Compute = field(default_factory=Compute.from_dict)
     tags: dict | None = None  # the job's axes (cmt/workflow/jobs.py), written as MLflow tags
+    network: dict | None = None  # config student_network: the students' own network; None: the teacher's
 
 
 def method_compute(method: Method, compute: Compute) -> Compute:
@@ -90,15 +91,17 @@ class InitWeights:
 
 
 def init_student(weights: InitWeights, job: StudentJob, dropout: float, method: Method) -> tuple[Denoiser, dict]:
-    """The student: fresh weights of the teacher's architecture (fixed by the job's seed), or a checkpoint's EMA
-    weights (a folder, or a file fetched by URL and sha256 into the job's work folder); in EDM mode with the boundary
-    sigma_min of the job's preconditioning and ``dropout``. A ``method`` whose model kind takes a second time input
-    (flow maps, MeanFlow) gets a zero-initialised second time branch if the weights lack it."""
+    """The student: fresh weights of the students' network (``job.network``, else the teacher's architecture; fixed
+    by the job's seed), or a checkpoint's EMA weights (a folder, or a file fetched by URL and sha256 into the job's
+    work folder), which must then be of the students' network; in EDM mode with the boundary sigma_min of the job's
+    preconditioning and ``dropout``. A ``method`` whose model kind takes a second time input (flow maps, MeanFlow)
+    gets a zero-initialised second time branch if the weights lack it."""
     source = init_source(weights.init)
     with seeded(job.seed, "init"):
         if source.weights == "fresh":
             template, meta = load_denoiser(job.teacher_dir)
-            student = Denoiser(build_network(template.model.cfg), sigma_data=template.sigma_data)
+            arch = network_config(job.network) if job.network else template.model.cfg
+            student = Denoiser(build_network(arch), sigma_data=template.sigma_data)
         elif source.weights == "file":
             with about(f"{method.section}.init_file"):
                 student, meta = fetched_weights(weights.file, job.work_dir)
@@ -106,10 +109,23 @@ def init_student(weights: InitWeights, job: StudentJob, dropout: float, method: 
             raise BadInput(f"init {weights.init!r} needs a checkpoint folder")
         else:
             student, meta = load_denoiser(weights.folder)
+        check_student_network(student, job, weights.init)
         if method.model_kind.second_time and not student.model.cfg.second_time:
             student.model = add_second_time(student.model)
     student.sigma_min = job.precond["boundary_sigma_min"]
     return set_dropout(student.set_mode("edm"), dropout), meta
+
+
+def check_student_network(student: Denoiser, job: StudentJob, init: str) -> None:
+    """Initial weights of another architecture than the students' network (``student_network``) are refused."""
+    if not job.network:
+        return
+    wanted = replace(network_config(job.network), second_time=student.model.cfg.second_time)
+    if student.model.cfg != wanted:
+        raise BadInput(
+            f"init {init!r}: its weights are a {student.model.cfg.family} network unlike student_network "
+            f"{job.network['preset']!r}; start from random or a file of that network"
+        )
 
 
 def fetched_weights(spec: dict | None, work_dir: Path) -> tuple[Denoiser, dict]:

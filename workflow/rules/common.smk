@@ -142,6 +142,7 @@ def midtrain_params(wildcards):
         "precond",
         "data",
         *TRAINING,
+        "student_network",
         midtrain=midtrain_cfg(wildcards),
         trajectories=trajectory_set(wildcards),
         seed=int(wildcards.seed),
@@ -173,7 +174,13 @@ def posttrain_params(wildcards):
     overrides = jobs.post_overrides(config, jobs.post_variant_of(wildcards.pv), wildcards.method)
     method = {**config["posttrain"][wildcards.method], **overrides, "iterations": int(wildcards.iters)}
     return subtree(
-        "precond", "data", *TRAINING, posttrain={wildcards.method: method}, seed=int(wildcards.seed), job=post_job(wildcards)
+        "precond",
+        "data",
+        *TRAINING,
+        "student_network",
+        posttrain={wildcards.method: method},
+        seed=int(wildcards.seed),
+        job=post_job(wildcards),
     )
 
 
