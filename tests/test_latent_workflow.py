@@ -59,6 +59,12 @@ def test_every_model_is_scored_on_decoded_samples_in_the_main_table(latent_proje
     assert set(rows) == {"teacher (MeanFlow)", "CMT only", *froms}
     assert math.isfinite(float(rows["teacher (MeanFlow)"]["FD teacher 4 NFE"]))
     assert all(math.isfinite(float(rows[name]["FD 1-step"])) for name in ["CMT only", *froms])
+    cmt = rows["MeanFlow from CMT init"]  # device-hours per stage of the lineage: wall time x max(1, GPUs)
+    hours = {kind: float(cmt[f"device-h {kind}"]) for kind in ("teacher", "mid", "post")}
+    wall = float(cmt["wall s (training)"])
+    assert all(h > 0 for h in hours.values()) and sum(hours.values()) == pytest.approx(wall / 3600, rel=1e-6)
+    assert cmt["devices"] == "cpu" and float(rows["MeanFlow from random init"]["device-h teacher"]) == 0
+    assert (results / "tables" / "score_vs_device_hours.png").stat().st_size > 0
     with Image.open(results / "eval" / "teacher" / "grid-4nfe.png") as grid:  # decoded: 1-channel 8 x 8 digits
         assert grid.mode == "L" and grid.width == 4 * (10 * (8 + 1) + 1)
     assert "Nothing to be done" in snakemake(work, "-n", "all", *ARGS).stdout

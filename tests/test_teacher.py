@@ -64,6 +64,7 @@ def test_teacher_stage_writes_checkpoint_grid_curve_and_record(tmp_path, cfg):
     record = json.loads((out / "run.json").read_text())
     assert record["stage"] == "teacher" and record["metrics"]["images"] == 15 * 128
     expected = {"label": "teacher", "teacher_kind": "ode", "job": "teacher", "kind": "teacher", "stage": "teacher"}
+    expected["device"] = "cpu"
     assert record["tags"] == expected
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 15
     assert not (tmp_path / "w" / "resume.pt").exists()

@@ -3,7 +3,8 @@
 Formats: ``cmt`` (ours: a folder with model.safetensors + meta.json, or a single .safetensors whose header
 carries the meta), ``edm-pickle`` (EDM's ``edm-*.pkl`` / ``network-snapshot-*.pkl``, an ``EDMPrecond``
 around a DDPM++ ``SongUNet``) and ``edm2-pickle`` (EDM2's ``Precond`` around its magnitude-preserving
-``UNet``).  Pickles are read by ``cmt.formats.edm_pickle`` without running them.
+``UNet``).  Pickles are read by ``cmt.formats.edm_pickle`` without running them; SiT's ``torch.save`` checkpoints
+(``sit``) by ``cmt.formats.sit_checkpoint``, tensors only.
 
 Loading is strict: every tensor of the file lands in our network under the same dotted name and shape,
 and every tensor of our network comes from the file.  Tensors EDM keeps for features we do not use are
@@ -26,6 +27,7 @@ from cmt.formats.checkpoints import load_denoiser, load_denoiser_file
 from cmt.formats.edm_pickle import NetworkPickle, module_tensors, read_network_pickle
 from cmt.formats.fetch import fetch, file_sha256
 from cmt.formats.names import WEIGHTS
+from cmt.formats.sit_checkpoint import convert_sit, is_torch_archive
 from cmt.nets import EDM2Config, UNetConfig, build_network, count_parameters
 from cmt.numerics.precond import SIGMA_DATA, Denoiser
 
@@ -208,6 +210,9 @@ def convert_edm2(pkl: NetworkPickle) -> tuple[Denoiser, dict]:
 def load_any(path: str | Path, url: str | None = None) -> tuple[Denoiser, dict]:
     """Any supported checkpoint as our denoiser; the meta records the source file's format, sha256 and URL."""
     path = Path(path)
+    if is_torch_archive(path):  # SiT's released weights (cmt.formats.sit_checkpoint)
+        denoiser, info = convert_sit(path)
+        return denoiser, {**info, "converted_from": {"format": "sit", "sha256": file_sha256(path), "url": url}}
     if not is_network_pickle(path):
         denoiser, meta = _load_ours(path)
         weights = path / WEIGHTS if path.is_dir() else path
@@ -220,7 +225,7 @@ def load_any(path: str | Path, url: str | None = None) -> tuple[Denoiser, dict]:
 
 def fetch_checkpoint(spec: dict, folder: str | Path, stem: str) -> tuple[Denoiser, dict]:
     """A single-file checkpoint at ``spec['url']`` fetched into ``folder`` (as ``<stem>-<file name>``) if and only if
-    its sha256 is ``spec['sha256']``, then read like ``load_any``: ours, or an EDM / EDM2 network pickle."""
+    its sha256 is ``spec['sha256']``, then read like ``load_any``: ours, an EDM / EDM2 network pickle, or SiT's."""
     name = Path(urlparse(spec["url"]).path).name or "checkpoint"
     path = fetch(spec["url"], spec["sha256"], Path(folder) / f"{stem}-{name}")
     return load_any(path, url=spec["url"])

@@ -41,6 +41,7 @@ class DiTConfig(ArchitectureDict):
     mlp_ratio: float = 4.0
     label_dim: int = 0
     second_time: bool = False
+    time_reversed: bool = False  # SiT's time, noise at 0 and data at 1: the t embedder reads 1 − t (latent.md 7)
 
     @property
     def grid(self) -> int:
@@ -214,8 +215,9 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def condition(self, t: Tensor, h: Tensor | None, class_labels: Tensor | None) -> Tensor:
-        """c = t_emb + h_emb + y_emb (MeanFlow's DiT sums its two time embeddings and the label's; latent.md 1.1)."""
-        c = self.t_embedder(t)
+        """c = t_emb + h_emb + y_emb (MeanFlow's DiT sums its two time embeddings and the label's; latent.md 1.1); a
+        network in SiT's time embeds 1 − t, the same instant (latent.md 7)."""
+        c = self.t_embedder(1 - t if self.cfg.time_reversed else t)
         if self.cfg.second_time:
             if h is None:
                 raise ValueError("this network was built with second_time=True and needs a second time input")

@@ -117,8 +117,8 @@ def teacher_sampler(columns) -> str:
 
 
 def main_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per job of the main run: FD of its samplers, the images each stage of its lineage trained on,
-    teacher NFE and wall time of the lineage."""
+    """One row per job of the main run: FD of its samplers, the images each stage of its lineage trained on, teacher
+    NFE, wall time and the device-hours of each stage (wall time × max(1, GPUs)) with the devices they ran on."""
     train, evals = split_runs(runs)
     evals = in_table(evals, "main")
     multi = teacher_sampler(runs.columns)
@@ -141,6 +141,8 @@ def main_table(runs: pd.DataFrame) -> pd.DataFrame:
                 **{f"images {kind}": int(lineage_sum(chain, "images", (kind,))) for kind in KINDS},
                 "teacher NFE (training)": int(lineage_sum(chain, "teacher_nfe")),
                 "wall s (training)": lineage_sum(chain, "wall_seconds"),
+                **{f"device-h {kind}": lineage_sum(chain, "device_hours", (kind,)) for kind in KINDS},
+                "devices": ", ".join(sorted({tag(run, "device") for run in chain if tag(run, "device")})) or "–",
             }
         )
     return pd.DataFrame(rows)
@@ -213,6 +215,26 @@ def plot_curves(curves: dict, path: str | Path) -> None:
     save_figure(fig, path)
 
 
+def plot_cost(table: pd.DataFrame, path: str | Path) -> None:
+    """Each main-table model's 1-step score (FID where measured, else FD; the teacher's own sampler for the
+    teacher) against its lineage's device-hours: the paper's quality-against-training-cost figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "FID" if "FID 1-step" in table.columns else "FD"
+    own = [c for c in table.columns if c.startswith(f"{metric} teacher")]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    for _, row in table.iterrows():
+        hours = sum(row[f"device-h {kind}"] for kind in KINDS)
+        score = row[f"{metric} 1-step"] if not math.isnan(row[f"{metric} 1-step"]) else row[own[0]] if own else math.nan
+        ax.scatter(hours, score)
+        ax.annotate(row["model"], (hours, score), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="device-hours of the lineage (wall time × max(1, GPUs))", ylabel=f"{metric}, 1 step", yscale="log")
+    save_figure(fig, path)
+
+
 def log_tables(db: str | Path, experiment: str, files: list[Path], table: str | None = None) -> None:
     """Attach files to the experiment's parent run, or to one ablation table's parent (``tables/``)."""
     from mlflow.tracking import MlflowClient
@@ -241,7 +263,8 @@ def samples_section(runs: pd.DataFrame, out: Path) -> str:
 
 
 def main_report(db: str | Path, experiment: str, out_dir: str | Path) -> pd.DataFrame:
-    """Write ``main.md``, ``main.csv`` and ``fd_vs_iterations.png`` into ``out_dir``."""
+    """Write ``main.md``, ``main.csv``, ``fd_vs_iterations.png`` and ``score_vs_device_hours.png`` into
+    ``out_dir``."""
     out = Path(out_dir)
     runs = _runs(db, experiment)
     table = main_table(runs)
@@ -254,5 +277,7 @@ def main_report(db: str | Path, experiment: str, out_dir: str | Path) -> pd.Data
     ) + samples_section(runs, out)
     atomic_write_bytes(out / "main.md", md.encode())
     plot_curves(curves, out / "fd_vs_iterations.png")
-    log_tables(db, experiment, [out / "main.md", out / "main.csv", out / "fd_vs_iterations.png"])
+    plot_cost(table, out / "score_vs_device_hours.png")
+    files = ["main.md", "main.csv", "fd_vs_iterations.png", "score_vs_device_hours.png"]
+    log_tables(db, experiment, [out / name for name in files])
     return table

@@ -116,14 +116,19 @@ def init_student(weights: InitWeights, job: StudentJob, dropout: float, method: 
     return set_dropout(student.set_mode("edm"), dropout), meta
 
 
+CONVENTION_FIELDS = ("second_time", "time_reversed")  # how a network's inputs are read, not its architecture
+
+
 def check_student_network(student: Denoiser, job: StudentJob, init: str) -> None:
-    """Initial weights of another architecture than the students' network (``student_network``) are refused."""
+    """Initial weights of another architecture than the students' network (``student_network``) are refused; a
+    second time input or SiT's time (``CONVENTION_FIELDS``) may differ."""
     if not job.network:
         return
-    wanted = replace(network_config(job.network), second_time=student.model.cfg.second_time)
-    if student.model.cfg != wanted:
+    wanted, cfg = network_config(job.network), student.model.cfg
+    kept = {name: getattr(cfg, name) for name in CONVENTION_FIELDS if hasattr(wanted, name) and hasattr(cfg, name)}
+    if cfg != replace(wanted, **kept):
         raise BadInput(
-            f"init {init!r}: its weights are a {student.model.cfg.family} network unlike student_network "
+            f"init {init!r}: its weights are a {cfg.family} network unlike student_network "
             f"{job.network['preset']!r}; start from random or a file of that network"
         )
 
@@ -227,14 +232,16 @@ def finish(job: StudentJob, result: FitResult, run: StudentRun, record: Record, 
     for steps, name in zip(kind.eval_steps, grids):
         images = decode(sample_few_step(ema, kind.name, draws, steps, job.precond["sigma_max"], run.t_mid))
         save_grid(images, out / name, nrow=label_dim or None, scale=4)
-    run_facts = {"wall_seconds": result.wall_seconds, "resumed_from": result.resumed_from}
+    device = resolve_device(job.device)
+    hours = parallel.device_hours(result.wall_seconds, device)
+    run_facts = {"wall_seconds": result.wall_seconds, "device_hours": hours, "resumed_from": result.resumed_from}
     metrics = {**final, **run_facts, "replica_spread": result.replica_spread}  # run facts: never in the model's meta
     write_record(
         out,
         stage=record.meta["stage"],
         run_name=record.run_name,
         params=record.params,
-        tags=record.tags,
+        tags={**record.tags, "device": parallel.device_name(device)},
         metrics=metrics,
         artifacts=["loss.png", *grids],
     )

@@ -117,6 +117,7 @@ def run(job: TeacherJob) -> dict:
         meta = {"source": "train", "train": _training_facts(losses, job.cfg["train"]["batch_size"])}
         run_facts = {
             "wall_seconds": result.wall_seconds,
+            "device_hours": parallel.device_hours(result.wall_seconds, device),
             "resumed_from": result.resumed_from,
             "replica_spread": result.replica_spread,
         }
@@ -165,7 +166,7 @@ def _write_run(job: TeacherJob, meta: dict, losses: list[float], run_facts: dict
         stage="teacher",
         run_name="teacher",
         params=params,
-        tags=meta["tags"],
+        tags={**meta["tags"], "device": parallel.device_name(resolve_device(job.device))},
         metrics={"images": meta.get("train", {}).get("images", 0), **run_facts},
         artifacts=[p.name for p in (out / "samples.png", out / "loss.png") if p.exists()],
     )

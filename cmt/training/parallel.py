@@ -42,6 +42,22 @@ def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def gpus(device: torch.device) -> int:
+    """GPUs a run uses: its process count on CUDA, none on the CPU."""
+    return world() if device.type == "cuda" else 0
+
+
+def device_hours(wall_seconds: float, device: torch.device) -> float:
+    """Wall time × max(1, GPUs), in hours: GPU-hours as the paper counts them, a CPU job as one device
+    (docs/latent.md 7)."""
+    return wall_seconds * max(1, gpus(device)) / 3600
+
+
+def device_name(device: torch.device) -> str:
+    """The device model a run's device-hours are counted on: the GPU's name, or "cpu"."""
+    return torch.cuda.get_device_name(device) if gpus(device) else "cpu"
+
+
 def world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 

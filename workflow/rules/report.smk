@@ -36,6 +36,7 @@ rule report:
         md=f"{RESULTS}/tables/main.md",
         csv=f"{RESULTS}/tables/main.csv",
         plot=f"{RESULTS}/tables/fd_vs_iterations.png",
+        cost=f"{RESULTS}/tables/score_vs_device_hours.png",
     params:
         db=MLFLOW_DB,
         experiment=config["name"],
