@@ -6,6 +6,8 @@
   and bf16, with the bf16 trajectories' error against fp32;
 * full trainer steps (``cmt.training.loop.fit``: loss, backward, optimiser, EMA) of CMT (online, 8 trajectories x 16
   states), ECT, ECD and MeanFlow at the paper's batch of 128, in fp32 (the authors' setting) and with the fast paths;
+* a MeanFlow step (forward + JVP + backward) against a flow-matching step of the same DiT (MF-B/4 at batch 64), in
+  ms, their ratio, and the MeanFlow step's achieved TFLOP/s (FLOPs from PyTorch's counter; benchmarks/meanflow_step.py);
 * peak GPU memory of every row;
 * the projected GPU-hours of the CIFAR-10 paper schedule (300k CMT + 100k ECT iterations, config/paper.yaml) on
   this GPU, for fp32 and for the fast paths.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -147,7 +150,7 @@ def objectives(s: Setting, data: ImageDataset, cmt_loss: str) -> dict[str, tuple
         teacher = network(s).eval()
         source = OnlineTrajectories(teacher, trajectory_spec(trajectory_section(cfg), shape), data)
         objective = registry.build(registry.method("midtrain", "consistency"), mid, context())
-        per_step = objective.trajectories_per_step(mid["batch_size"], len(source.sigmas) - 1)
+        per_step = objective.trajectories_per_step(mid["batch_size"], len(source.grid) - 1)
         loss = student_loss(objective, TrajectoryBatches(source, objective, per_step, device))
         return set_dropout(network(s), mid["dropout"]), loss
 
@@ -194,6 +197,25 @@ def lpips_available() -> bool:
     except MissingWeights:
         return False
     return True
+
+
+def meanflow_rows(s: Setting, quick: bool) -> list[str]:
+    """The MeanFlow step against the flow-matching step of the same DiT: ms, ratio, achieved TFLOP/s."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark that builds both steps
+    import meanflow_step
+
+    preset, batch = ("dit-digits-tiny", 8) if quick else ("dit-b4", 64)
+    meanflow, flow_matching, params = meanflow_step.steps(preset, batch, s.device)
+    rows, ms = [], {}
+    for name, step in (("MeanFlow", meanflow), ("flow matching", flow_matching)):
+        flops = meanflow_step.step_flops(step)
+        rate, peak = timed(s, step, batch)
+        ms[name] = 1e3 * batch / rate
+        note = f"{flops / (ms[name] / 1e3) / 1e12:.2f} TFLOP/s"
+        rows.append(row(f"{name} step, {preset} batch {batch}", f"{ms[name]:.1f} ms", peak, note))
+    ratio = ms["MeanFlow"] / ms["flow matching"]
+    rows.append(row("MeanFlow / flow-matching step", f"{ratio:.2f}x", None, f"{params / 1e6:.1f} M parameters, fp32"))
+    return rows
 
 
 def row(name: str, value: str, peak: float | None, note: str = "") -> str:
@@ -249,6 +271,7 @@ def main() -> None:
                     else ("" if label == "fp32" or not entry.fp32_reason else f"fp32: {entry.fp32_reason}")
                 )
                 print(row(f"{method} step, {label}", f"{1e3 * seconds:.1f} ms", peak, note), flush=True)
+    print("\n".join(meanflow_rows(s, args.quick)), flush=True)
     mid, post = s.config["midtrain"]["iterations"], s.config["posttrain"]["ect"]["iterations"]
     for label in ("fp32", "fast"):
         hours = (mid * steps["cmt", label] + post * steps["ect", label]) / 3600

@@ -21,21 +21,25 @@ import torch
 from cmt.config import resolve
 from cmt.data.labels import bound
 from cmt.nets import PRESETS, build_network, count_parameters
-from cmt.numerics.precond import Denoiser, fm_time, mean_velocity
+from cmt.numerics.precond import Denoiser, fm_range, mean_velocity
 from cmt.objectives.meanflow import meanflow_loss
 
 
-def steps(preset: str, batch: int) -> tuple[Callable[[], None], Callable[[], None], int]:
-    """(one MeanFlow step, one flow-matching step, parameters) on a fresh two-time network of ``preset``."""
+def steps(
+    preset: str, batch: int, device: torch.device | str = "cpu"
+) -> tuple[Callable[[], None], Callable[[], None], int]:
+    """(one MeanFlow step, one flow-matching step, parameters) on a fresh two-time network of ``preset``, t over the
+    network's flow-matching range (``fm_range``: [0, 1] for a transformer)."""
     torch.manual_seed(0)
     cfg = dataclasses.replace(PRESETS[preset], second_time=True)
-    model = Denoiser(build_network(cfg)).train()
+    model = Denoiser(build_network(cfg)).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     mf = resolve({"name": "bench"}, "bench")["posttrain"]["meanflow"]
-    t_range = (fm_time(0.002), fm_time(80.0))
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, *cfg.image_shape, generator=gen)
-    labels = torch.eye(cfg.label_dim)[torch.arange(batch) % cfg.label_dim] if cfg.label_dim else None
+    t_range = fm_range(model.parameterisation, 0.002, 80.0)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, *cfg.image_shape, generator=gen, device=device)
+    eye = torch.eye(cfg.label_dim, device=device)
+    labels = eye[torch.arange(batch, device=device) % cfg.label_dim] if cfg.label_dim else None
     student = model if labels is None else bound(model, labels)
 
     def update(loss: torch.Tensor) -> None:
@@ -47,12 +51,22 @@ def steps(preset: str, batch: int) -> tuple[Callable[[], None], Callable[[], Non
         update(meanflow_loss(model, x, gen, mf, t_range, labels))
 
     def flow_matching() -> None:
-        t = torch.rand(batch, generator=gen).clamp(*t_range)
-        eps = torch.randn(x.shape, generator=gen)
+        t = torch.rand(batch, generator=gen, device=device).clamp(*t_range)
+        eps = torch.randn(x.shape, generator=gen, device=device)
         z = (1 - t.view(-1, 1, 1, 1)) * x + t.view(-1, 1, 1, 1) * eps
         update((mean_velocity(student, z, t, t) - (eps - x)).square().mean())
 
     return meanflow, flow_matching, count_parameters(model)
+
+
+def step_flops(step: Callable[[], None]) -> int:
+    """Floating-point operations of one step as PyTorch's FLOP counter sees them (matrix products and convolutions,
+    the JVP's tangent products included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def seconds(step: Callable[[], None], count: int) -> float:
