@@ -18,7 +18,7 @@ import torch
 from cmt.config import resolve_params
 from cmt.data.batches import make_batches
 from cmt.data.datasets import load_dataset
-from cmt.data.latent_zip import latent_name, load_latent_zip, write_latent_zip
+from cmt.data.latent_zip import LatentFiles, latent_name, load_latent_zip, write_latent_zip
 from cmt.errors import BadInput
 from cmt.formats.fetch import FetchError
 from cmt.latents.autoencoder import Autoencoder, load_autoencoder
@@ -248,3 +248,26 @@ def test_latent_batches_are_fresh_posterior_draws_fixed_by_the_generator(tmp_pat
         assert float(rows.std()) == pytest.approx(0.1, rel=0.02)
     with pytest.raises(BadInput, match="data.loader.xflip: latents"):
         make_batches(data, None, 4, 0, torch.device("cpu"), {**params["data"]["loader"], "xflip": True})
+
+
+def test_a_zip_over_the_memory_limit_streams_and_its_draws_are_fixed_by_seed_and_step(tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    moments = [np.asarray(torch.rand(8, 2, 2, generator=gen), dtype=np.float32) for _ in range(12)]
+    write_latent_zip(tmp_path / "l.zip", 12, iter(zip(moments, range(12))), sd_convention(0.5, 4).to_dict())
+    streamed = load_latent_zip(tmp_path / "l.zip", memory_limit=100)
+    assert isinstance(streamed, LatentFiles) and len(streamed) == 12 and streamed.shape == (4, 2, 2)
+    in_memory = load_latent_zip(tmp_path / "l.zip")
+    loader = {"workers": 0, "prefetch": 2, "pin_memory": False, "xflip": False}
+
+    def batches():
+        return make_batches(streamed, streamed.labels, 6, 7, torch.device("cpu"), loader)
+
+    through = [batches()(step, torch.Generator()) for step in range(4)]
+    resumed = batches()(3, torch.Generator())  # a run resumed at step 3 draws what step 3 drew
+    assert torch.equal(resumed.images, through[3].images) and torch.equal(resumed.labels, through[3].labels)
+    assert not torch.equal(through[2].images, through[3].images)
+    for batch in through:  # each row a draw around its own image's posterior: within 6 std of its mean
+        mean, std = in_memory.mean[batch.labels], in_memory.std[batch.labels]
+        assert ((batch.images / 0.5 - mean).abs() <= 6 * std + 1e-6).all()
+    half = streamed.subset(torch.arange(6))
+    assert len(half) == 6 and torch.equal(half[5][0], torch.from_numpy(moments[5]))

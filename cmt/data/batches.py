@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from cmt.data.datasets import ImageDataset, ImageFiles, Images, to_unit
-from cmt.data.latent_zip import LatentDataset
+from cmt.data.latent_zip import LatentDataset, LatentFiles
 from cmt.errors import BadInput
 from cmt.seeds import derived_seed
 from cmt.training import parallel
@@ -105,11 +105,13 @@ class FlipRows(torch.utils.data.Dataset):
 
 
 class StreamedBatches:
-    """Batches of an on-disk dataset through a ``DataLoader`` (``workers`` processes, pinned memory on CUDA)."""
+    """Batches of an on-disk dataset through a ``DataLoader`` (``workers`` processes, pinned memory on CUDA): images
+    mapped to [-1, 1], or latents drawn from their stored posteriors with noise fixed by (seed, step), so a resumed
+    run draws the latents an uninterrupted one would."""
 
     def __init__(
         self,
-        data: ImageFiles,
+        data: ImageFiles | LatentFiles,
         labels: Tensor | None,
         batch_size: int,
         seed: int,
@@ -124,7 +126,7 @@ class StreamedBatches:
         workers = self.loader["workers"]
         return iter(
             DataLoader(
-                FlipRows(self.data),
+                FlipRows(self.data) if isinstance(self.data, ImageFiles) else self.data,
                 batch_sampler=sampler,
                 num_workers=workers,
                 pin_memory=self.loader["pin_memory"] and self.device.type == "cuda",
@@ -133,24 +135,38 @@ class StreamedBatches:
             )
         )
 
+    def latent_noise(self, step: int, shape: tuple[int, ...]) -> Tensor:
+        """This process's share of step ``step``'s posterior noise, drawn from (seed, step) alone."""
+        gen = torch.Generator(device=self.device).manual_seed(derived_seed(self.seed, f"latent/{step}"))
+        return parallel.share(torch.randn((self.batch_size, *shape), generator=gen, device=self.device))
+
     def __call__(self, step: int, gen: torch.Generator) -> ImageBatch:
         if self._rows is None or step != self._next_step:  # first call, or a resumed run's first step
             self._rows = self._open(step)
-        images, rows = next(self._rows)
+        batch, rows = next(self._rows)
         self._next_step = step + 1
-        images = to_unit(images.to(self.device, non_blocking=True))
+        batch = batch.to(self.device, non_blocking=True)
+        if isinstance(self.data, ImageFiles):
+            images = to_unit(batch)
+        else:
+            images = self.data.draws(batch, self.latent_noise(step, self.data.shape))
         return ImageBatch(images, None if self.labels is None else self.labels[rows].to(self.device))
 
 
 def make_batches(
-    data: Images | LatentDataset, labels: Tensor | None, batch_size: int, seed: int, device: torch.device, loader: dict
+    data: Images | LatentDataset | LatentFiles,
+    labels: Tensor | None,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    loader: dict,
 ) -> MemoryBatches | StreamedBatches | LatentBatches:
-    """The batch source of a dataset: in memory for ``ImageDataset``, streamed for ``ImageFiles``, posterior draws
-    for a ``LatentDataset``; ``labels`` are the checked labels a class-conditional model reads
-    (``cmt.data.labels.dataset_labels``), or None."""
+    """The batch source of a dataset: in memory for ``ImageDataset``, streamed for ``ImageFiles`` and ``LatentFiles``,
+    posterior draws in memory for a ``LatentDataset``; ``labels`` are the checked labels a class-conditional model
+    reads (``cmt.data.labels.dataset_labels``), or None."""
+    if isinstance(data, (LatentDataset, LatentFiles)) and loader["xflip"]:
+        raise BadInput(f"data.loader.xflip: latents ({data.name}) are not mirrored; encode mirrored images instead")
     if isinstance(data, LatentDataset):
-        if loader["xflip"]:
-            raise BadInput(f"data.loader.xflip: latents ({data.name}) are not mirrored; encode mirrored images instead")
         return LatentBatches(data, labels, batch_size, device)
     if isinstance(data, ImageDataset):
         return MemoryBatches(data, labels, batch_size, device, loader["xflip"])

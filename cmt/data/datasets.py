@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from cmt.data.files import edm_zip_labels, existing_path
-from cmt.data.latent_zip import LatentDataset, load_latent_zip
+from cmt.data.latent_zip import LatentDataset, LatentFiles, load_latent_zip
 from cmt.errors import BadInput, MissingInput
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -248,7 +248,7 @@ def load_edm_zip(path: str | Path) -> ImageFiles:
     return _files(_ZipReader(file, names), labels, file.stem)
 
 
-def load_dataset(cfg: dict) -> Images | LatentDataset:
+def load_dataset(cfg: dict) -> Images | LatentDataset | LatentFiles:
     """Dataset from a config ``data`` section: {source: digits | folder | npz | cifar10 | edm_zip | latent_zip,
     path: ...}."""
     source = cfg["source"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from cmt.formats.atomic import writing
 from cmt.latents.conventions import Convention
 
 META = "latents.json"  # our addition to EDM2's layout (EDM2's reader ignores it)
+MEMORY_LIMIT = 2 << 30  # bytes of moments a zip may hold to be read into memory; a larger one is read on demand
 
 
 def latent_name(index: int) -> str:
@@ -92,6 +95,52 @@ class LatentDataset:
         return LatentDataset(self.mean[index], self.std[index], labels, name or self.name, self.convention, self.meta)
 
 
+class _MomentsReader:
+    """Moments of a latent zip's entries, read on demand; each process (DataLoader worker) opens its own handle."""
+
+    def __init__(self, path: Path, names: list[str]):
+        self.path, self.names, self._zip, self._pid = path, names, None, None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_zip": None, "_pid": None}
+
+    def get(self, row: int) -> np.ndarray:
+        if self._pid != os.getpid():  # a forked worker must not share its parent's file offset
+            self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
+        return _moments(self._zip, self.names[row], self.path)
+
+
+@dataclass(frozen=True)
+class LatentFiles(torch.utils.data.Dataset):
+    """A latent zip too large for memory (ImageNet-256: 32 KiB an image), read image by image: a map-style
+    ``Dataset`` of (moments (2C, h, w), row) for a ``DataLoader`` (``cmt.data.batches``); only labels stay in
+    memory."""
+
+    reader: _MomentsReader
+    rows: np.ndarray  # int64: this dataset's rows of the zip
+    labels: Tensor | None
+    name: str
+    convention: Convention
+    meta: dict
+    shape: tuple[int, int, int]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int) -> tuple[Tensor, int]:
+        return torch.from_numpy(self.reader.get(int(self.rows[item])).astype(np.float32)), item
+
+    def draws(self, moments: Tensor, noise: Tensor) -> Tensor:
+        """Latents from a batch of stacked moments (n, 2C, h, w), one posterior draw each (docs/latent.md 4.3)."""
+        mean, std = moments.chunk(2, dim=1)
+        return self.convention.to_latent(mean + std * noise.to(mean))
+
+    def subset(self, index: Tensor, name: str | None = None) -> "LatentFiles":
+        labels = None if self.labels is None else self.labels[index]
+        rows = self.rows[index.numpy()]
+        return LatentFiles(self.reader, rows, labels, name or self.name, self.convention, self.meta, self.shape)
+
+
 def _moments(zf: zipfile.ZipFile, name: str, file: Path) -> np.ndarray:
     try:
         array = np.load(io.BytesIO(zf.read(name)), allow_pickle=False)
@@ -114,8 +163,9 @@ def read_latent_meta(path: str | Path) -> dict:
         raise BadInput(f"{file}: {META}: {err}") from err
 
 
-def load_latent_zip(path: str | Path) -> LatentDataset:
-    """A latent zip written by ``write_latent_zip`` (or EDM2's ``dataset_tool.py encode`` plus a ``latents.json``)."""
+def load_latent_zip(path: str | Path, memory_limit: int = MEMORY_LIMIT) -> LatentDataset | LatentFiles:
+    """A latent zip written by ``write_latent_zip`` (or EDM2's ``dataset_tool.py encode`` plus a ``latents.json``):
+    in memory, or read on demand when its moments exceed ``memory_limit`` bytes."""
     file = existing_path(path)
     try:
         with zipfile.ZipFile(file) as zf:
@@ -125,11 +175,16 @@ def load_latent_zip(path: str | Path) -> LatentDataset:
             names = sorted(n for n in zf.namelist() if n.endswith(".npy"))
             if not names:
                 raise BadInput(f"{file}: zip holds no latents")
-            moments = torch.from_numpy(np.stack([_moments(zf, n, file) for n in names]))
             labels = edm_zip_labels(file, zf, names)
+            convention, shape = Convention.from_dict(meta), tuple(meta["shape"])
+            if len(names) * 2 * math.prod(shape) * 4 > memory_limit:
+                return LatentFiles(
+                    _MomentsReader(file, names), np.arange(len(names)), labels, file.stem, convention, meta, shape
+                )
+            moments = torch.from_numpy(np.stack([_moments(zf, n, file) for n in names]))
     except zipfile.BadZipFile as err:
         raise BadInput(f"{file}: not a readable zip archive ({err})") from err
     except (KeyError, json.JSONDecodeError) as err:
         raise BadInput(f"{file}: {META}: {err}") from err
     mean, std = moments.to(torch.float32).chunk(2, dim=1)
-    return LatentDataset(mean, std, labels, file.stem, Convention.from_dict(meta), meta)
+    return LatentDataset(mean, std, labels, file.stem, convention, meta)
