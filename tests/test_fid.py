@@ -114,6 +114,7 @@ def test_published_statistics_are_sha256_checked_and_validated(inception, tmp_pa
     )
     stats = load_statistics(tmp_path / "ref.npz")
     assert stats["mode"] == "legacy_tensorflow" and np.array_equal(stats["sigma"], np.eye(2048))
+    assert stats["source"] == url  # the statistics record which published file they are
     with pytest.raises(FetchError, match="sha256 mismatch"):
         fid_reference.run(
             {**cfg, "reference": {"url": url, "sha256": "0" * 64}}, {}, tmp_path / "x.npz", tmp_path / "w", "cpu"
@@ -144,6 +145,6 @@ def test_adms_reference_file_gives_its_mu_and_sigma_without_unpickling_or_readin
     np.savez(tmp_path / "adm.npz", arr_0=arr_0, mu=mu, sigma=sigma, mu_s=mu[:7], sigma_s=sigma[:7, :7])
     stats = load_statistics(tmp_path / "adm.npz")
     assert np.array_equal(stats["mu"], mu) and np.array_equal(stats["sigma"], sigma)
-    assert stats["mode"] == "legacy_tensorflow" and stats["count"] == -1
+    assert stats["mode"] == "legacy_tensorflow" and stats["count"] == -1 and stats["source"] == "adm.npz"
     with pytest.raises(ValueError, match="allow_pickle"):
         np.load(tmp_path / "adm.npz")["arr_0"]  # the object array does need unpickling

@@ -486,6 +486,7 @@ def test_a_class_conditional_run_on_a_dataset_built_from_an_image_folder(tmp_pat
     assert (results / "fid-ref" / "legacy_tensorflow.npz").is_file()
     scores = json.loads((results / "eval" / "post" / "ect-cmt" / "base" / "it40" / "s0" / "scores.json").read_text())
     assert scores["fid_mode"] == "legacy_tensorflow" and scores["fid_reference_count"] == 240
+    assert scores["fid_reference"] == "training set"  # which statistics: computed here, not a published file
     assert scores["fid_2step"] > 0 and scores["fd_2step"] > 0
     table = (results / "tables" / "main.md").read_text()
     header = table.split("\n| model")[1].split("\n")[0]

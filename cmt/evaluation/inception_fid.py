@@ -88,10 +88,12 @@ def reference_statistics(data: Images, mode: str, device: torch.device, batch_si
 
 
 def save_statistics(path: str | Path, stats: dict) -> None:
-    """An ``.npz`` with mu, sigma, and the image count and mode they came from (written atomically)."""
+    """An ``.npz`` with mu, sigma, and the image count, mode and source they came from (the training set, or the
+    published file's URL), written atomically."""
     with writing(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, mu=stats["mu"], sigma=stats["sigma"], count=stats["count"], mode=stats["mode"])
+            source = stats.get("source", "training set")
+            np.savez(fh, mu=stats["mu"], sigma=stats["sigma"], count=stats["count"], mode=stats["mode"], source=source)
 
 
 def load_statistics(path: str | Path) -> dict:
@@ -103,7 +105,7 @@ def load_statistics(path: str | Path) -> dict:
     try:
         with np.load(file, allow_pickle=False) as npz:
             names = npz.files
-            arrays = {k: npz[k] for k in ("mu", "sigma", "count", "mode") if k in names}
+            arrays = {k: npz[k] for k in ("mu", "sigma", "count", "mode", "source") if k in names}
     except (OSError, ValueError) as err:
         raise BadInput(f"{file}: not an .npz of FID statistics ({err})") from err
     for key, shape in (("mu", (FEATURES,)), ("sigma", (FEATURES, FEATURES))):
@@ -112,4 +114,5 @@ def load_statistics(path: str | Path) -> dict:
         if arrays[key].shape != shape or not np.isfinite(arrays[key]).all():
             raise BadInput(f"{file}: {key} must be finite of shape {shape}, got {arrays[key].shape}")
     stats = {"mu": arrays["mu"].astype(np.float64), "sigma": arrays["sigma"].astype(np.float64)}
-    return {**stats, "count": int(arrays.get("count", -1)), "mode": str(arrays.get("mode", "legacy_tensorflow"))}
+    facts = {"count": int(arrays.get("count", -1)), "mode": str(arrays.get("mode", "legacy_tensorflow"))}
+    return {**stats, **facts, "source": str(arrays.get("source", file.name))}

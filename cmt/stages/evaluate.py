@@ -220,7 +220,7 @@ def run(job: EvalJob, cfg: dict, data_cfg: dict, precond: dict, tags: dict | Non
     named = samplers(model, meta, cfg, precond)
     decode = sample_decoder(data_cfg, job.device)
     scores = score_samples(model.to(job.device).eval(), named, cfg, scorer, job.device, job.out_dir, decode)
-    fid = {"fid_mode": scorer.fid_mode} if scorer.fid_stats else {}
+    fid = {"fid_mode": scorer.fid_mode, "fid_reference": scorer.fid_stats["source"]} if scorer.fid_stats else {}
     result = {
         "label": job.label,
         "model": str(job.model_dir),

@@ -27,7 +27,7 @@ def run(fid_cfg: dict, data_cfg: dict, out: str | Path, work_dir: str | Path, de
         name = Path(urlparse(published["url"]).path).name or "fid-ref.npz"
         with about("evaluate.fid.reference"):
             path = fetch(published["url"], published["sha256"], Path(work_dir) / name)
-        stats = {**load_statistics(path), "mode": PUBLISHED_MODE}
+        stats = {**load_statistics(path), "mode": PUBLISHED_MODE, "source": published["url"]}
     else:
         stats = reference_statistics(
             load_dataset(data_cfg),
