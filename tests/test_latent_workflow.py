@@ -68,3 +68,14 @@ def test_every_model_is_scored_on_decoded_samples_in_the_main_table(latent_proje
     with Image.open(results / "eval" / "teacher" / "grid-4nfe.png") as grid:  # decoded: 1-channel 8 x 8 digits
         assert grid.mode == "L" and grid.width == 4 * (10 * (8 + 1) + 1)
     assert "Nothing to be done" in snakemake(work, "-n", "all", *ARGS).stdout
+
+
+def test_the_latent_sweep_plans_flow_map_jobs_only(latent_project):
+    """all_ablations on the latent overlay: CMT-MF on the teacher's 2-, 4- and 8-step paths and its variants, no
+    ODE solver, no consistency method (a transformer has no consistency boundary)."""
+    work, _ = latent_project
+    dry = snakemake(work, "-n", "-p", "all_ablations", *ARGS).stdout
+    jobs = planned_jobs(dry)
+    assert jobs["trajectories"] == 2 and jobs["midtrain"] == 7 and "posttrain" not in jobs  # the main run's are done
+    commands = [line for line in dry.splitlines() if " -m cmt " in line]
+    assert all("/traj/flowmap-nfe" in c for c in commands if "cmt trajectories" in c or "cmt midtrain" in c)

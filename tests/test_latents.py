@@ -17,8 +17,9 @@ import torch
 
 from cmt.config import resolve_params
 from cmt.data.batches import make_batches
-from cmt.data.datasets import load_dataset
+from cmt.data.datasets import load_dataset, train_holdout
 from cmt.data.latent_zip import LatentFiles, latent_name, load_latent_zip, write_latent_zip
+from cmt.data.pixels import holdout_images, sample_decoder
 from cmt.errors import BadInput
 from cmt.formats.fetch import FetchError
 from cmt.latents.autoencoder import Autoencoder, load_autoencoder
@@ -271,3 +272,18 @@ def test_a_zip_over_the_memory_limit_streams_and_its_draws_are_fixed_by_seed_and
         assert ((batch.images / 0.5 - mean).abs() <= 6 * std + 1e-6).all()
     half = streamed.subset(torch.arange(6))
     assert len(half) == 6 and torch.equal(half[5][0], torch.from_numpy(moments[5]))
+
+
+def test_a_latent_jobs_hold_out_is_the_images_of_its_latent_rows_and_decodes_back_to_them(trained, tmp_path):
+    folder, record = trained
+    params = resolve_params(json.dumps({"name": "t", "latent": {}}))
+    encode.run(params["data"], params["latent"]["encode"], folder, tmp_path / "latents.zip")
+    latent_cfg = {**params["data"], "source": "latent_zip", "path": str(tmp_path / "latents.zip")}
+    _, latent_holdout = train_holdout(latent_cfg)
+    images = holdout_images(latent_cfg).images  # the digits' own held-out split, scored against
+    auto = load_autoencoder(folder)
+    with torch.no_grad():
+        mean, _ = auto.moments(images)
+        decoded = sample_decoder(latent_cfg)(latent_holdout.convention.to_latent(latent_holdout.mean))
+    torch.testing.assert_close(latent_holdout.mean, mean)  # row k of both hold-outs is the same image
+    assert float((decoded - images).square().mean()) == pytest.approx(record["reconstruction"]["mse"], rel=0.2)
