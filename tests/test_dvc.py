@@ -93,9 +93,12 @@ def test_a_rerun_that_reproduces_the_weights_changes_only_run_records(smoke, kil
 
 
 # Per-run records: job records, Snakemake's benchmarks and logs, and the main table's wall-time column.
-RECORD = re.compile(r"(/run\.json|/benchmarks/.*\.tsv|/logs/.*\.log|/tables/main\.(csv|md))$")
+# per-run records: wall times and what is drawn from them (device-hours and their plot)
+RECORD = re.compile(
+    r"(/run\.json|/benchmarks/.*\.tsv|/logs/.*\.log|/tables/main\.(csv|md)|/tables/score_vs_device_hours\.png)$"
+)
 
 
 def table_without_wall_time(path: Path) -> list[dict]:
     with path.open() as fh:
-        return [{k: v for k, v in row.items() if not k.startswith("wall")} for row in csv.DictReader(fh)]
+        return [{k: v for k, v in row.items() if not k.startswith(("wall", "device-h"))} for row in csv.DictReader(fh)]

@@ -5,6 +5,7 @@ samples scored against the held-out digits -> the main table; a rerun plans noth
 import csv
 import json
 import math
+import re
 
 import pytest
 from helpers.project import copy_project, planned_jobs, snakemake
@@ -77,5 +78,5 @@ def test_the_latent_sweep_plans_flow_map_jobs_only(latent_project):
     dry = snakemake(work, "-n", "-p", "all_ablations", *ARGS).stdout
     jobs = planned_jobs(dry)
     assert jobs["trajectories"] == 2 and jobs["midtrain"] == 7 and "posttrain" not in jobs  # the main run's are done
-    commands = [line for line in dry.splitlines() if " -m cmt " in line]
-    assert all("/traj/flowmap-nfe" in c for c in commands if "cmt trajectories" in c or "cmt midtrain" in c)
+    sets = set(re.findall(r"/traj/([a-z0-9_]+)-nfe(\d+)", dry))  # every set a job writes or reads
+    assert sets == {("flowmap", "2"), ("flowmap", "4"), ("flowmap", "8")} and "--method" not in dry

@@ -200,7 +200,7 @@ def test_the_latent_zip_round_trips_and_is_byte_identical_when_rewritten(tmp_pat
 def test_a_damaged_latent_zip_is_refused_naming_the_file_and_entry(tmp_path):
     path = tmp_path / "bad.zip"
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("latents.json", json.dumps(sd_convention(1.0, 4).to_dict()))
+        zf.writestr("latents.json", json.dumps({**sd_convention(1.0, 4).to_dict(), "count": 1, "shape": [4, 2, 2]}))
         zf.writestr(latent_name(0), b"not numpy")
     with pytest.raises(BadInput, match=f"{path}: 00000/img-mean-std-00000000.npy: not a numpy array"):
         load_latent_zip(path)

@@ -160,7 +160,7 @@ def read_latent_meta(path: str | Path) -> dict:
     except zipfile.BadZipFile as err:
         raise BadInput(f"{file}: not a readable zip archive ({err})") from err
     except (KeyError, json.JSONDecodeError) as err:
-        raise BadInput(f"{file}: {META}: {err}") from err
+        raise BadInput(f"{file}: {META}: missing or unreadable ({err})") from err
 
 
 def load_latent_zip(path: str | Path, memory_limit: int = MEMORY_LIMIT) -> LatentDataset | LatentFiles:
@@ -185,6 +185,6 @@ def load_latent_zip(path: str | Path, memory_limit: int = MEMORY_LIMIT) -> Laten
     except zipfile.BadZipFile as err:
         raise BadInput(f"{file}: not a readable zip archive ({err})") from err
     except (KeyError, json.JSONDecodeError) as err:
-        raise BadInput(f"{file}: {META}: {err}") from err
+        raise BadInput(f"{file}: {META}: missing or unreadable ({err})") from err
     mean, std = moments.to(torch.float32).chunk(2, dim=1)
     return LatentDataset(mean, std, labels, file.stem, convention, meta)
