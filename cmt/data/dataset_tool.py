@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cmt.data.datasets import image_files
-from cmt.data.files import existing_path
+from cmt.data.files import existing_path, zip_entry
 from cmt.errors import CmtError
 from cmt.formats.atomic import writing
 from cmt.formats.fetch import file_sha256
@@ -163,11 +163,6 @@ def archive_name(index: int) -> str:
     return f"{digits[:5]}/img{digits}.png"
 
 
-def _entry(name: str) -> zipfile.ZipInfo:
-    """A zip entry with a fixed timestamp, so the same images give a byte-identical zip."""
-    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-
-
 def write_edm_zip(dest: str | Path, count: int, items: Iterator[Item]) -> dict:
     """Write ``count`` items as an EDM zip at ``dest`` (atomically); returns what was written."""
     labels, shape = [], None
@@ -177,10 +172,10 @@ def write_edm_zip(dest: str | Path, count: int, items: Iterator[Item]) -> dict:
                 shape = image.shape
             elif image.shape != shape:
                 raise DatasetError(f"image {index} is {image.shape}, the first one {shape}: resize them (resolution)")
-            zf.writestr(_entry(archive_name(index)), png_bytes(image, fast=True))
+            zf.writestr(zip_entry(archive_name(index)), png_bytes(image, fast=True))
             labels.append(label)
         labelled = [[archive_name(i), y] for i, y in enumerate(labels)] if None not in labels else None
-        zf.writestr(_entry("dataset.json"), json.dumps({"labels": labelled}))
+        zf.writestr(zip_entry("dataset.json"), json.dumps({"labels": labelled}))
     classes = sorted({y for y in labels if y is not None})
     return {"count": len(labels), "shape": [shape[2], shape[0], shape[1]], "classes": len(classes)}
 

@@ -9,7 +9,6 @@ Nothing here downloads: missing files raise ``FileNotFoundError`` naming the pat
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmt.data.files import edm_zip_labels, existing_path
+from cmt.data.files import ZipMembers, edm_zip_labels, existing_path
 from cmt.data.latent_zip import LatentDataset, LatentFiles, load_latent_zip
 from cmt.errors import BadInput, MissingInput
 
@@ -55,22 +54,11 @@ class ImageDataset:
         return ImageDataset(self.images[index], labels, name or self.name)
 
 
-class _ZipReader:
-    """Images of an EDM dataset zip, decoded on demand; each process (DataLoader worker) opens its own handle."""
-
-    def __init__(self, path: Path, names: list[str]):
-        self.path, self.names, self._zip, self._pid = path, names, None, None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_zip": None, "_pid": None}
-
-    def __len__(self) -> int:
-        return len(self.names)
+class _ZipReader(ZipMembers):
+    """Images of an EDM dataset zip, decoded on demand."""
 
     def get(self, row: int) -> np.ndarray:
-        if self._pid != os.getpid():  # a forked worker must not share its parent's file offset
-            self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
-        return _decode(self._zip.read(self.names[row]), f"{self.path}: {self.names[row]}")
+        return _decode(self.read(row), f"{self.path}: {self.names[row]}")
 
 
 class _FileReader:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from cmt.data.files import edm_zip_labels, existing_path
+from cmt.data.files import ZipMembers, edm_zip_labels, existing_path, zip_entry
 from cmt.errors import BadInput
 from cmt.formats.atomic import writing
 from cmt.latents.conventions import Convention
@@ -37,11 +36,6 @@ def latent_name(index: int) -> str:
     return f"{digits[:5]}/img-mean-std-{digits}.npy"
 
 
-def _entry(name: str) -> zipfile.ZipInfo:
-    """A zip entry with a fixed timestamp, so the same latents give a byte-identical zip."""
-    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-
-
 def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array, dtype=np.float32))
@@ -54,12 +48,12 @@ def write_latent_zip(dest: str | Path, count: int, items: Iterator[tuple[np.ndar
     with writing(dest) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for index, (moments, label) in enumerate(tqdm(items, total=count, desc="encode", unit="img")):
             shape = shape or moments.shape
-            zf.writestr(_entry(latent_name(index)), _npy(moments))
+            zf.writestr(zip_entry(latent_name(index)), _npy(moments))
             labels.append(label)
         labelled = [[latent_name(i), y] for i, y in enumerate(labels)] if None not in labels else None
-        zf.writestr(_entry("dataset.json"), json.dumps({"labels": labelled}))
+        zf.writestr(zip_entry("dataset.json"), json.dumps({"labels": labelled}))
         latent_shape = [shape[0] // 2, shape[1], shape[2]]
-        zf.writestr(_entry(META), json.dumps({**meta, "count": len(labels), "shape": latent_shape}, sort_keys=True))
+        zf.writestr(zip_entry(META), json.dumps({**meta, "count": len(labels), "shape": latent_shape}, sort_keys=True))
     return {"count": len(labels), "shape": latent_shape, "classes": len({y for y in labels if y is not None})}
 
 
@@ -95,19 +89,11 @@ class LatentDataset:
         return LatentDataset(self.mean[index], self.std[index], labels, name or self.name, self.convention, self.meta)
 
 
-class _MomentsReader:
-    """Moments of a latent zip's entries, read on demand; each process (DataLoader worker) opens its own handle."""
-
-    def __init__(self, path: Path, names: list[str]):
-        self.path, self.names, self._zip, self._pid = path, names, None, None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_zip": None, "_pid": None}
+class _MomentsReader(ZipMembers):
+    """Moments of a latent zip's entries, read on demand."""
 
     def get(self, row: int) -> np.ndarray:
-        if self._pid != os.getpid():  # a forked worker must not share its parent's file offset
-            self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
-        return _moments(self._zip, self.names[row], self.path)
+        return _npy_moments(self.read(row), self.names[row], self.path)
 
 
 @dataclass(frozen=True)
@@ -141,9 +127,10 @@ class LatentFiles(torch.utils.data.Dataset):
         return LatentFiles(self.reader, rows, labels, name or self.name, self.convention, self.meta, self.shape)
 
 
-def _moments(zf: zipfile.ZipFile, name: str, file: Path) -> np.ndarray:
+def _npy_moments(data: bytes, name: str, file: Path) -> np.ndarray:
+    """One entry's stacked (mean, std), (2C, h, w); anything else is refused naming the file and the entry."""
     try:
-        array = np.load(io.BytesIO(zf.read(name)), allow_pickle=False)
+        array = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as err:
         raise BadInput(f"{file}: {name}: not a numpy array ({err})") from err
     if array.ndim != 3 or array.shape[0] % 2:
@@ -181,7 +168,7 @@ def load_latent_zip(path: str | Path, memory_limit: int = MEMORY_LIMIT) -> Laten
                 return LatentFiles(
                     _MomentsReader(file, names), np.arange(len(names)), labels, file.stem, convention, meta, shape
                 )
-            moments = torch.from_numpy(np.stack([_moments(zf, n, file) for n in names]))
+            moments = torch.from_numpy(np.stack([_npy_moments(zf.read(n), n, file) for n in names]))
     except zipfile.BadZipFile as err:
         raise BadInput(f"{file}: not a readable zip archive ({err})") from err
     except (KeyError, json.JSONDecodeError) as err:
