@@ -7,7 +7,8 @@
 * full trainer steps (``cmt.training.loop.fit``: loss, backward, optimiser, EMA) of CMT (online, 8 trajectories x 16
   states), ECT, ECD and MeanFlow at the paper's batch of 128, in fp32 (the authors' setting) and with the fast paths;
 * a MeanFlow step (forward + JVP + backward) against a flow-matching step of the same DiT (MF-B/4 at batch 64), in
-  ms, their ratio, and the MeanFlow step's achieved TFLOP/s (FLOPs from PyTorch's counter; benchmarks/meanflow_step.py);
+  fp32 and bf16 autocast: ms, their ratio, and the MeanFlow step's achieved TFLOP/s (FLOPs from PyTorch's counter;
+  benchmarks/meanflow_step.py);
 * peak GPU memory of every row;
 * the projected GPU-hours of the CIFAR-10 paper schedule (300k CMT + 100k ECT iterations, config/paper.yaml) on
   this GPU, for fp32 and for the fast paths.
@@ -200,21 +201,25 @@ def lpips_available() -> bool:
 
 
 def meanflow_rows(s: Setting, quick: bool) -> list[str]:
-    """The MeanFlow step against the flow-matching step of the same DiT: ms, ratio, achieved TFLOP/s."""
+    """The MeanFlow step against the flow-matching step of the same DiT, fp32 and bf16 autocast: ms, ratio, achieved
+    TFLOP/s."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark that builds both steps
     import meanflow_step
 
     preset, batch = ("dit-digits-tiny", 8) if quick else ("dit-b4", 64)
-    meanflow, flow_matching, params = meanflow_step.steps(preset, batch, s.device)
-    rows, ms = [], {}
-    for name, step in (("MeanFlow", meanflow), ("flow matching", flow_matching)):
-        flops = meanflow_step.step_flops(step)
-        rate, peak = timed(s, step, batch)
-        ms[name] = 1e3 * batch / rate
-        note = f"{flops / (ms[name] / 1e3) / 1e12:.2f} TFLOP/s"
-        rows.append(row(f"{name} step, {preset} batch {batch}", f"{ms[name]:.1f} ms", peak, note))
-    ratio = ms["MeanFlow"] / ms["flow matching"]
-    rows.append(row("MeanFlow / flow-matching step", f"{ratio:.2f}x", None, f"{params / 1e6:.1f} M parameters, fp32"))
+    rows = []
+    for mode in ("fp32", "bf16"):
+        meanflow, flow_matching, params = meanflow_step.steps(preset, batch, s.device, mode)
+        ms = {}
+        for name, step in (("MeanFlow", meanflow), ("flow matching", flow_matching)):
+            flops = meanflow_step.step_flops(step)
+            rate, peak = timed(s, step, batch)
+            ms[name] = 1e3 * batch / rate
+            note = f"{flops / (ms[name] / 1e3) / 1e12:.2f} TFLOP/s"
+            rows.append(row(f"{name} step, {preset} batch {batch}, {mode}", f"{ms[name]:.1f} ms", peak, note))
+        ratio = ms["MeanFlow"] / ms["flow matching"]
+        note = f"{params / 1e6:.1f} M parameters, {mode}"
+        rows.append(row(f"MeanFlow / flow-matching step, {mode}", f"{ratio:.2f}x", None, note))
     return rows
 
 

@@ -8,7 +8,10 @@ import json
 import pytest
 import torch
 
+from cmt.cli import main
 from cmt.errors import BadInput
+from cmt.formats.checkpoints import save_denoiser
+from cmt.formats.fetch import file_sha256
 from cmt.nets import PRESETS, build_network
 from cmt.numerics.precond import Denoiser
 from cmt.objectives.cmt_flowmap import cmt_flowmap_loss, state_pairs
@@ -22,6 +25,7 @@ from cmt.sampling.trajectory_sets import (
     trajectory_spec,
     write_set,
 )
+from cmt.teachers import load_teacher
 
 CFG = dataclasses.replace(PRESETS["dit-digits-tiny"], second_time=True)
 SECTION = {"solver": "flowmap", "nfe": 4, "grid": "logsnr", "sigma_min": 0.002, "sigma_max": 80.0, "start": "prior"}
@@ -73,3 +77,38 @@ def test_a_flowmap_teacher_takes_its_own_sampler_and_nothing_else():
         check_solver("flowmap", "diffusion")
     with pytest.raises(BadInput, match="starts from the prior"):
         trajectory_spec({**SECTION, "start": "data_plus_noise"}, CFG.image_shape)
+
+
+def test_the_teacher_rule_fetches_a_flowmap_teacher_and_refuses_a_network_without_a_second_time(
+    teacher, tmp_path, capsys
+):
+    """``teacher.source: fetch`` with ``kind: flowmap``: our checkpoint of a mean-flow model is fetched, kept bit for
+    bit and sampled by its own k-step map; a one-time network (an ODE teacher's) is refused naming the URL."""
+    pixels = dataclasses.replace(CFG, img_resolution=8, in_channels=1, out_channels=1)  # the digits' pixel shape
+    flowmap, plain = (
+        Denoiser(build_network(pixels)),
+        Denoiser(build_network(dataclasses.replace(pixels, second_time=False))),
+    )
+    for name, model in (("flowmap", flowmap), ("plain", plain)):
+        save_denoiser(tmp_path / name, model, {"stage": "teacher"})
+
+    def fetch(name: str, out: str) -> int:
+        weights = tmp_path / name / "model.safetensors"
+        section = {"kind": "flowmap", "source": "fetch", "sample": {"steps": 2, "num_samples": 4}}
+        section["fetch"] = {"url": weights.as_uri(), "sha256": file_sha256(weights)}
+        params = {"teacher": section, "job": {"job": "teacher", "kind": "teacher"}}
+        return main(
+            ["teacher", "--params", json.dumps(params), "--out", str(tmp_path / out), "--work", str(tmp_path / "w")]
+        )
+
+    assert fetch("flowmap", "out") == 0
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["teacher_kind"] == "flowmap" and meta["model_kind"] == "meanflow" and meta["source"] == "fetch"
+    stored, _ = load_teacher(tmp_path / "out")
+    for a, b in zip(stored.state_dict().values(), flowmap.state_dict().values()):
+        assert torch.equal(a, b)
+    assert (tmp_path / "out" / "samples.png").exists()
+    capsys.readouterr()
+    assert fetch("plain", "refused") != 0 and not (tmp_path / "refused" / "model.safetensors").exists()
+    (line,) = capsys.readouterr().err.splitlines()[-1:]
+    assert line.startswith("cmt teacher: error: teacher.fetch: file://") and "without a second time input" in line

@@ -25,6 +25,7 @@ def test_gpu_check_quick_prints_every_row_of_its_table():
             assert re.search(r"\| [0-9.]+ ms \|", rows[f"{method} step, {label}"])
     assert re.search(r"error vs fp32 [0-9.]+e-0[1-4]", rows["trajectories 16 NFE, teacher bf16"])  # bf16 did run
     assert "GPU-h" in rows["CIFAR-10 schedule, fast"] and "forward+backward fp32" in rows
-    for name in ("MeanFlow", "flow matching"):
-        assert re.search(r"[0-9.]+ TFLOP/s", rows[f"{name} step, dit-digits-tiny batch 8"])
-    assert re.search(r"\| [0-9.]+x \|", rows["MeanFlow / flow-matching step"])
+    for mode in ("fp32", "bf16"):
+        for name in ("MeanFlow", "flow matching"):
+            assert re.search(r"[0-9.]+ TFLOP/s", rows[f"{name} step, dit-digits-tiny batch 8, {mode}"])
+        assert re.search(r"\| [0-9.]+x \|", rows[f"MeanFlow / flow-matching step, {mode}"])

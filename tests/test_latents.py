@@ -31,6 +31,7 @@ from cmt.latents.conventions import (
     measured_convention,
     sd_convention,
 )
+from cmt.sampling.trajectory_sets import start_points, trajectory_spec
 from cmt.stages import encode, vae
 
 ITERATIONS = 300
@@ -249,6 +250,24 @@ def test_latent_batches_are_fresh_posterior_draws_fixed_by_the_generator(tmp_pat
         assert float(rows.std()) == pytest.approx(0.1, rel=0.02)
     with pytest.raises(BadInput, match="data.loader.xflip: latents"):
         make_batches(data, None, 4, 0, torch.device("cpu"), {**params["data"]["loader"], "xflip": True})
+
+
+def test_a_data_plus_noise_trajectory_start_on_latents_is_refused_naming_prior(tmp_path):
+    moments = [np.ones((8, 2, 2), dtype=np.float32)] * 2
+    write_latent_zip(tmp_path / "l.zip", 2, iter(zip(moments, [0, 1])), sd_convention(0.2, 4).to_dict())
+    spec = trajectory_spec(
+        {
+            "solver": "heun",
+            "nfe": 4,
+            "grid": "logsnr",
+            "sigma_min": 0.002,
+            "sigma_max": 80.0,
+            "start": "data_plus_noise",
+        },
+        (4, 2, 2),
+    )
+    with pytest.raises(BadInput, match="data 'l' is a latent zip; use start: prior"):
+        start_points(spec, 2, torch.Generator().manual_seed(0), load_latent_zip(tmp_path / "l.zip"))
 
 
 def test_a_zip_over_the_memory_limit_streams_and_its_draws_are_fixed_by_seed_and_step(tmp_path):

@@ -4,7 +4,8 @@
 Module and parameter names follow DiT / SiT (``x_embedder.proj``, ``t_embedder.mlp.0``, ``y_embedder.embedding_table``,
 ``blocks.<i>.attn.qkv``, ``blocks.<i>.adaLN_modulation.1``, ``final_layer.linear``, ``pos_embed``) so released SiT
 weights load by name; MeanFlow's ``h_embedder`` embeds the second time h = t − r. Attention is an explicit softmax
-(no fused kernel), so ``torch.func.jvp`` works through the network (latent.md 1.3).
+(no fused kernel), so ``torch.func.jvp`` works through the network (latent.md 1.3), and every linear layer is a
+``TangentLinear``, whose JVP skips the weights' zero tangent (latent.md 1.4).
 
 The network takes the call of every family: ``net(x, noise_labels, second_time, class_labels)`` with the time t in
 ``noise_labels`` (fed raw, in [0, 1]), h in ``second_time`` and one-hot class labels, an all-zero row meaning the null
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from cmt.errors import BadInput
 from cmt.nets.architecture import ArchitectureDict
+from cmt.nets.tangent_linear import TangentLinear
 
 FREQUENCY_CHANNELS = 256  # the sinusoidal time features each time embedder starts from (latent.md 1.1)
 
@@ -83,7 +85,7 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(FREQUENCY_CHANNELS, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+            TangentLinear(FREQUENCY_CHANNELS, hidden_size), nn.SiLU(), TangentLinear(hidden_size, hidden_size)
         )
 
     def forward(self, t: Tensor) -> Tensor:
@@ -110,8 +112,8 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = TangentLinear(dim, 3 * dim)
+        self.proj = TangentLinear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
@@ -123,7 +125,7 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.fc1, self.fc2 = TangentLinear(dim, hidden), TangentLinear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
@@ -138,7 +140,7 @@ class DiTBlock(nn.Module):
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), TangentLinear(dim, 6 * dim))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
@@ -150,8 +152,8 @@ class FinalLayer(nn.Module):
     def __init__(self, dim: int, patch_size: int, out_channels: int):
         super().__init__()
         self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = TangentLinear(dim, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), TangentLinear(dim, 2 * dim))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)

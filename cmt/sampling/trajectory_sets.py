@@ -109,8 +109,9 @@ def start_points(
     noise = parallel.randn((n, *spec.shape), gen)
     x_T = float(spec.grid[0]) * noise  # sigma_max eps, or t_max eps: pure noise at t = 1 (latent.md 6)
     if spec.start == "data_plus_noise":
-        if data is None:
-            raise BadInput("trajectory start 'data_plus_noise' needs the training images")
+        if data is None or not hasattr(data, "read"):  # a latent zip holds posterior moments, not images
+            held = "none were given" if data is None else f"data {data.name!r} is a latent zip; use start: prior"
+            raise BadInput(f"trajectory start 'data_plus_noise' adds noise to training images: {held}")
         picked = parallel.randint(len(data), (n,), gen)
         labels = dataset_labels(data.labels, label_dim, f"trajectories on {data.name}")
         return x_T + data.read(picked).to(x_T.device), None if labels is None else labels.to(x_T.device)[picked]

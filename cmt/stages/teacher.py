@@ -13,7 +13,7 @@ from cmt.data.batches import make_batches
 from cmt.data.datasets import Images, train_holdout
 from cmt.data.labels import class_columns, dataset_labels, label_dim_of
 from cmt.data.pixels import sample_decoder
-from cmt.errors import about
+from cmt.errors import BadInput, about
 from cmt.formats.checkpoint_import import fetch_checkpoint
 from cmt.formats.checkpoints import save_denoiser
 from cmt.formats.images import save_grid
@@ -27,7 +27,7 @@ from cmt.report.tracking import write_history, write_record
 from cmt.sampling.samplers import Draws, SamplerSettings, make_sampler
 from cmt.seeds import seeded
 from cmt.stages.student import method_compute, student_loss
-from cmt.teachers import TEACHER_KINDS
+from cmt.teachers import TEACHER_KINDS, TeacherKind
 from cmt.training import parallel
 from cmt.training.loop import Compute, FitOptions, FitResult, LoopConfig, clear_resume, fit, resolve_device
 
@@ -103,7 +103,7 @@ def run(job: TeacherJob) -> dict:
     if job.cfg["source"] == "fetch":
         if not parallel.is_main():  # one download
             return {}
-        ema, meta, losses = _fetched(job.cfg["fetch"], job.work_dir)
+        ema, meta, losses = _fetched(job.cfg["fetch"], job.work_dir, TEACHER_KINDS[job.cfg["kind"]])
         ema, run_facts = ema.to(device), {"wall_seconds": 0.0, "resumed_from": 0}
     else:
         second_time = MODEL_KINDS[TEACHER_KINDS[job.cfg["kind"]].model_kind].second_time
@@ -173,10 +173,15 @@ def _write_run(job: TeacherJob, meta: dict, losses: list[float], run_facts: dict
     clear_resume(job.work_dir)
 
 
-def _fetched(cfg: dict, work_dir: str | Path) -> tuple[Denoiser, dict, list[float]]:
+def _fetched(cfg: dict, work_dir: str | Path, kind: TeacherKind) -> tuple[Denoiser, dict, list[float]]:
     """The checkpoint of ``teacher.fetch`` (sha256-verified; ours, an EDM or an EDM2 network pickle read without
-    running it) as our denoiser, with its provenance."""
+    running it) as our denoiser, with its provenance; a flow-map kind needs a network with a second time input."""
     with about("teacher.fetch"):
         denoiser, meta = fetch_checkpoint(cfg, work_dir, "fetched")
+        if MODEL_KINDS[kind.model_kind].second_time and not denoiser.model.cfg.second_time:
+            raise BadInput(
+                f"{cfg['url']} holds a network without a second time input; teacher.kind {kind.name} needs a "
+                f"mean-flow model (one trained by {kind.method})"
+            )
     provenance = {"source": "fetch", "url": cfg["url"], "sha256": cfg["sha256"], "fetched_meta": meta}
     return denoiser, provenance, []
