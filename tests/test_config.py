@@ -138,7 +138,9 @@ def test_typo_names_file_and_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(DEFAULT, path)
     msg = str(err.value)
-    assert f"{path}: teacher.trian: unknown key (allowed here: fetch, kind, sample, source, train)" in msg
+    assert (
+        f"{path}: teacher.trian: unknown key (allowed here: fetch, guidance, guide, kind, sample, source, train)" in msg
+    )
 
 
 def test_typo_in_a_composed_block_names_the_key_and_what_is_allowed(tmp_path):

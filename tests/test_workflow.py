@@ -119,6 +119,33 @@ def test_the_imagenet256_config_plans_the_latent_comparison_on_gpus(project):
         assert f"gpu={gpus.get(rule, 0)}" in res or (rule not in gpus and "gpu=" not in res), (rule, res)
 
 
+def test_a_post_training_teacher_is_its_own_job_that_post_training_reads_and_cmt_does_not(project, tmp_path):
+    """posttrain.teacher (docs/latent.md 8.2): a job teacher-post/ with the overrides on the teacher section (and the
+    network), read by every post-training job as its teacher and by the diffusion init as its weights; CMT, its
+    trajectories and their lineage keep the config's teacher."""
+    overlay = tmp_path / "post-teacher.yaml"
+    guide = {"iterations": 30, "network": {"model_channels": 16}}
+    post = {"kind": "autoguided", "guidance": 2.5, "guide": guide, "network": {"model_channels": 48}}
+    overlay.write_text(yaml.safe_dump({"posttrain": {"methods": ["ecd"], "teacher": post}}))
+    dry = snakemake(project, "-n", "-p", "--forceall", "all", "--configfile", str(overlay)).stdout
+    assert planned_jobs(dry)["post_teacher"] == 1 and planned_jobs(dry)["teacher"] == 1
+    commands = [line for line in dry.splitlines() if " -m cmt " in line]
+
+    def params(command: str) -> dict:
+        return json.loads((project / re.search(r"--params (\S+)", command)[1]).read_text())
+
+    teachers = {params(c)["job"]["job"]: params(c) for c in commands if "cmt teacher" in c}
+    assert teachers["teacher-post"]["teacher"]["kind"] == "autoguided"
+    assert teachers["teacher-post"]["teacher"]["guide"] == {"source": "train", **guide}
+    assert teachers["teacher-post"]["network"]["model_channels"] == 48 and "guide" not in teachers["teacher"]["teacher"]
+    posts = [c for c in commands if "cmt posttrain" in c]
+    assert len(posts) == 3 and all("--teacher results/default/teacher-post " in c for c in posts)
+    lineage = {params(c)["job"]["init"]: params(c)["job"]["init_job"] for c in posts}
+    assert lineage == {"random": "none", "diffusion": "teacher-post", "cmt": "mid/base/dpmpp3m_legacy-nfe16/s0"}
+    (mid,) = [c for c in commands if "cmt midtrain" in c]
+    assert "--teacher results/default/teacher " in mid and params(mid)["job"]["init_job"] == "teacher"
+
+
 def test_resources_come_from_config_and_an_overlay_changes_only_its_rule(project, tmp_path):
     default = job_resources(dry_run(project, "all_ablations"))
     assert {res for rule, res in default.values() if rule == "midtrain"} == {

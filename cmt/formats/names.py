@@ -2,6 +2,7 @@
 index and shards. The workflow's rules and the writers and readers below all take them from here."""
 
 WEIGHTS, META = "model.safetensors", "meta.json"  # a checkpoint folder (cmt.formats.checkpoints)
+GUIDE = "guide"  # an autoguided teacher's guiding network: a checkpoint folder inside the teacher's (cmt.teachers)
 RECORD, HISTORY = "run.json", "metrics.jsonl"  # a job's MLflow record and metric history (cmt.report.tracking)
 TRAJ_INDEX = "index.json"  # a trajectory set's index (cmt.sampling.trajectory_sets)
 

@@ -19,7 +19,7 @@ from cmt.objectives import registry
 from cmt.report.plots import save_figure
 from cmt.teachers import TEACHER_KINDS
 from cmt.teachers import UNNAMED as UNNAMED_TEACHER
-from cmt.workflow.jobs import eval_path
+from cmt.workflow.jobs import POST_TEACHER, eval_path
 
 METHOD_NAMES = {name: registry.method("posttrain", name).display for name in registry.names("posttrain")}
 INIT_NAMES = {name: source.display for name, source in INITS.items()}
@@ -89,9 +89,11 @@ def lineage_sum(chain: list[pd.Series], name: str, kinds: tuple[str, ...] = KIND
 
 def model_name(ev: pd.Series) -> str:
     kind, variant = tag(ev, "kind"), tag(ev, "variant")
-    if kind == "teacher":  # named by the method of its kind (a teacher recorded before kinds were named: ode)
-        method = TEACHER_KINDS[tag(ev, "teacher_kind") or UNNAMED_TEACHER].method
-        return f"teacher ({registry.method('teacher', method).display})"
+    if kind == "teacher":  # named by its kind's method (a teacher recorded before kinds were named: ode) and role
+        teacher = TEACHER_KINDS[tag(ev, "teacher_kind") or UNNAMED_TEACHER]
+        how = registry.method("teacher", teacher.method).display + (", autoguided" if teacher.guided else "")
+        role = "post-training teacher" if tag(ev, "job").endswith(POST_TEACHER) else "teacher"
+        return f"{role} ({how})"
     if kind == "mid":
         return "CMT only" if variant == "base" else f"CMT ({variant})"
     return f"{METHOD_NAMES[tag(ev, 'method')]} from {INIT_NAMES[tag(ev, 'init')]}"

@@ -25,7 +25,6 @@ from cmt.evaluation.featnet_fd import (
 from cmt.evaluation.frechet import feature_distance
 from cmt.evaluation.inception_fid import InceptionFeatures, fid, load_statistics
 from cmt.formats.atomic import atomic_write_json
-from cmt.formats.checkpoints import load_denoiser
 from cmt.formats.images import save_grid
 from cmt.numerics.precond import Denoiser
 from cmt.numerics.solvers import denoiser_calls, sigma_grid
@@ -33,6 +32,7 @@ from cmt.objectives.registry import MODEL_KINDS
 from cmt.report.tracking import write_record
 from cmt.sampling.samplers import Draws, Sampler, SamplerSettings, make_sampler, sample_few_step
 from cmt.seeds import index_normal
+from cmt.teachers import load_model, teacher_kind
 
 
 @dataclass
@@ -122,15 +122,17 @@ def sampler_settings(cfg: dict, precond: dict) -> SamplerSettings:
 
 def samplers(model: Denoiser, meta: dict, cfg: dict, precond: dict) -> dict[str, Sampler]:
     """The samplers a model is evaluated with, by name: the teacher's own sampler (named by its NFE: its ODE solver,
-    or a flow-map teacher's ``sample.steps`` steps), or its kind's evaluation step counts (1 and 2 steps)."""
+    or a flow-map teacher's ``sample.steps`` steps; network passes, so an autoguided call counts two), or its kind's
+    evaluation step counts (1 and 2 steps)."""
     kind, settings = meta.get("model_kind", "consistency"), sampler_settings(cfg, precond)
+    passes = teacher_kind(meta).passes if meta.get("stage") == "teacher" else 1
     if kind == "meanflow" and meta.get("stage") == "teacher":
         steps = cfg["sample"]["steps"]
         return {f"{steps}nfe": make_sampler(model, kind, steps, settings)}
     if kind == "diffusion":
         steps = cfg["sample"]["steps"]
         sigmas = sigma_grid(settings.grid, steps, sigma_min=settings.sigma_min, sigma_max=settings.sigma_max)
-        return {f"{denoiser_calls(settings.solver, sigmas)}nfe": make_sampler(model, kind, steps, settings)}
+        return {f"{denoiser_calls(settings.solver, sigmas) * passes}nfe": make_sampler(model, kind, steps, settings)}
     return {f"{steps}step": make_sampler(model, kind, steps, settings) for steps in MODEL_KINDS[kind].eval_steps}
 
 
@@ -214,7 +216,7 @@ def run(job: EvalJob, cfg: dict, data_cfg: dict, precond: dict, tags: dict | Non
     """Evaluate one model by the ``evaluate`` section ``cfg`` (the teacher's ``sample`` section under ``sample``):
     scores.json, one grid per sampler, and a record for MLflow. ``tags``: the job's own axes where they are not the
     model's (an evaluation-only job)."""
-    model, meta = load_denoiser(job.model_dir)
+    model, meta = load_model(job.model_dir)
     holdout = holdout_images(data_cfg)
     scorer = Scorer(job.featnet, holdout, job.fid_reference, cfg["fid"]["mode"], job.device)
     named = samplers(model, meta, cfg, precond)

@@ -18,6 +18,7 @@ from cmt.formats.images import png_bytes, tile, to_uint8
 from cmt.objectives.registry import MODEL_KINDS
 from cmt.sampling.samplers import make_sampler
 from cmt.stages.evaluate import sample_batches, sampler_settings
+from cmt.teachers import load_model
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def run(job: SampleJob, config: dict) -> dict:
     """Draw ``job.num`` samples in batches of ``evaluate.batch_size`` with a progress bar and write them to ``job.out``
     (``.npz``: ``arr_0`` uint8 NHWC and, for a class-conditional model, ``arr_1`` labels; ``.png``: one grid; else a
     folder of ``000000.png`` ...); returns what was written."""
-    model, meta = load_any(job.checkpoint)
+    model, meta = load_model(job.checkpoint) if Path(job.checkpoint).is_dir() else load_any(job.checkpoint)
     kind = model_kind(meta)
     steps = job.steps or default_steps(kind, config)
     evaluate = {**config["evaluate"], "sample": config["teacher"]["sample"]}

@@ -1,4 +1,5 @@
-"""EDM diffusion teacher: training objective and trainer (Karras et al. 2022, 'EDM')."""
+"""The teacher stage: an EDM denoiser (Karras et al. 2022), a MeanFlow flow map, or an autoguided pair of EDM denoisers
+(cmt/teachers.py), trained or fetched."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cmt.config import config_hash
+from cmt.config import config_hash, merge
 from cmt.data.batches import make_batches
 from cmt.data.datasets import Images, train_holdout
 from cmt.data.labels import class_columns, dataset_labels, label_dim_of
@@ -17,7 +18,9 @@ from cmt.errors import BadInput, about
 from cmt.formats.checkpoint_import import fetch_checkpoint
 from cmt.formats.checkpoints import save_denoiser
 from cmt.formats.images import save_grid
+from cmt.formats.names import GUIDE
 from cmt.nets import build_network, count_parameters, network_config
+from cmt.numerics.autoguidance import Autoguided
 from cmt.numerics.precond import Denoiser
 from cmt.objectives import registry
 from cmt.objectives.base import Context
@@ -27,7 +30,7 @@ from cmt.report.tracking import write_history, write_record
 from cmt.sampling.samplers import Draws, SamplerSettings, make_sampler
 from cmt.seeds import seeded
 from cmt.stages.student import method_compute, student_loss
-from cmt.teachers import TEACHER_KINDS, TeacherKind
+from cmt.teachers import TEACHER_KINDS, UNNAMED, TeacherKind
 from cmt.training import parallel
 from cmt.training.loop import Compute, FitOptions, FitResult, LoopConfig, clear_resume, fit, resolve_device
 
@@ -95,50 +98,109 @@ def sample_grid_images(denoiser: Denoiser, job: TeacherJob, shape: tuple[int, ..
     return sampler(Draws(noise, None, None if labels is None else labels.to(device)))
 
 
+@dataclass(frozen=True)
+class Obtained:
+    """A network the teacher stage fetched or trained: its EMA weights, provenance, loss history and run facts."""
+
+    ema: Denoiser
+    meta: dict
+    losses: list[float]
+    run_facts: dict
+
+
 def run(job: TeacherJob) -> dict:
-    """Teacher stage: train (``source: train``) or fetch a checkpoint; writes our format, a grid and a record (the
-    main process; with several processes the others only train)."""
+    """Teacher stage: train (``source: train``) or fetch a checkpoint, and an autoguided kind's guide likewise; writes
+    our format (the guide in ``names.GUIDE``), a grid and a record (the main process; with several processes the
+    others only train)."""
     device = resolve_device(job.device)
-    train_set, _ = train_holdout(job.data)
-    if job.cfg["source"] == "fetch":
-        if not parallel.is_main():  # one download
-            return {}
-        ema, meta, losses = _fetched(job.cfg["fetch"], job.work_dir, TEACHER_KINDS[job.cfg["kind"]])
-        ema, run_facts = ema.to(device), {"wall_seconds": 0.0, "resumed_from": 0}
-    else:
-        second_time = MODEL_KINDS[TEACHER_KINDS[job.cfg["kind"]].model_kind].second_time
-        denoiser = build_denoiser(job.network, job.precond, job.seed, second_time)
-        sigmas = job.precond["sigma_min"], job.precond["sigma_max"]
-        context = Context(*sigmas, train_set.shape, device, None, denoiser.parameterisation)
-        result = train_teacher(denoiser, train_set, job.cfg["train"], job, context)
-        if not parallel.is_main():
-            return {}
-        ema, losses = result.ema, [h["loss"] for h in result.history]
-        meta = {"source": "train", "train": _training_facts(losses, job.cfg["train"]["batch_size"])}
-        run_facts = {
-            "wall_seconds": result.wall_seconds,
-            "device_hours": parallel.device_hours(result.wall_seconds, device),
-            "resumed_from": result.resumed_from,
-            "replica_spread": result.replica_spread,
-        }
-        save_loss_curve(losses, job.out_dir / "loss.png", title="EDM teacher loss (per pixel)")
-    samples = sample_grid_images(ema, job, train_set.shape, device)
+    kind = TEACHER_KINDS[job.cfg["kind"]]
+    main = _main_network(job, kind, device)
+    guide = _guide_network(job, device) if kind.guided else None
+    if not parallel.is_main():
+        return {}
+    ema, meta, losses = main.ema.to(device), main.meta, main.losses
+    sampled = ema if guide is None else Autoguided(ema, guide.ema.to(device), job.cfg["guidance"])
+    samples = sample_grid_images(sampled, job, ema.model.cfg.image_shape, device)
     images = sample_decoder(job.data, device)(samples)
     save_grid(images, job.out_dir / "samples.png", nrow=label_dim_of(ema) or None, scale=4)
+    if guide is not None:
+        meta = {
+            **meta,
+            "guidance": job.cfg["guidance"],
+            "guide": {**guide.meta, "parameters": count_parameters(guide.ema)},
+        }
+        save_denoiser(job.out_dir / GUIDE, guide.ema.cpu().set_mode("edm"), {**guide.meta, "stage": "teacher-guide"})
     meta = {
         **meta,
         "stage": "teacher",
-        "model_kind": TEACHER_KINDS[job.cfg["kind"]].model_kind,
-        "teacher_kind": job.cfg["kind"],
-        "tags": {"label": "teacher", "teacher_kind": job.cfg["kind"], **(job.tags or {})},
-        "data": {"name": train_set.name, "shape": list(train_set.shape), "count": len(train_set)},
+        "model_kind": kind.model_kind,
+        "teacher_kind": kind.name,
+        "tags": {"label": "teacher", "teacher_kind": kind.name, **(job.tags or {})},
+        "data": meta.get("data", {"shape": list(ema.model.cfg.image_shape)}),  # a fetched network reads none
         "config": job.subtree(),
         "config_hash": config_hash(job.subtree()),
         "parameters": count_parameters(ema),
     }  # content only: wall time, resume point and commit go to run.json, so equal weights give equal files
     save_denoiser(job.out_dir, ema.cpu().set_mode("edm"), meta)
-    _write_run(job, meta, losses, run_facts)
+    _write_run(job, meta, losses, _summed(main.run_facts, guide.run_facts if guide else {}))
     return meta
+
+
+def _main_network(job: TeacherJob, kind: TeacherKind, device: torch.device) -> Obtained | None:
+    """The teacher's own network, fetched (the main process only) or trained; None in the other processes of a
+    fetch."""
+    if job.cfg["source"] == "fetch":
+        return (
+            _fetched(job.cfg["fetch"], job.work_dir, kind, "teacher.fetch", "fetched") if parallel.is_main() else None
+        )
+    second_time = MODEL_KINDS[kind.model_kind].second_time
+    return _trained(build_denoiser(job.network, job.precond, job.seed, second_time), job.cfg["train"], job, device)
+
+
+def _guide_network(job: TeacherJob, device: torch.device) -> Obtained | None:
+    """An autoguided teacher's guide (``teacher.guide``): fetched, or trained like the main network for its own
+    iterations on its own network overrides, resumable in ``<work>/guide``."""
+    cfg = job.cfg["guide"]
+    if cfg["source"] == "fetch":
+        return (
+            _fetched(cfg["fetch"], job.work_dir, TEACHER_KINDS[UNNAMED], "teacher.guide.fetch", "guide")
+            if parallel.is_main()
+            else None
+        )
+    network = merge(job.network, cfg["network"])
+    train = {**job.cfg["train"], "iterations": cfg["iterations"] or job.cfg["train"]["iterations"]}
+    guide_job = replace(job, network=network, work_dir=job.work_dir / GUIDE)
+    obtained = _trained(build_denoiser(network, job.precond, job.seed), train, guide_job, device, "loss-guide")
+    return obtained and replace(obtained, meta={**obtained.meta, "network": network})
+
+
+def _trained(
+    denoiser: Denoiser, train: dict, job: TeacherJob, device: torch.device, plot: str = "loss"
+) -> Obtained | None:
+    """``denoiser`` trained by ``train`` (a ``teacher.train`` section) on the job's training split, its loss curve in
+    ``<plot>.png``; None in the processes other than the main one."""
+    train_set, _ = train_holdout(job.data)
+    sigmas = job.precond["sigma_min"], job.precond["sigma_max"]
+    context = Context(*sigmas, train_set.shape, device, None, denoiser.parameterisation)
+    result = train_teacher(denoiser, train_set, train, job, context)
+    if not parallel.is_main():
+        return None
+    losses = [h["loss"] for h in result.history]
+    save_loss_curve(losses, job.out_dir / f"{plot}.png", title="EDM teacher loss (per pixel)")
+    run_facts = {
+        "wall_seconds": result.wall_seconds,
+        "device_hours": parallel.device_hours(result.wall_seconds, device),
+        "resumed_from": result.resumed_from,
+        "replica_spread": result.replica_spread,
+    }
+    data = {"name": train_set.name, "shape": list(train_set.shape), "count": len(train_set)}
+    meta = {"source": "train", "train": _training_facts(losses, train["batch_size"]), "data": data}
+    return Obtained(result.ema, meta, losses, run_facts)
+
+
+def _summed(main: dict, guide: dict) -> dict:
+    """The run facts of a teacher job: the main network's, with the guide's wall time and device-hours added."""
+    return {k: v + guide[k] if k in ("wall_seconds", "device_hours") and k in guide else v for k, v in main.items()}
 
 
 def _training_facts(losses: list[float], batch_size: int) -> dict:
@@ -168,20 +230,22 @@ def _write_run(job: TeacherJob, meta: dict, losses: list[float], run_facts: dict
         params=params,
         tags={**meta["tags"], "device": parallel.device_name(resolve_device(job.device))},
         metrics={"images": meta.get("train", {}).get("images", 0), **run_facts},
-        artifacts=[p.name for p in (out / "samples.png", out / "loss.png") if p.exists()],
+        artifacts=[p.name for p in (out / "samples.png", out / "loss.png", out / "loss-guide.png") if p.exists()],
     )
     clear_resume(job.work_dir)
+    clear_resume(job.work_dir / GUIDE)
 
 
-def _fetched(cfg: dict, work_dir: str | Path, kind: TeacherKind) -> tuple[Denoiser, dict, list[float]]:
-    """The checkpoint of ``teacher.fetch`` (sha256-verified; ours, an EDM or an EDM2 network pickle read without
-    running it) as our denoiser, with its provenance; a flow-map kind needs a network with a second time input."""
-    with about("teacher.fetch"):
-        denoiser, meta = fetch_checkpoint(cfg, work_dir, "fetched")
+def _fetched(cfg: dict, work_dir: str | Path, kind: TeacherKind, section: str, stem: str) -> Obtained:
+    """The checkpoint of a fetch section (``teacher.fetch``, ``teacher.guide.fetch``; sha256-verified; ours, an EDM
+    or an EDM2 network pickle read without running it) as our denoiser, with its provenance; a flow-map kind needs a
+    network with a second time input."""
+    with about(section):
+        denoiser, meta = fetch_checkpoint(cfg, work_dir, stem)
         if MODEL_KINDS[kind.model_kind].second_time and not denoiser.model.cfg.second_time:
             raise BadInput(
                 f"{cfg['url']} holds a network without a second time input; teacher.kind {kind.name} needs a "
                 f"mean-flow model (one trained by {kind.method})"
             )
     provenance = {"source": "fetch", "url": cfg["url"], "sha256": cfg["sha256"], "fetched_meta": meta}
-    return denoiser, provenance, []
+    return Obtained(denoiser, provenance, [], {"wall_seconds": 0.0, "resumed_from": 0})

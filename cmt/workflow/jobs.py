@@ -40,6 +40,7 @@ from cmt.inits import INITS, init_source
 from cmt.objectives import registry
 
 TEACHER = "teacher"
+POST_TEACHER = "teacher-post"  # the teacher post-training reads when posttrain.teacher sets one (docs/latent.md 8.2)
 FEATNET = "featnet"
 # a sweep's experiments (its `experiments`) -> their folders; each has the config section of its name
 EXPERIMENTS = {"gradient_bias": "gradient-bias", "meanflow_targets": "meanflow-targets"}
@@ -246,10 +247,16 @@ def cmt_variant(sweep: Mapping, method: str) -> str:
     return ((sweep or {}).get("post", {}).get("cmt_variant") or {}).get(method, BASE)
 
 
-def init_job(init: str, job: str, teacher: str = BASE) -> str:
-    """The job a student's weights start from (its lineage): the teacher (of variant ``teacher``), another ``job``,
-    or none (fresh weights, a fetched file)."""
-    return {"teacher": teacher_prefix(teacher) + TEACHER, "job": job}.get(init_source(init).weights, NO_VARIANT)
+def init_job(init: str, job: str, teacher_job: str) -> str:
+    """The job a student's weights start from (its lineage): the teacher job ``teacher_job``, another ``job``, or none
+    (fresh weights, a fetched file)."""
+    return {"teacher": teacher_job, "job": job}.get(init_source(init).weights, NO_VARIANT)
+
+
+def post_teacher(config: Mapping, teacher: str = BASE) -> str:
+    """The teacher job post-training reads (ECD's target, the ``diffusion`` init's weights) below teacher variant
+    ``teacher``: its own teacher, or its post-training teacher when ``posttrain.teacher`` sets one."""
+    return teacher_prefix(teacher) + (POST_TEACHER if config["posttrain"].get("teacher") else TEACHER)
 
 
 def teacher_axis(teacher: str) -> dict:
@@ -257,8 +264,9 @@ def teacher_axis(teacher: str) -> dict:
     return {} if teacher == BASE else {"teacher_variant": teacher}
 
 
-def teacher_tags(teacher: str = BASE) -> dict:
-    return {"job": teacher_prefix(teacher) + TEACHER, "kind": "teacher", **teacher_axis(teacher)}
+def teacher_tags(teacher: str = BASE, job: str = TEACHER) -> dict:
+    """The axes of a teacher job (``job``: ``TEACHER`` or ``POST_TEACHER``) below teacher variant ``teacher``."""
+    return {"job": teacher_prefix(teacher) + job, "kind": "teacher", **teacher_axis(teacher)}
 
 
 def teacher_variant(config: Mapping, teacher: str) -> dict:
@@ -287,6 +295,17 @@ def network_section(config: Mapping, teacher: str) -> dict:
     return merge(config["network"], teacher_variant(config, teacher).get("network") or {})
 
 
+def teacher_sections(config: Mapping, teacher: str, job: str = TEACHER) -> tuple[dict, dict]:
+    """The (``teacher``, ``network``) sections of teacher job ``job`` below teacher variant ``teacher``: the variant's,
+    and for ``POST_TEACHER`` with ``posttrain.teacher``'s overrides on top (under ``network``, of the network)."""
+    section, network = teacher_section(config, teacher), network_section(config, teacher)
+    if job == TEACHER:
+        return section, network
+    overrides = config["posttrain"].get("teacher") or {}
+    post = {k: v for k, v in overrides.items() if k != "network"}
+    return merge(section, post), merge(network, overrides.get("network") or {})
+
+
 def mid_tags(
     variant: str, solver: str, nfe: int | str, seed: int | str, init: str = "diffusion", teacher: str = BASE
 ) -> dict:
@@ -300,7 +319,7 @@ def mid_tags(
         "solver": solver,
         "nfe": str(nfe),
         "seed": str(seed),
-        "init_job": init_job(init, "", teacher),  # the paper's CMT starts from the teacher's weights
+        "init_job": init_job(init, "", prefix + TEACHER),  # the paper's CMT starts from the teacher's weights
         **teacher_axis(teacher),
     }
 
@@ -330,7 +349,7 @@ def variant_post_tags(config: Mapping, axes: tuple, teacher: str, post_variant: 
         "variant": variant,
         "iterations": str(iterations),
         "seed": str(seed),
-        "init_job": init_job(init, cmt_job, teacher),
+        "init_job": init_job(init, cmt_job, post_teacher(config, teacher)),
         **teacher_axis(teacher),
         **({} if post_variant == BASE else {"post_variant": post_variant}),
     }
@@ -356,9 +375,13 @@ def post_pairs(post: Mapping) -> list[tuple[str, str]]:
 
 
 def run_jobs(config: Mapping, sweep: Mapping, pairs: list[tuple[str, str]], seed: int) -> list[str]:
-    """One teacher's run: the teacher, base CMT on the default set, the CMT variant a method starts from (for a pair
-    whose init reads a CMT job), and every (method, init) pair."""
-    jobs = [TEACHER, mid_path(BASE, *default_set(config), seed)]
+    """One teacher's run: the teacher (and the post-training teacher), base CMT on the default set, the CMT variant
+    a method starts from (for a pair whose init reads a CMT job), and every (method, init) pair."""
+    jobs = [
+        TEACHER,
+        *([POST_TEACHER] if config["posttrain"].get("teacher") else []),
+        mid_path(BASE, *default_set(config), seed),
+    ]
     for method, init in pairs:
         if init_source(init).from_job:
             jobs.append(mid_path(cmt_variant(sweep, method), *default_set(config), seed))

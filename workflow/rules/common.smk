@@ -113,12 +113,22 @@ def shard_files(folder):
     return [f"{folder}/{name}" for name in names.shard_names(config["trajectories"]["count"], config["trajectories"]["shard_size"])]
 
 
-def teacher_params(wildcards):
-    """The teacher section of the job's teacher variant (the config's own for an empty prefix) and its tags."""
-    teacher = jobs.teacher_of(wildcards.tp)
-    section, network = jobs.teacher_section(config, teacher), jobs.network_section(config, teacher)
-    tags = jobs.teacher_tags(teacher)
-    return subtree("precond", "data", "seed", *TRAINING, network=network, teacher=section, job=tags)
+def teacher_params(job):
+    """The params of teacher job ``job`` (jobs.TEACHER or jobs.POST_TEACHER): its sections below the job's teacher
+    variant (the config's own for an empty prefix) and its tags."""
+
+    def params(wildcards):
+        teacher = jobs.teacher_of(wildcards.tp)
+        section, network = jobs.teacher_sections(config, teacher, job)
+        tags = jobs.teacher_tags(teacher, job)
+        return subtree("precond", "data", "seed", *TRAINING, network=network, teacher=section, job=tags)
+
+    return params
+
+
+def post_teacher_model(wildcards):
+    """The model of the teacher a post-training job reads (its teacher variant's, or its post-training teacher)."""
+    return result(jobs.post_teacher(config, jobs.teacher_of(wildcards.tp)), names.WEIGHTS)
 
 
 def trajectory_set(wildcards):

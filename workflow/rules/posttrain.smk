@@ -6,7 +6,7 @@ rule posttrain:
     conda:
         "../../envs/cmt.yaml"
     input:
-        teacher=rules.teacher.output.model,
+        teacher=post_teacher_model,
         featnet=FEATNET_INPUT,
         init=init_model,
         data=DATA,

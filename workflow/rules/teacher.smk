@@ -1,4 +1,5 @@
 TEACHER_JOB = "{tp}" + jobs.TEACHER
+POST_TEACHER_JOB = "{tp}" + jobs.POST_TEACHER
 
 
 rule teacher:
@@ -12,7 +13,7 @@ rule teacher:
         meta=result(TEACHER_JOB, names.META),
         record=result(TEACHER_JOB, names.RECORD),
     params:
-        cfg=teacher_params,
+        cfg=teacher_params(jobs.TEACHER),
         out=subpath(output.model, parent=True),
         work=f"{WORK}/{TEACHER_JOB}",
     threads: threads_of("teacher")
@@ -25,6 +26,22 @@ rule teacher:
     shell:
         f"{training('teacher')}"
         " --out {params.out} --work {params.work} > {log} 2>&1"
+
+
+use rule teacher as post_teacher with:
+    """The teacher post-training reads when posttrain.teacher sets one (ECD's autoguided teacher, docs/latent.md 8.2)."""
+    output:
+        model=result(POST_TEACHER_JOB, names.WEIGHTS),
+        meta=result(POST_TEACHER_JOB, names.META),
+        record=result(POST_TEACHER_JOB, names.RECORD),
+    params:
+        cfg=teacher_params(jobs.POST_TEACHER),
+        out=subpath(output.model, parent=True),
+        work=f"{WORK}/{POST_TEACHER_JOB}",
+    log:
+        f"{RESULTS}/logs/{POST_TEACHER_JOB}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{POST_TEACHER_JOB}.tsv"
 
 
 rule featnet:
