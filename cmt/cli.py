@@ -137,6 +137,7 @@ def _student_job(p: dict, args: argparse.Namespace) -> StudentJob:
         _compute(p),
         p.get(JOB_KEY),
         p["student_network"],
+        Path(args.vae) if getattr(args, "vae", None) else None,
     )
 
 
@@ -372,7 +373,7 @@ def _stage_verbs(sub: argparse._SubParsersAction) -> None:
         "out",
     )
     mft.add_argument("--models", nargs="+", required=True, metavar="LABEL=JOB_DIR", help="two-time students")
-    verb("midtrain", _midtrain, "CMT mid-training", "teacher", "traj", "featnet", "out", "work")
+    verb("midtrain", _midtrain, "CMT mid-training", "teacher", "traj", "featnet", "vae", "out", "work")
     post = verb(
         "posttrain", _posttrain, f"post-training ({POST_NAMES})", "teacher", "init-dir", "featnet", "out", "work"
     )

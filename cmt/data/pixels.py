@@ -9,6 +9,7 @@ images it encoded and the autoencoder that encoded them (its ``latents.json``), 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -53,11 +54,12 @@ def identity(samples: Tensor) -> Tensor:
     return samples
 
 
-def sample_decoder(data_cfg: dict, device: torch.device | str = "cpu") -> Decode:
-    """Samples -> images: the identity for pixel data, the latent zip's autoencoder otherwise (no gradients)."""
+def sample_decoder(data_cfg: dict, device: torch.device | str = "cpu", autoencoder: str | Path | None = None) -> Decode:
+    """Samples -> images: the identity for pixel data, otherwise the autoencoder in folder ``autoencoder`` (a job that
+    reads no latent zip: data-free CMT) or the one the latent zip names (no gradients)."""
     if not is_latent(data_cfg):
         return identity
-    auto = load_autoencoder(named(data_cfg, "vae")["folder"]).to(device)
+    auto = load_autoencoder(autoencoder or named(data_cfg, "vae")["folder"]).to(device)
 
     @torch.no_grad()
     def decode(samples: Tensor) -> Tensor:

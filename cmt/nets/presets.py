@@ -3,6 +3,8 @@ against it by tests/test_registry.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cmt.nets.dit import DiTConfig
 from cmt.nets.edm2 import EDM2Config
 from cmt.nets.unet import UNetConfig
@@ -24,19 +26,23 @@ def _edm2(img_resolution: int, img_channels: int, channels: int) -> EDM2Config:
     )
 
 
+DIGITS_TINY = UNetConfig(
+    img_resolution=8,
+    in_channels=1,
+    out_channels=1,
+    model_channels=32,
+    channel_mult=(1, 2),
+    channel_mult_emb=2,
+    num_blocks=1,
+    attn_resolutions=(),
+    dropout=0.0,
+)
+
 PRESETS: dict[str, UNetConfig | EDM2Config | DiTConfig] = {
     # DDPM++ (EDM's SongUNet): CIFAR-10 = EDM's "ddpmpp" config, 55.73M parameters
-    "digits-tiny": UNetConfig(
-        img_resolution=8,
-        in_channels=1,
-        out_channels=1,
-        model_channels=32,
-        channel_mult=(1, 2),
-        channel_mult_emb=2,
-        num_blocks=1,
-        attn_resolutions=(),
-        dropout=0.0,
-    ),
+    "digits-tiny": DIGITS_TINY,
+    # the digits' 4x4x4 latents (config/smoke-latent.yaml): an EDM teacher in latent space, as EDM2's on ImageNet-512
+    "digits-latent-tiny": replace(DIGITS_TINY, img_resolution=4, in_channels=4, out_channels=4),
     "ddpmpp-cifar10": UNetConfig(img_resolution=32, dropout=0.13),
     "ddpmpp-64": UNetConfig(img_resolution=64, channel_mult=(1, 2, 2, 2), dropout=0.10),
     # EDM2: ImageNet-512 in the SD-VAE latent space (64x64x4) and ImageNet-64 in pixels

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from cmt.config import config_hash
-from cmt.data.datasets import Images, train_holdout
+from cmt.data.datasets import train_holdout
 from cmt.errors import BadInput
 from cmt.formats.checkpoints import read_meta
 from cmt.objectives import registry
@@ -39,10 +39,12 @@ from cmt.training.loop import AMP_DTYPES, LoopConfig, resolve_device, set_precis
 
 
 def trajectory_source(
-    cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob, train: Images, device: torch.device
+    cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob, device: torch.device
 ) -> TrajectorySource:
     """A stored set (``traj_dir``, its first ``midtrain.max_trajectories``) or, with ``midtrain.source: online``, the
-    job's teacher (its network in ``compute.teacher_precision``) and solver in the loop."""
+    job's teacher (its network in ``compute.teacher_precision``) and solver in the loop. Online trajectories from the
+    prior read no training data, as the authors' ImageNet-512 CMT (x_T = σ_max·ε, uniform labels; latent.md 8.3);
+    those from data plus noise read the training split."""
     if cfg["source"] == "stored":
         if traj_dir is None:
             raise BadInput("midtrain.source 'stored' needs a trajectory folder")
@@ -50,8 +52,9 @@ def trajectory_source(
     teacher, kind = load_teacher(job.teacher_dir)
     check_solver(traj_cfg["solver"], kind.model_kind)
     set_precision(teacher, job.compute.teacher_precision)
-    spec = trajectory_spec(traj_cfg, train.shape, teacher)
-    return OnlineTrajectories(teacher.to(device).eval(), spec, train)
+    spec = trajectory_spec(traj_cfg, teacher.model.cfg.image_shape, teacher)
+    data = train_holdout(job.data)[0] if spec.start == "data_plus_noise" else None
+    return OnlineTrajectories(teacher.to(device).eval(), spec, data)
 
 
 def online_precision_error(source: TrajectorySource, precision: str) -> dict:
@@ -68,13 +71,12 @@ def run(cfg: dict, traj_cfg: dict, traj_dir: str | Path | None, job: StudentJob)
     """CMT mid-training from the teacher in ``job``: a stored set in ``traj_dir`` or online trajectories."""
     device = resolve_device(job.device)
     method = registry.method("midtrain", cfg["form"])
-    train, _ = train_holdout(job.data)
-    source = trajectory_source(cfg, traj_cfg, traj_dir, job, train, device)
+    source = trajectory_source(cfg, traj_cfg, traj_dir, job, device)
     precision_facts = online_precision_error(source, job.compute.teacher_precision)
     weights = InitWeights(cfg["init"], job.teacher_dir, cfg["init_file"])
     student, init_meta = init_student(weights, job, cfg["dropout"], method)
     teacher_meta = read_meta(job.teacher_dir)
-    objective = registry.build(method, cfg, objective_context(job, student, train.shape, device))
+    objective = registry.build(method, cfg, objective_context(job, student, student.model.cfg.image_shape, device))
     per_step = objective.trajectories_per_step(cfg["batch_size"], len(source.grid) - 1)
     loop = LoopConfig.from_dict(cfg)
 

@@ -56,6 +56,7 @@ class StudentJob:
     compute: Compute = field(default_factory=Compute.from_dict)
     tags: dict | None = None  # the job's axes (cmt/workflow/jobs.py), written as MLflow tags
     network: dict | None = None  # config student_network: the students' own network; None: the teacher's
+    autoencoder: Path | None = None  # decodes latent samples in a job that reads no latent zip (data-free CMT)
 
 
 def method_compute(method: Method, compute: Compute) -> Compute:
@@ -198,7 +199,7 @@ def train_student(job: StudentJob, run: StudentRun, record: Record) -> dict:
     evaluate = None
     if job.featnet is not None and parallel.is_main():  # FD along training: the feature net is among evaluate.metrics
         scorer = Scorer(Path(job.featnet), holdout_images(job.data))
-        decode = sample_decoder(job.data, resolve_device(job.device))
+        decode = sample_decoder(job.data, resolve_device(job.device), job.autoencoder)
         evaluate = few_step_fd_callback(
             scorer, run.method.kind, run.eval_samples, job.precond["sigma_max"], run.t_mid, job.seed, decode
         )
@@ -228,7 +229,7 @@ def finish(job: StudentJob, result: FitResult, run: StudentRun, record: Record, 
     eps = torch.randn(noise.shape, generator=torch.Generator().manual_seed(1))
     draws = Draws(noise, eps, class_columns(count, label_dim))
     grids = [f"grid-{steps}step.png" for steps in kind.eval_steps]
-    decode = sample_decoder(job.data)
+    decode = sample_decoder(job.data, autoencoder=job.autoencoder)
     for steps, name in zip(kind.eval_steps, grids):
         images = decode(sample_few_step(ema, kind.name, draws, steps, job.precond["sigma_max"], run.t_mid))
         save_grid(images, out / name, nrow=label_dim or None, scale=4)

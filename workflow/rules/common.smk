@@ -144,6 +144,23 @@ def midtrain_cfg(wildcards):
     return {**config["midtrain"], **jobs.variant_overrides(config, wildcards.variant)}
 
 
+def midtrain_data(wildcards):
+    """What a CMT job reads besides its teacher: the training data, unless it solves its trajectories online from the
+    prior with no FD along training (data-free, the authors' ImageNet-512 CMT: docs/latent.md 8.3); a data-free job
+    in latents reads the autoencoder that decodes its grids."""
+    data_free = midtrain_cfg(wildcards)["source"] == "online" and config["trajectories"]["start"] == "prior"
+    if not data_free or FEATNET_INPUT:
+        return DATA
+    return [result(jobs.VAE, "vae.json")] if LATENTS else []  # shown_with passes its folder
+
+
+def shown_with(input):
+    """A CMT job's scoring and decoding arguments: the feature net (FD along training) and, for a data-free job in
+    latents, the autoencoder folder that decodes its grids."""
+    vae = [os.path.dirname(path) for path in input.data if path.endswith("vae.json")]
+    return " ".join(filter(None, (optional("featnet", input.featnet), optional("vae", vae))))
+
+
 def midtrain_params(wildcards):
     """The variant's midtrain settings, its trajectory set and seed, and the job's axes."""
     axes = (wildcards.variant, wildcards.solver, wildcards.nfe, wildcards.seed, midtrain_cfg(wildcards)["init"])

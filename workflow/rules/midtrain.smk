@@ -9,7 +9,7 @@ rule midtrain:
         teacher=rules.teacher.output.model,
         featnet=FEATNET_INPUT,
         traj=stored_trajectories,
-        data=DATA,
+        data=midtrain_data,
     output:
         model=result(MID_JOB, names.WEIGHTS),
         record=result(MID_JOB, names.RECORD),
@@ -19,7 +19,7 @@ rule midtrain:
         work=f"{WORK}/{MID_JOB}",
         teacher=subpath(input.teacher, parent=True),
         traj=lambda wildcards, input: f"--traj {os.path.dirname(input.traj)}" if input.traj else "",
-        featnet=lambda wildcards, input: optional("featnet", input.featnet),
+        featnet=lambda wildcards, input: shown_with(input),  # its scoring and decoding inputs
     threads: threads_of("midtrain")
     priority: 10  # on the critical path to ECT-from-CMT: schedule before independent runs
     resources:
