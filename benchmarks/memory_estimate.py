@@ -7,6 +7,8 @@ activation checkpointing).
     .venv/bin/python benchmarks/memory_estimate.py --preset ddpmpp-64  # FFHQ-64 / AFHQv2-64
     .venv/bin/python benchmarks/memory_estimate.py --preset dit-xl2 --step meanflow --target-batch 32
                                                      # MF-XL/2, a MeanFlow step (forward + JVP + backward)
+    .venv/bin/python benchmarks/memory_estimate.py --preset edm2-img512-xxl --guide edm2-img512-m --batches 1 2 \
+        --target-batch 16                            # ImageNet-512 ECD on 8 GPUs: XXL, its autoguided XXL + M teacher
 
 Each measurement runs in a fresh process (peak RSS is per process); CPU kernels keep a little workspace, so the
 projection is an upper estimate of a GPU's activation memory.
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs=2, default=(2, 6), help="two small batches to fit the slope")
     parser.add_argument("--target-batch", type=int, default=128)
     parser.add_argument("--step", choices=sorted(STEPS), default="plain", help="the training step measured")
+    parser.add_argument("--guide", help="the preset of an autoguided teacher's guide (its weights join ECD's state)")
     args = parser.parse_args()
     params = parameters(args.preset)
     weights = params * 4 / MB
@@ -78,6 +81,10 @@ def main() -> None:
         "CMT (student, grads, RAdam 2 moments, EMA, teacher)": 6 * weights,
         "ECT (student, grads, RAdam 2 moments, EMA)": 5 * weights,
     }
+    if args.guide:  # ECD reads the autoguided pair: a main network of the student's size and the guide
+        guide = parameters(args.guide) * 4 / MB
+        name = f"ECD, autoguided (student, grads, Adam 2 moments, EMA, teacher, guide {args.guide})"
+        state[name] = 6 * weights + guide
     report = {
         "preset": args.preset,
         "parameters": params,

@@ -138,6 +138,7 @@ def _student_job(p: dict, args: argparse.Namespace) -> StudentJob:
         p.get(JOB_KEY),
         p["student_network"],
         Path(args.vae) if getattr(args, "vae", None) else None,
+        Path(args.lpips_backbone) if getattr(args, "lpips_backbone", None) else None,
     )
 
 
@@ -210,12 +211,24 @@ def _local_vae(p: dict) -> None:
             require_vae(vae["path"] or "", vae["repo"], vae["revision"])
 
 
+def _latent_job(p: dict, args: argparse.Namespace):
+    from cmt.stages.latent_job import LatentJob
+
+    return LatentJob(p["latent"], p["data"], p["seed"], Path(args.out), Path(args.work), p["device"], _compute(p))
+
+
 def _vae(args: argparse.Namespace) -> None:
     p = _training(args, needs=_local_vae)
     from cmt.stages import vae
 
-    job = vae.VaeJob(p["latent"], p["data"], p["seed"], Path(args.out), Path(args.work), p["device"], _compute(p))
-    vae.run(job)
+    vae.run(_latent_job(p, args))
+
+
+def _latent_lpips(args: argparse.Namespace) -> None:
+    p = _training(args)
+    from cmt.stages import latent_lpips
+
+    latent_lpips.run(_latent_job(p, args))
 
 
 def _encode(args: argparse.Namespace) -> None:
@@ -361,6 +374,7 @@ def _stage_verbs(sub: argparse._SubParsersAction) -> None:
     verb("dataset", _dataset, "build the EDM-format zip of data.build", "out", "record")
     verb("vae", _vae, "fetch, read or train the autoencoder of latent.vae", "out", "work")
     verb("encode", _encode, "encode the dataset into a latent zip", "vae", "out", "record")
+    verb("latent-lpips", _latent_lpips, "train or fetch the latent LPIPS backbone of latent.lpips", "out", "work")
     verb("fid-reference", _fid_reference, "FID reference statistics of the training set", "out", "work")
     verb("trajectories", _trajectories, "generate a stored trajectory set", "teacher", "out")
     verb("gradient-bias", _gradient_bias, "ECT's gradient against the oracle objective's on Gaussian data", "out")
@@ -373,7 +387,9 @@ def _stage_verbs(sub: argparse._SubParsersAction) -> None:
         "out",
     )
     mft.add_argument("--models", nargs="+", required=True, metavar="LABEL=JOB_DIR", help="two-time students")
-    verb("midtrain", _midtrain, "CMT mid-training", "teacher", "traj", "featnet", "vae", "out", "work")
+    verb(
+        "midtrain", _midtrain, "CMT mid-training", "teacher", "traj", "featnet", "vae", "lpips-backbone", "out", "work"
+    )
     post = verb(
         "posttrain", _posttrain, f"post-training ({POST_NAMES})", "teacher", "init-dir", "featnet", "out", "work"
     )

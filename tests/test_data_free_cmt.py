@@ -15,6 +15,7 @@ from cmt.nets import PRESETS, build_network
 from cmt.numerics.precond import Denoiser
 from cmt.sampling.trajectory_sets import trajectory_section
 from cmt.stages import midtrain, vae
+from cmt.stages.latent_job import LatentJob
 from cmt.stages.student import StudentJob
 
 PARAMS = resolve_params(
@@ -27,7 +28,7 @@ def folders(tmp_path_factory):
     """A briefly trained digits autoencoder (EDM2 convention) and a class-conditional EDM teacher on its 4x4x4
     latents (random weights: CMT only needs its trajectories)."""
     root = tmp_path_factory.mktemp("data-free")
-    vae.run(vae.VaeJob(PARAMS["latent"], PARAMS["data"], 0, root / "vae", root / "vae-work"))
+    vae.run(LatentJob(PARAMS["latent"], PARAMS["data"], 0, root / "vae", root / "vae-work"))
     torch.manual_seed(0)
     teacher = Denoiser(build_network(dataclasses.replace(PRESETS["digits-latent-tiny"], label_dim=10)))
     save_denoiser(root / "teacher", teacher, {"stage": "teacher"})

@@ -1,6 +1,7 @@
-"""The latent DAG through real Snakemake (config/smoke-latent.yaml, docs/latent.md 4 and 6): trained autoencoder ->
+"""The latent DAGs through real Snakemake. config/smoke-latent.yaml (docs/latent.md 4 and 6): trained autoencoder ->
 latent zip -> MeanFlow teacher on a tiny DiT -> its 4-step paths -> CMT-MF -> MeanFlow from three inits -> decoded
-samples scored against the held-out digits -> the main table; a rerun plans nothing."""
+samples scored against the held-out digits -> the main table; a rerun plans nothing. config/smoke-latent-edm.yaml
+(docs/latent.md 8): an EDM teacher on the latents, CMT with the latent LPIPS, ECD with an autoguided teacher."""
 
 import csv
 import json
@@ -80,3 +81,39 @@ def test_the_latent_sweep_plans_flow_map_jobs_only(latent_project):
     assert jobs["trajectories"] == 2 and jobs["midtrain"] == 7 and "posttrain" not in jobs  # the main run's are done
     sets = set(re.findall(r"/traj/([a-z0-9_]+)-nfe(\d+)", dry))  # every set a job writes or reads
     assert sets == {("flowmap", "2"), ("flowmap", "4"), ("flowmap", "8")} and "--method" not in dry
+
+
+EDM_ARGS = ("--configfile", "config/smoke.yaml", "config/smoke-latent-edm.yaml")  # it extends smoke-latent
+
+
+@pytest.fixture(scope="module")
+def edm_project(tmp_path_factory):
+    """The embedded ImageNet-512 path (config/smoke-latent-edm.yaml, docs/latent.md 8) and its sweep, run for real."""
+    work = copy_project(tmp_path_factory.mktemp("latent-edm"))
+    snakemake(work, "--cores", "2", "all_ablations", *EDM_ARGS)
+    return work
+
+
+def test_guided_ecd_and_latent_lpips_cmt_run_end_to_end_on_the_digits_latents(edm_project):
+    """An EDM teacher on the latents, its autoguided pair as ECD's teacher (a guide half as wide, a quarter as long
+    trained), CMT with the latent LPIPS against l2, ECD from the pair's main network and from CMT: every row scored on
+    decoded samples, the pair's own sampler counted in network passes; a rerun plans nothing."""
+    results = edm_project / "results" / "smoke-latent-edm"
+    post = json.loads((results / "teacher-post" / "meta.json").read_text())
+    assert post["teacher_kind"] == "autoguided" and post["guide"]["train"]["iterations"] == 30
+    assert post["guide"]["parameters"] < post["parameters"] / 2 and post["train"]["iterations"] == 120
+    rows = {row["model"]: row for row in csv.DictReader((results / "tables" / "main.csv").open())}
+    assert math.isfinite(float(rows["teacher (EDM)"]["FD teacher 16 NFE"]))  # its own 8-step Heun sampler
+    assert math.isfinite(float(rows["post-training teacher (EDM, autoguided)"]["FD teacher 32 NFE"]))  # two passes
+    for name in ("CMT only", "ECD from diffusion init", "ECD from CMT init"):
+        assert math.isfinite(float(rows[name]["FD 2-step"]))
+    assert float(rows["ECD from diffusion init"]["device-h teacher"]) == pytest.approx(
+        json.loads((results / "teacher-post" / "run.json").read_text())["metrics"]["device_hours"], rel=1e-6
+    )  # the diffusion init's lineage runs through the post-training teacher
+    mid = json.loads((results / "mid" / "base" / "heun-nfe8" / "s0" / "run.json").read_text())
+    assert mid["tags"]["loss"] == "latent_lpips"
+    backbone = json.loads((results / "latent-lpips" / "backbone.json").read_text())
+    assert backbone["classes"] == 10 and backbone["holdout_top1"] > 0.2  # chance: 0.1
+    losses = {row["variant"]: row for row in csv.DictReader((results / "tables" / "loss.csv").open())}
+    assert set(losses) == {"base", "l2"} and all(math.isfinite(float(r["FD 2-step"])) for r in losses.values())
+    assert "Nothing to be done" in snakemake(edm_project, "-n", "all_ablations", *EDM_ARGS).stdout

@@ -33,6 +33,7 @@ from cmt.latents.conventions import (
 )
 from cmt.sampling.trajectory_sets import start_points, trajectory_spec
 from cmt.stages import encode, vae
+from cmt.stages.latent_job import LatentJob
 
 ITERATIONS = 300
 
@@ -73,10 +74,10 @@ def test_a_convention_refuses_bad_names_and_mismatched_channels():
         sd_convention(0.18215, 4).to_latent(torch.zeros(1, 3, 2, 2))
 
 
-def _job(tmp_path: Path, name: str, **vae_cfg) -> vae.VaeJob:
+def _job(tmp_path: Path, name: str, **vae_cfg) -> LatentJob:
     cfg = {"latent": {"convention": name, "vae": vae_cfg or {"train": {"iterations": ITERATIONS}}}, "name": "t"}
     p = resolve_params(json.dumps(cfg))
-    return vae.VaeJob(p["latent"], p["data"], 0, tmp_path / "vae", tmp_path / "work")
+    return LatentJob(p["latent"], p["data"], 0, tmp_path / "vae", tmp_path / "work")
 
 
 @pytest.fixture(scope="module", params=["sd", "edm2"])

@@ -12,6 +12,7 @@ import torch
 from helpers.training import CFG, killed_at, loop, regression_problem
 from torch import nn
 
+from cmt.errors import BadInput
 from cmt.formats.atomic import PART_SUFFIX
 from cmt.training.loop import (
     RESUME_FILE,
@@ -35,6 +36,20 @@ def test_schedules():
     assert learning_rate(cfg, 99) == pytest.approx(0.01)
     assert ema_beta_halflife(128, 10**9, 1280) == pytest.approx(0.5**0.1)
     assert ema_beta_halflife(128, 128, 10**6) == pytest.approx(0.5 ** (128 / 6.4))  # ramp-up: 5% of images
+
+
+def test_the_step_schedule_and_sgd_of_the_latent_lpips_backbone():
+    """torchvision's ImageNet recipe, the authors' for their latent VGG: x0.1 every 30 epochs; SGD with momentum and
+    weight decay (docs/latent.md 8.5)."""
+    cfg = loop(iterations=100, batch_size=8, lr=0.1, lr_schedule="step", lr_step_every=30, lr_step_gamma=0.1)
+    assert [learning_rate(cfg, k) for k in (0, 29, 30, 59, 60, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 1e-3, 1e-4])
+    with pytest.raises(BadInput, match="lr_step_every"):
+        learning_rate(loop(iterations=10, batch_size=8, lr=0.1, lr_schedule="step"), 0)
+    sgd = make_optimizer(
+        loop(iterations=1, batch_size=1, lr=0.1, optimizer="sgd", weight_decay=1e-4), [nn.Parameter(torch.ones(2))]
+    )
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 1e-4
 
 
 def test_training_reduces_loss_and_ema_lags(tmp_path):

@@ -119,6 +119,44 @@ def test_the_imagenet256_config_plans_the_latent_comparison_on_gpus(project):
         assert f"gpu={gpus.get(rule, 0)}" in res or (rule not in gpus and "gpu=" not in res), (rule, res)
 
 
+def test_the_imagenet512_config_plans_data_free_cmt_and_autoguided_ecd_on_gpus(project):
+    """config/imagenet512.yaml (docs/latent.md 8): the unguided XXL teacher and the autoguided XXL + M pair as two
+    teacher jobs, the latent LPIPS backbone, CMT that reads no dataset, ECD from CMT and from the EDM2 weights, and
+    50k-sample FID; GPUs on the jobs that run a network."""
+    dry = snakemake(project, "-n", "-p", "--forceall", "all_ablations", "--configfile", "config/config.yaml",
+                    "config/imagenet512.yaml").stdout  # fmt: skip
+    jobs = planned_jobs(dry)
+    once = ("dataset", "vae", "encode", "latent_lpips", "teacher", "post_teacher", "midtrain", "fid_reference")
+    assert {k: jobs.get(k, 0) for k in once} == dict.fromkeys(once, 1)
+    assert jobs["posttrain"] == 2 and jobs["evaluate"] == 5 and "trajectories" not in jobs
+    commands = [line for line in dry.splitlines() if " -m cmt " in line]
+
+    def params(command: str) -> dict:
+        return json.loads((project / re.search(r"--params (\S+)", command)[1]).read_text())
+
+    (mid_command,) = [c for c in commands if "cmt midtrain" in c]
+    mid = params(mid_command)
+    assert mid["midtrain"]["loss"] == "latent_lpips" and mid["trajectories"]["start"] == "prior"
+    assert (
+        "--vae results/imagenet512/vae" in mid_command
+        and "--lpips-backbone results/imagenet512/latent-lpips" in mid_command
+    )
+    (mid_rule,) = [block for block in dry.split("\nrule ")[1:] if block.startswith("midtrain:")]
+    assert "images.zip" not in mid_rule and "latents.zip" not in mid_rule  # no dataset read by CMT
+    teachers = {params(c)["job"]["job"]: params(c)["teacher"] for c in commands if "cmt teacher" in c}
+    assert teachers["teacher"]["fetch"]["url"].endswith("edm2-img512-xxl-0939524-0.070.pkl")
+    post = teachers["teacher-post"]
+    assert post["kind"] == "autoguided" and post["guidance"] == 2.05
+    assert post["fetch"]["url"].endswith("0.075.pkl") and post["guide"]["fetch"]["url"].endswith("m-0268435-0.155.pkl")
+    inits = sorted(re.search(r"--init (\S+)", c)[1] for c in commands if "cmt posttrain" in c)
+    assert inits == ["cmt", "diffusion"]
+    assert all(params(c)["evaluate"]["num_samples"] == 50000 for c in commands if "cmt evaluate" in c)
+    for rule, res in job_resources(dry).values():
+        gpus = {"midtrain": 8, "posttrain": 8, "latent_lpips": 8, "teacher": 1, "post_teacher": 1, "evaluate": 1}
+        gpus |= {"fid_reference": 1, "vae": 1, "encode": 1}
+        assert f"gpu={gpus.get(rule, 0)}" in res or (rule not in gpus and "gpu=" not in res), (rule, res)
+
+
 def test_a_post_training_teacher_is_its_own_job_that_post_training_reads_and_cmt_does_not(project, tmp_path):
     """posttrain.teacher (docs/latent.md 8.2): a job teacher-post/ with the overrides on the teacher section (and the
     network), read by every post-training job as its teacher and by the diffusion init as its weights; CMT, its

@@ -9,6 +9,7 @@ trajectories also says which of their states a step uses (``select``), drawn bef
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import torch
@@ -49,7 +50,8 @@ class TrajectoryObjective(Objective, Protocol):
 class Context:
     """What an objective may need besides its config section: the preconditioning's sigma range (the teacher's, which
     also bounds flow-matching time for an EDM student), the image shape, the device, a frozen teacher for methods
-    that read one, and the student's parameterisation (``cmt.numerics.precond.Denoiser.parameterisation``)."""
+    that read one, the student's parameterisation (``cmt.numerics.precond.Denoiser.parameterisation``) and the files
+    a distance reads."""
 
     sigma_min: float
     sigma_max: float
@@ -57,3 +59,4 @@ class Context:
     device: torch.device
     teacher: nn.Module | None = None
     parameterisation: str = "edm"
+    lpips_backbone: Path | None = None  # the latent LPIPS's backbone folder (cmt.latents.lpips), for loss latent_lpips

@@ -17,7 +17,7 @@ from cmt.data.labels import conditioned
 from cmt.errors import BadInput
 from cmt.numerics.precond import Denoiser
 from cmt.objectives.base import Context, TrajectoryBatch
-from cmt.objectives.distances import Distance, make_distance
+from cmt.objectives.distances import Distance, drawn_with, make_distance
 from cmt.training import parallel
 
 POINTS = ("all", "one", "noise")
@@ -90,7 +90,8 @@ class CMTConsistency:
             raise BadInput(
                 "midtrain.form consistency: a flow-map teacher's path is in flow-matching time; use form flowmap"
             )
-        return cmt_loss(model, batch.states, batch.grid, self.distance, batch.chosen, batch.labels)
+        distance = drawn_with(self.distance, gen)
+        return cmt_loss(model, batch.states, batch.grid, distance, batch.chosen, batch.labels)
 
 
 def build(cfg: dict, context: Context) -> CMTConsistency:
@@ -101,6 +102,7 @@ def build(cfg: dict, context: Context) -> CMTConsistency:
         lpips_net=cfg["lpips_net"],
         lpips_resize=cfg["lpips_resize"],
         lpips_trunk=cfg["lpips_trunk"],
+        lpips_backbone=context.lpips_backbone,
         device=context.device,
     )
     return CMTConsistency(cfg["points"], distance)

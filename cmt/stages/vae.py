@@ -5,7 +5,6 @@ on held-out images and write the folder ``cmt.latents.autoencoder`` loads."""
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,23 +25,11 @@ from cmt.latents.conventions import (
     sd_convention,
 )
 from cmt.report.tracking import write_record
+from cmt.stages.latent_job import LatentJob
 from cmt.training import parallel
-from cmt.training.loop import Compute, FitOptions, LoopConfig, fit, resolve_device
+from cmt.training.loop import FitOptions, LoopConfig, fit, resolve_device
 
 RECONSTRUCTION_IMAGES = 512  # held-out images the record's reconstruction error is measured on
-
-
-@dataclass(frozen=True)
-class VaeJob:
-    """The config's ``latent`` and ``data`` sections, the seed, the output and work folders, the device."""
-
-    latent: dict
-    data: dict
-    seed: int
-    out_dir: Path
-    work_dir: Path
-    device: str = "auto"
-    compute: Compute = field(default_factory=Compute.from_dict)
 
 
 def published_convention(name: str, vae: torch.nn.Module) -> Convention:
@@ -75,7 +62,7 @@ def fetched_folder(cfg: dict, work_dir: Path) -> tuple[Path, dict]:
     return folder, {"repo": cfg["repo"], "revision": cfg["revision"]}
 
 
-def trained(cfg: dict, name: str, train: Images, job: VaeJob) -> tuple[Autoencoder, dict]:
+def trained(cfg: dict, name: str, train: Images, job: LatentJob) -> tuple[Autoencoder, dict]:
     """A small ``AutoencoderKL`` fitted to the training split: squared reconstruction error summed per image plus
     ``kl_weight`` × KL to N(0, I), one posterior draw per image (docs/latent.md 4.2); then the convention's
     constants measured on the training latents."""
@@ -106,7 +93,7 @@ def trained(cfg: dict, name: str, train: Images, job: VaeJob) -> tuple[Autoencod
     return Autoencoder(ema, measured_convention(name, raw)), {"train": facts}
 
 
-def obtain(job: VaeJob, train: Images) -> tuple[Autoencoder, dict, Path | None]:
+def obtain(job: LatentJob, train: Images) -> tuple[Autoencoder, dict, Path | None]:
     """The job's autoencoder, the facts of where it came from, and the folder of its released files (None: trained)."""
     cfg, name = job.latent["vae"], job.latent["convention"]
     if cfg["source"] == "train":
@@ -122,7 +109,7 @@ def obtain(job: VaeJob, train: Images) -> tuple[Autoencoder, dict, Path | None]:
     return Autoencoder(vae, published_convention(name, vae)), {**origin, "files": files}, folder
 
 
-def run(job: VaeJob) -> dict:
+def run(job: LatentJob) -> dict:
     """Obtain the autoencoder, measure its reconstruction, write its folder and the job's record."""
     train, holdout = train_holdout(job.data)
     auto, origin, released = obtain(job, train)

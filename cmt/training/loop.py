@@ -129,14 +129,18 @@ class LoopConfig:
     iterations: int
     batch_size: int
     lr: float
-    optimizer: str  # adam | radam
+    optimizer: str  # adam | radam | sgd
     betas: tuple[float, float]
-    lr_schedule: str  # constant | linear_decay
+    lr_schedule: str  # constant | linear_decay | step
     warmup_iterations: int
     checkpoint_every: int
     eval_every: int
     ema_beta: float | None = None  # fixed per-step EMA decay (CMT, ECT); the sections that have it set it
     ema_halflife_images: float | None = None  # EDM's ramped half-life EMA (teacher)
+    momentum: float = 0.9  # sgd
+    weight_decay: float = 0.0
+    lr_step_every: int | None = None  # lr_schedule step
+    lr_step_gamma: float = 0.1
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoopConfig":
@@ -151,10 +155,15 @@ def ema_beta_halflife(batch_size: int, images_seen: int, halflife_images: float,
 
 
 def learning_rate(cfg: LoopConfig, step: int) -> float:
-    """Linear warm-up (EDM), then constant or linear decay to 0 over the run (CMT, method.md 7)."""
+    """Linear warm-up (EDM), then constant, linear decay to 0 over the run (CMT, method.md 7) or a step decay
+    (×gamma every ``lr_step_every`` iterations: torchvision's ImageNet recipe, the latent LPIPS backbone's)."""
     lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_iterations, 1))
     if cfg.lr_schedule == "linear_decay":
         lr *= max(0.0, 1 - step / cfg.iterations)
+    if cfg.lr_schedule == "step":
+        if cfg.lr_step_every is None:
+            raise BadInput("lr_schedule step needs lr_step_every (iterations between decays)")
+        lr *= cfg.lr_step_gamma ** (step // cfg.lr_step_every)
     return lr
 
 
@@ -195,8 +204,9 @@ def clean_gradients(model: nn.Module) -> None:
 
 
 def make_optimizer(cfg: LoopConfig, params, kernel: str = "auto") -> torch.optim.Optimizer:
-    """Adam or RAdam with the loop's betas; ``kernel`` (compute.optimizer_kernel) picks torch's implementation."""
-    optimizers = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}
+    """Adam or RAdam with the loop's betas, or SGD with its momentum, all with its weight decay; ``kernel``
+    (compute.optimizer_kernel) picks torch's implementation."""
+    optimizers = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam, "sgd": torch.optim.SGD}
     if cfg.optimizer not in optimizers:
         raise BadInput(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(optimizers)}")
     if kernel not in OPTIMIZER_KERNELS:
@@ -204,7 +214,11 @@ def make_optimizer(cfg: LoopConfig, params, kernel: str = "auto") -> torch.optim
     if kernel == "fused" and cfg.optimizer != "adam":
         raise BadInput(f"compute.optimizer_kernel 'fused' exists for adam only, not {cfg.optimizer!r}")
     options = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}.get(kernel, {})
-    return optimizers[cfg.optimizer](params, lr=cfg.lr, betas=cfg.betas, eps=1e-8, **options)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **options)
+    return optimizers[cfg.optimizer](
+        params, lr=cfg.lr, betas=cfg.betas, eps=1e-8, weight_decay=cfg.weight_decay, **options
+    )
 
 
 class NonFiniteLoss(CmtError, RuntimeError):

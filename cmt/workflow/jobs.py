@@ -47,6 +47,7 @@ EXPERIMENTS = {"gradient_bias": "gradient-bias", "meanflow_targets": "meanflow-t
 DATASET = "dataset"
 VAE = "vae"  # the autoencoder's folder (config section latent)
 LATENTS = "latents"  # the latent zip encoded with it
+LATENT_LPIPS = "latent-lpips"  # the latent LPIPS's backbone, trained on the latent zip (docs/latent.md 8.5)
 NO_VARIANT = "none"  # the variant axis of a post-training job that does not start from CMT
 BASE = "base"  # the CMT variant (and the teacher variant) that overrides nothing: the main run's
 TEACHER_PREFIX = "t-"  # a teacher variant's jobs: t-<name>/teacher, t-<name>/traj/..., t-<name>/mid/..., ...

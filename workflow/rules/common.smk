@@ -53,14 +53,15 @@ TRAINING = (*DEVICE, "compute")  # a training job also reads its fast paths (rec
 
 
 def training(group):
-    """The start of a training rule's shell command (its verb is the group's name; the launcher:
+    """The start of a training rule's shell command (its verb is the group's name, hyphenated; the launcher:
     cmt/workflow/launch.py), escaped for Snakemake's shell formatting.
 
     `exec`: the trainer replaces the shell, so SLURM's SIGTERM (walltime warning, scancel, preemption) reaches it
     with no shell that would die first; it saves a resume checkpoint and exits, and Snakemake waits for it."""
     words = training_launcher(config["resources"][group]["gpu"], config["compute"]["precision"])
     start = words.replace("{", "{{").replace("}", "}}")
-    return f"exec env OMP_NUM_THREADS={{threads}} {start} -m cmt {group} --params {{params.cfg:q}}"
+    verb = group.replace("_", "-")
+    return f"exec env OMP_NUM_THREADS={{threads}} {start} -m cmt {verb} --params {{params.cfg:q}}"
 
 
 def subtree(*keys, **extra):
@@ -147,18 +148,23 @@ def midtrain_cfg(wildcards):
 def midtrain_data(wildcards):
     """What a CMT job reads besides its teacher: the training data, unless it solves its trajectories online from the
     prior with no FD along training (data-free, the authors' ImageNet-512 CMT: docs/latent.md 8.3); a data-free job
-    in latents reads the autoencoder that decodes its grids."""
-    data_free = midtrain_cfg(wildcards)["source"] == "online" and config["trajectories"]["start"] == "prior"
-    if not data_free or FEATNET_INPUT:
-        return DATA
-    return [result(jobs.VAE, "vae.json")] if LATENTS else []  # shown_with passes its folder
+    in latents reads the autoencoder that decodes its grids; a latent LPIPS loss reads its backbone."""
+    cfg = midtrain_cfg(wildcards)
+    backbone = [result(jobs.LATENT_LPIPS, "backbone.safetensors")] if cfg["loss"] == "latent_lpips" else []
+    if not (cfg["source"] == "online" and config["trajectories"]["start"] == "prior") or FEATNET_INPUT:
+        return DATA + backbone
+    return ([result(jobs.VAE, "vae.json")] if LATENTS else []) + backbone  # shown_with passes their folders
 
 
 def shown_with(input):
-    """A CMT job's scoring and decoding arguments: the feature net (FD along training) and, for a data-free job in
-    latents, the autoencoder folder that decodes its grids."""
-    vae = [os.path.dirname(path) for path in input.data if path.endswith("vae.json")]
-    return " ".join(filter(None, (optional("featnet", input.featnet), optional("vae", vae))))
+    """A CMT job's scoring, decoding and loss arguments: the feature net (FD along training), for a data-free job in
+    latents the autoencoder folder that decodes its grids, and a latent LPIPS loss's backbone folder."""
+
+    def folder(name):
+        return [os.path.dirname(path) for path in input.data if path.endswith(name)]
+
+    paths = {"featnet": input.featnet, "vae": folder("vae.json"), "lpips-backbone": folder("backbone.safetensors")}
+    return " ".join(filter(None, (optional(flag, found) for flag, found in paths.items())))
 
 
 def midtrain_params(wildcards):

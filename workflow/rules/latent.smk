@@ -47,6 +47,30 @@ if LATENTS:
             "python -m cmt encode --params {params.cfg:q} --vae {params.vae} --out {output.zip}"
             " --record {output.record} > {log} 2>&1"
 
+    rule latent_lpips:
+        """The latent LPIPS's backbone (latent.lpips): a latent VGG trained as a classifier on the latent zip, or a file."""
+        conda:
+            "../../envs/cmt.yaml"
+        input:
+            data=DATA,
+        output:
+            weights=result(jobs.LATENT_LPIPS, "backbone.safetensors"),
+            run=result(jobs.LATENT_LPIPS, names.RECORD),
+        params:
+            cfg=subtree("latent", "seed", *TRAINING, data=config["data"]),
+            out=result(jobs.LATENT_LPIPS, ""),
+            work=f"{WORK}/{jobs.LATENT_LPIPS}",
+        threads: threads_of("latent_lpips")
+        resources:
+            **resources_of("latent_lpips"),
+        log:
+            f"{RESULTS}/logs/latent-lpips.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/latent-lpips.tsv"
+        shell:
+            f"{training('latent_lpips')}"
+            " --out {params.out} --work {params.work} > {log} 2>&1"
+
     rule latents:
         """The latent dataset alone."""
         input:

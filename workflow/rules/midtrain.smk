@@ -19,7 +19,7 @@ rule midtrain:
         work=f"{WORK}/{MID_JOB}",
         teacher=subpath(input.teacher, parent=True),
         traj=lambda wildcards, input: f"--traj {os.path.dirname(input.traj)}" if input.traj else "",
-        featnet=lambda wildcards, input: shown_with(input),  # its scoring and decoding inputs
+        featnet=lambda wildcards, input: shown_with(input),  # its scoring, decoding and loss inputs
     threads: threads_of("midtrain")
     priority: 10  # on the critical path to ECT-from-CMT: schedule before independent runs
     resources:
