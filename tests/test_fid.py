@@ -3,8 +3,10 @@ looked for: missing weights fail at once naming the file, statistics of the full
 and checked, published statistics sha256-checked, scores independent of the batch size."""
 
 import hashlib
+import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +150,36 @@ def test_adms_reference_file_gives_its_mu_and_sigma_without_unpickling_or_readin
     assert stats["mode"] == "legacy_tensorflow" and stats["count"] == -1 and stats["source"] == "adm.npz"
     with pytest.raises(ValueError, match="allow_pickle"):
         np.load(tmp_path / "adm.npz")["arr_0"]  # the object array does need unpickling
+
+
+class _Payload:
+    """What a hostile pickle carries: a callable the unpickler would run (here: writing a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_edm2s_reference_pickle_is_read_as_plain_data_and_a_hostile_one_never_runs(tmp_path):
+    """EDM2's dataset-refs/img512.pkl layout (num_images, fid and fd_dinov2 mu/sigma), fetched and sha256-checked
+    like any published reference; a pickle that names any other callable is refused before anything runs."""
+    gen = np.random.default_rng(1)
+    mu, sigma = gen.standard_normal(2048), np.diag(gen.uniform(0.1, 1.0, 2048))
+    edm2 = {"num_images": 1281167, "fid": {"mu": mu, "sigma": sigma}, "fd_dinov2": {"mu": mu[:1024]}}
+    (tmp_path / "img512.pkl").write_bytes(pickle.dumps(edm2))
+    url, digest = (tmp_path / "img512.pkl").as_uri(), hashlib.sha256((tmp_path / "img512.pkl").read_bytes()).hexdigest()
+    cfg = {"mode": "legacy_tensorflow", "batch_size": 10, "reference": {"url": url, "sha256": digest}}
+    fid_reference.run(cfg, {}, tmp_path / "ref.npz", tmp_path / "w", "cpu")
+    stats = load_statistics(tmp_path / "ref.npz")
+    assert np.array_equal(stats["mu"], mu) and np.array_equal(stats["sigma"], sigma)
+    assert stats["count"] == 1281167 and stats["source"] == url
+    marker = tmp_path / "ran"
+    (tmp_path / "hostile.pkl").write_bytes(pickle.dumps({"fid": {"mu": _Payload(marker)}}))
+    with pytest.raises(ValueError, match="hostile.pkl: the pickle asks for pathlib"):
+        load_statistics(tmp_path / "hostile.pkl")
+    assert not marker.exists()
+    (tmp_path / "other.pkl").write_bytes(pickle.dumps({"mu": mu}))
+    with pytest.raises(ValueError, match=r"other.pkl: no 'fid' statistics \(EDM2's layout; found: mu\)"):
+        load_statistics(tmp_path / "other.pkl")

@@ -151,6 +151,8 @@ def test_the_imagenet512_config_plans_data_free_cmt_and_autoguided_ecd_on_gpus(p
     inits = sorted(re.search(r"--init (\S+)", c)[1] for c in commands if "cmt posttrain" in c)
     assert inits == ["cmt", "diffusion"]
     assert all(params(c)["evaluate"]["num_samples"] == 50000 for c in commands if "cmt evaluate" in c)
+    (reference,) = [params(c)["evaluate"]["fid"]["reference"] for c in commands if "cmt fid-reference" in c]
+    assert reference["url"] == "https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/img512.pkl"  # EDM2's statistics
     for rule, res in job_resources(dry).values():
         gpus = {"midtrain": 8, "posttrain": 8, "latent_lpips": 8, "teacher": 1, "post_teacher": 1, "evaluate": 1}
         gpus |= {"fid_reference": 1, "vae": 1, "encode": 1}

@@ -27,6 +27,7 @@ from cmt.errors import BadInput
 from cmt.evaluation.frechet import frechet_distance, statistics
 from cmt.formats.atomic import writing
 from cmt.formats.images import to_uint8
+from cmt.formats.numpy_pickle import load_plain_pickle
 from cmt.formats.pretrained import require_inception
 
 MODES = ("legacy_tensorflow", "clean")
@@ -97,22 +98,40 @@ def save_statistics(path: str | Path, stats: dict) -> None:
 
 
 def load_statistics(path: str | Path) -> dict:
-    """Reference statistics from an ``.npz`` with ``mu`` (2048,) and ``sigma`` (2048, 2048): ours, or a published
-    file such as EDM's ``fid-refs/*.npz`` or ADM's ``VIRTUAL_imagenet256_labeled.npz``; anything else raises naming
-    the file and the key. Only these arrays are read, never unpickled: ADM's reference images (``arr_0``) and
-    spatial statistics stay on disk (docs/latent.md 5)."""
+    """Reference statistics: an ``.npz`` with ``mu`` (2048,) and ``sigma`` (2048, 2048) (ours, or a published file such
+    as EDM's ``fid-refs/*.npz`` or ADM's ``VIRTUAL_imagenet256_labeled.npz``), or EDM2's ``.pkl`` with them under
+    ``fid`` (``dataset-refs/img512.pkl``); anything else raises naming the file and the key. Only these arrays are
+    read: an ``.npz`` is never unpickled (ADM's reference images stay on disk, docs/latent.md 5), and a ``.pkl`` goes
+    through the plain-data reader (``cmt.formats.numpy_pickle``, docs/latent.md 8.6)."""
     file = Path(path)
-    try:
-        with np.load(file, allow_pickle=False) as npz:
-            names = npz.files
-            arrays = {k: npz[k] for k in ("mu", "sigma", "count", "mode", "source") if k in names}
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{file}: not an .npz of FID statistics ({err})") from err
+    arrays, names = _edm2_statistics(file) if file.suffix == ".pkl" else _npz_statistics(file)
     for key, shape in (("mu", (FEATURES,)), ("sigma", (FEATURES, FEATURES))):
         if key not in arrays:
             raise BadInput(f"{file}: no array {key!r} (found: {', '.join(names) or 'none'})")
-        if arrays[key].shape != shape or not np.isfinite(arrays[key]).all():
-            raise BadInput(f"{file}: {key} must be finite of shape {shape}, got {arrays[key].shape}")
-    stats = {"mu": arrays["mu"].astype(np.float64), "sigma": arrays["sigma"].astype(np.float64)}
+        if np.shape(arrays[key]) != shape or not np.isfinite(arrays[key]).all():
+            raise BadInput(f"{file}: {key} must be finite of shape {shape}, got {np.shape(arrays[key])}")
+    stats = {"mu": np.asarray(arrays["mu"], np.float64), "sigma": np.asarray(arrays["sigma"], np.float64)}
     facts = {"count": int(arrays.get("count", -1)), "mode": str(arrays.get("mode", "legacy_tensorflow"))}
     return {**stats, **facts, "source": str(arrays.get("source", file.name))}
+
+
+def _npz_statistics(file: Path) -> tuple[dict, list[str]]:
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            names = npz.files
+            return {k: npz[k] for k in ("mu", "sigma", "count", "mode", "source") if k in names}, names
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{file}: not an .npz of FID statistics ({err})") from err
+
+
+def _edm2_statistics(file: Path) -> tuple[dict, list[str]]:
+    """EDM2's reference layout: ``{'num_images': N, 'fid': {'mu', 'sigma'}, 'fd_dinov2': {...}}`` [A, NVlabs/edm2
+    ``calculate_metrics.py``]."""
+    data = load_plain_pickle(file)
+    if not isinstance(data, dict) or not isinstance(data.get("fid"), dict):
+        found = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise BadInput(f"{file}: no 'fid' statistics (EDM2's layout; found: {found})")
+    arrays = {k: data["fid"][k] for k in ("mu", "sigma") if k in data["fid"]}
+    if "num_images" in data:
+        arrays["count"] = data["num_images"]
+    return arrays, [f"fid.{k}" for k in data["fid"]]
