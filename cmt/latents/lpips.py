@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -72,9 +73,17 @@ def load_backbone(folder: str | Path) -> LatentVGG:
     for name in (CONFIG, WEIGHTS):
         if not (folder / name).is_file():
             raise MissingInput(f"{folder / name}: no latent LPIPS backbone (rule latent_lpips trains or fetches it)")
+    return load_backbone_file(folder / WEIGHTS)
+
+
+def load_backbone_file(path: str | Path) -> LatentVGG:
+    """A backbone from its weights file alone, its config read from the header (``BACKBONE_META``)."""
+    path = Path(path)
     try:
-        model = LatentVGG(LatentVGGConfig.from_dict(json.loads((folder / CONFIG).read_text())["config"]))
-        model.load_state_dict(load_file(str(folder / WEIGHTS)))
-    except (KeyError, TypeError, RuntimeError, ValueError) as err:
-        raise BadInput(f"{folder}: not a latent LPIPS backbone: {err}") from err
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        model = LatentVGG(LatentVGGConfig.from_dict(json.loads(header[BACKBONE_META])))
+        model.load_state_dict(load_file(str(path)))
+    except (KeyError, TypeError, RuntimeError, ValueError, SafetensorError, OSError) as err:
+        raise BadInput(f"{path}: not a latent LPIPS backbone: {err!r}") from err
     return model

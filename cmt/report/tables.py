@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -109,24 +110,23 @@ def _order(ev: pd.Series) -> tuple:
     )
 
 
-def teacher_samplers(columns) -> list[str]:
-    """The teachers' multi-step samplers (``<n>nfe``) among score columns, fewest network passes first (an
-    autoguided teacher's count two per call): one column each in the main table, where two teachers may differ."""
-    found = set()
+def _nfe_samplers(columns) -> Iterator[str]:
+    """The multi-step samplers (``<n>nfe``) of the score columns among ``columns``, in column order."""
     for column in columns:
         prefix, _, sampler = str(column).removeprefix("metrics.").partition("_")
         if prefix in SCORES and sampler.endswith("nfe"):
-            found.add(sampler)
-    return sorted(found, key=lambda sampler: int(sampler[:-3]))
+            yield sampler
+
+
+def teacher_samplers(columns) -> list[str]:
+    """The teachers' multi-step samplers among score columns, fewest network passes first (an autoguided teacher's
+    count two per call): one column each in the main table, where two teachers may differ."""
+    return sorted(set(_nfe_samplers(columns)), key=lambda sampler: int(sampler[:-3]))
 
 
 def teacher_sampler(columns) -> str:
-    """The teacher's multi-step sampler (``<n>nfe``) first among the runs' score columns, or ""."""
-    for column in columns:
-        prefix, _, sampler = str(column).removeprefix("metrics.").partition("_")
-        if prefix in SCORES and sampler.endswith("nfe"):
-            return sampler
-    return ""
+    """The teacher's multi-step sampler first among the runs' score columns, or ""."""
+    return next(_nfe_samplers(columns), "")
 
 
 def main_table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -4,12 +4,10 @@ accuracy and write the folder ``cmt.latents.lpips.load_backbone`` reads."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 from cmt.config import config_hash
 from cmt.data.batches import make_batches
@@ -18,7 +16,7 @@ from cmt.data.labels import dataset_labels
 from cmt.data.latent_zip import LatentDataset, LatentFiles
 from cmt.errors import BadInput, about
 from cmt.formats.fetch import fetch
-from cmt.latents.lpips import BACKBONE_META, load_backbone, save_backbone
+from cmt.latents.lpips import load_backbone_file, save_backbone
 from cmt.latents.vgg import BACKBONES, LatentVGG, accuracy
 from cmt.nets import count_parameters
 from cmt.report.tracking import write_record
@@ -74,15 +72,7 @@ def fetched(job: LatentJob) -> tuple[LatentVGG, dict]:
     """A backbone file (``latent.lpips.file``), sha256-checked, its config read from its header."""
     spec = job.latent["lpips"]["file"]
     path = fetch(spec["url"], spec["sha256"], job.work_dir / "backbone-fetch.safetensors")
-    with safe_open(str(path), framework="pt") as fh:
-        header = fh.metadata() or {}
-    if BACKBONE_META not in header:
-        raise BadInput(f"{spec['url']}: no '{BACKBONE_META}' in its safetensors header (not a latent LPIPS backbone)")
-    folder = job.work_dir / "backbone-fetch"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "backbone.json").write_text(json.dumps({"config": json.loads(header[BACKBONE_META])}))
-    path.replace(folder / "backbone.safetensors")
-    return load_backbone(folder), {"url": spec["url"], "sha256": spec["sha256"]}
+    return load_backbone_file(path), {"url": spec["url"], "sha256": spec["sha256"]}
 
 
 def run(job: LatentJob) -> dict:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from cmt.report.tracking import write_history, write_record
 from cmt.sampling.samplers import Draws, SamplerSettings, make_sampler
 from cmt.seeds import seeded
 from cmt.stages.student import method_compute, student_loss
-from cmt.teachers import TEACHER_KINDS, UNNAMED, TeacherKind
+from cmt.teachers import TEACHER_KINDS, TeacherKind
 from cmt.training import parallel
 from cmt.training.loop import Compute, FitOptions, FitResult, LoopConfig, clear_resume, fit, resolve_device
 
@@ -98,6 +100,9 @@ def sample_grid_images(denoiser: Denoiser, job: TeacherJob, shape: tuple[int, ..
     return sampler(Draws(noise, None, None if labels is None else labels.to(device)))
 
 
+Split = Callable[[], Images]  # the training split, read on first use
+
+
 @dataclass(frozen=True)
 class Obtained:
     """A network the teacher stage fetched or trained: its EMA weights, provenance, loss history and run facts."""
@@ -114,8 +119,9 @@ def run(job: TeacherJob) -> dict:
     others only train)."""
     device = resolve_device(job.device)
     kind = TEACHER_KINDS[job.cfg["kind"]]
-    main = _main_network(job, kind, device)
-    guide = _guide_network(job, device) if kind.guided else None
+    split = functools.cache(lambda: train_holdout(job.data)[0])  # read once, by whichever network trains first
+    main = _main_network(job, kind, device, split)
+    guide = _guide_network(job, device, split) if kind.guided else None
     if not parallel.is_main():
         return {}
     ema, meta, losses = main.ema.to(device), main.meta, main.losses
@@ -146,40 +152,34 @@ def run(job: TeacherJob) -> dict:
     return meta
 
 
-def _main_network(job: TeacherJob, kind: TeacherKind, device: torch.device) -> Obtained | None:
-    """The teacher's own network, fetched (the main process only) or trained; None in the other processes of a
-    fetch."""
+def _main_network(job: TeacherJob, kind: TeacherKind, device: torch.device, split: Split) -> Obtained | None:
+    """The teacher's own network, fetched or trained on the training ``split``; None in the other processes."""
     if job.cfg["source"] == "fetch":
-        return (
-            _fetched(job.cfg["fetch"], job.work_dir, kind, "teacher.fetch", "fetched") if parallel.is_main() else None
-        )
-    second_time = MODEL_KINDS[kind.model_kind].second_time
-    return _trained(build_denoiser(job.network, job.precond, job.seed, second_time), job.cfg["train"], job, device)
+        return _fetched(job.cfg["fetch"], job.work_dir, "teacher.fetch", "fetched", kind)
+    denoiser = build_denoiser(job.network, job.precond, job.seed, MODEL_KINDS[kind.model_kind].second_time)
+    return _trained(denoiser, job.cfg["train"], job, device, split)
 
 
-def _guide_network(job: TeacherJob, device: torch.device) -> Obtained | None:
+def _guide_network(job: TeacherJob, device: torch.device, split: Split) -> Obtained | None:
     """An autoguided teacher's guide (``teacher.guide``): fetched, or trained like the main network for its own
     iterations on its own network overrides, resumable in ``<work>/guide``."""
     cfg = job.cfg["guide"]
     if cfg["source"] == "fetch":
-        return (
-            _fetched(cfg["fetch"], job.work_dir, TEACHER_KINDS[UNNAMED], "teacher.guide.fetch", "guide")
-            if parallel.is_main()
-            else None
-        )
+        return _fetched(cfg["fetch"], job.work_dir, "teacher.guide.fetch", "guide")
     network = merge(job.network, cfg["network"])
     train = {**job.cfg["train"], "iterations": cfg["iterations"] or job.cfg["train"]["iterations"]}
     guide_job = replace(job, network=network, work_dir=job.work_dir / GUIDE)
-    obtained = _trained(build_denoiser(network, job.precond, job.seed), train, guide_job, device, "loss-guide")
+    denoiser = build_denoiser(network, job.precond, job.seed)
+    obtained = _trained(denoiser, train, guide_job, device, split, "loss-guide")
     return obtained and replace(obtained, meta={**obtained.meta, "network": network})
 
 
 def _trained(
-    denoiser: Denoiser, train: dict, job: TeacherJob, device: torch.device, plot: str = "loss"
+    denoiser: Denoiser, train: dict, job: TeacherJob, device: torch.device, split: Split, plot: str = "loss"
 ) -> Obtained | None:
-    """``denoiser`` trained by ``train`` (a ``teacher.train`` section) on the job's training split, its loss curve in
+    """``denoiser`` trained by ``train`` (a ``teacher.train`` section) on the training ``split``, its loss curve in
     ``<plot>.png``; None in the processes other than the main one."""
-    train_set, _ = train_holdout(job.data)
+    train_set = split()
     sigmas = job.precond["sigma_min"], job.precond["sigma_max"]
     context = Context(*sigmas, train_set.shape, device, None, denoiser.parameterisation)
     result = train_teacher(denoiser, train_set, train, job, context)
@@ -236,13 +236,17 @@ def _write_run(job: TeacherJob, meta: dict, losses: list[float], run_facts: dict
     clear_resume(job.work_dir / GUIDE)
 
 
-def _fetched(cfg: dict, work_dir: str | Path, kind: TeacherKind, section: str, stem: str) -> Obtained:
+def _fetched(
+    cfg: dict, work_dir: str | Path, section: str, stem: str, kind: TeacherKind | None = None
+) -> Obtained | None:
     """The checkpoint of a fetch section (``teacher.fetch``, ``teacher.guide.fetch``; sha256-verified; ours, an EDM
-    or an EDM2 network pickle read without running it) as our denoiser, with its provenance; a flow-map kind needs a
-    network with a second time input."""
+    or an EDM2 network pickle read without running it) as our denoiser, with its provenance, in the main process only
+    (one download; None in the others); a flow-map ``kind`` needs a network with a second time input."""
+    if not parallel.is_main():
+        return None
     with about(section):
         denoiser, meta = fetch_checkpoint(cfg, work_dir, stem)
-        if MODEL_KINDS[kind.model_kind].second_time and not denoiser.model.cfg.second_time:
+        if kind and MODEL_KINDS[kind.model_kind].second_time and not denoiser.model.cfg.second_time:
             raise BadInput(
                 f"{cfg['url']} holds a network without a second time input; teacher.kind {kind.name} needs a "
                 f"mean-flow model (one trained by {kind.method})"
