@@ -23,7 +23,8 @@ import yaml
 
 from cmt.config import JOB_KEY, ConfigError, load_config, resolve_params
 from cmt.errors import CmtError, about
-from cmt.formats.pretrained import MissingWeights, require_inception, require_lpips_trunk, require_vae
+from cmt.evaluation.detectors import DETECTORS
+from cmt.formats.pretrained import MissingWeights, require_lpips_trunk, require_vae
 from cmt.inits import INITS
 from cmt.objectives import registry
 from cmt.training.preemption import EXIT_CODE as PREEMPTED_EXIT
@@ -71,14 +72,12 @@ def _lpips_trunk(p: dict) -> None:
             require_lpips_trunk(p["midtrain"]["lpips_net"], p["midtrain"]["lpips_trunk"])
 
 
-def _inception(p: dict) -> None:
-    if "fid" in p["evaluate"]["metrics"]:
-        _inception_for("evaluate.metrics")
-
-
-def _inception_for(key: str) -> None:
-    with about(key):
-        require_inception()
+def _detector_weights(p: dict) -> None:
+    """The weights of every detector the evaluation scores with (``evaluate.metrics``)."""
+    for name in p["evaluate"]["metrics"]:
+        if name in DETECTORS:
+            with about("evaluate.metrics"):
+                DETECTORS[name].weights()
 
 
 def _teacher(args: argparse.Namespace) -> None:
@@ -158,13 +157,15 @@ def _posttrain(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    p = _params(args, needs=_inception)
+    p = _params(args, needs=_detector_weights)
     from cmt.stages import evaluate
     from cmt.training.loop import resolve_device
 
-    optional = {name: Path(path) if path else None for name, path in (("featnet", args.featnet), ("fid", args.fid_ref))}
+    featnet = Path(args.featnet) if args.featnet else None
+    options = {name: getattr(args, spec.reference_option.replace("-", "_")) for name, spec in DETECTORS.items()}
+    references = {name: Path(path) for name, path in options.items() if path}
     out, device = Path(args.out), resolve_device(p["device"])
-    job = evaluate.EvalJob(Path(args.model), optional["featnet"], optional["fid"], args.label, out, device)
+    job = evaluate.EvalJob(Path(args.model), featnet, references, args.label, out, device)
     evaluate.run(job, {**p["evaluate"], "sample": p["teacher"]["sample"]}, p["data"], p["precond"], p.get(JOB_KEY))
 
 
@@ -242,10 +243,17 @@ def _encode(args: argparse.Namespace) -> None:
 
 
 def _fid_reference(args: argparse.Namespace) -> None:
-    p = _params(args, needs=lambda p: p["evaluate"]["fid"]["reference"] or _inception_for("evaluate.fid"))
+    section = f"evaluate.{args.metric}"
+
+    def weights(p: dict) -> None:
+        if not p["evaluate"][args.metric]["reference"]:
+            with about(section):
+                DETECTORS[args.metric].weights()
+
+    p = _params(args, needs=weights)
     from cmt.stages import fid_reference
 
-    fid_reference.run(p["evaluate"]["fid"], p["data"], args.out, args.work, p["device"])
+    fid_reference.run(args.metric, p["evaluate"][args.metric], p["data"], args.out, args.work, p["device"])
 
 
 def _ingest(args: argparse.Namespace) -> None:
@@ -375,7 +383,8 @@ def _stage_verbs(sub: argparse._SubParsersAction) -> None:
     verb("vae", _vae, "fetch, read or train the autoencoder of latent.vae", "out", "work")
     verb("encode", _encode, "encode the dataset into a latent zip", "vae", "out", "record")
     verb("latent-lpips", _latent_lpips, "train or fetch the latent LPIPS backbone of latent.lpips", "out", "work")
-    verb("fid-reference", _fid_reference, "FID reference statistics of the training set", "out", "work")
+    ref = verb("fid-reference", _fid_reference, "a detector's reference statistics (FID, FD_DINOv2)", "out", "work")
+    ref.add_argument("--metric", choices=list(DETECTORS), default="fid", help="the detector (default: fid)")
     verb("trajectories", _trajectories, "generate a stored trajectory set", "teacher", "out")
     verb("gradient-bias", _gradient_bias, "ECT's gradient against the oracle objective's on Gaussian data", "out")
     mft = verb(
@@ -398,10 +407,10 @@ def _stage_verbs(sub: argparse._SubParsersAction) -> None:
     ev = verb(
         "evaluate",
         _evaluate,
-        "1-/2-step (or teacher) sampling, FD/KID/FID, grids",
+        "1-/2-step (or teacher) sampling, FD/KID/FID/FD_DINOv2, grids",
         "model",
         "featnet",
-        "fid-ref",
+        *(spec.reference_option for spec in DETECTORS.values()),
         "out",
     )
     ev.add_argument("--label", required=True)

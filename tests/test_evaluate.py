@@ -15,6 +15,7 @@ from cmt.stages.evaluate import Scorer, sample_batches, samplers, score_samples
 
 PRECOND = {"sigma_max": 80.0, "sigma_min": 0.002}
 TEACHER_SAMPLER = {"grid": "karras", "steps": 4, "solver": "heun"}
+ONE_RANGE = {"count": 1, "reduce": "min"}
 
 
 def features_by_sampler(model, meta, scorer, batch_size):
@@ -54,7 +55,34 @@ def test_scores_and_grids_do_not_depend_on_the_batch_size(scorer, tmp_path):
         out.mkdir()
         cfg = {"num_samples": 12, "batch_size": size, "seed": 5, "t_mid": 0.821, "sample": TEACHER_SAMPLER}
         named = samplers(model, {"model_kind": "consistency"}, cfg, PRECOND)
-        results.append((score_samples(model, named, cfg, scorer, "cpu", out), (out / "grid-2step.png").read_bytes()))
+        scores, _ = score_samples(model, named, {**cfg, "seed_ranges": ONE_RANGE}, scorer, "cpu", out)
+        results.append((scores, (out / "grid-2step.png").read_bytes()))
     (scores, grid), (scores_5, grid_5) = results
     assert scores_5 == pytest.approx(scores, rel=1e-5)
     assert grid == grid_5  # 8-bit images: the same pixels
+
+
+@pytest.mark.parametrize("reduce", ["min", "mean"])
+def test_seed_ranges_score_disjoint_index_ranges_and_reduce_the_distances(scorer, tmp_path, reduce):
+    """EDM2's protocol (docs/latent.md 8.7): range r holds sample indices r*N .. (r+1)*N - 1 and is scored on its own;
+    the headline of a distance is the minimum (or mean) over the ranges, a class score the mean; range 0 is the
+    one-range evaluation."""
+    model = conditional_denoiser()
+    cfg = {"num_samples": 10, "batch_size": 4, "seed": 5, "t_mid": 0.821, "sample": TEACHER_SAMPLER}
+    named = samplers(model, {"model_kind": "consistency"}, cfg, PRECOND)
+    (tmp_path / "one").mkdir(), (tmp_path / "three").mkdir()
+    one, _ = score_samples(model, named, {**cfg, "seed_ranges": ONE_RANGE}, scorer, "cpu", tmp_path / "one")
+    ranges = {"count": 3, "reduce": reduce}
+    headline, per_range = score_samples(model, named, {**cfg, "seed_ranges": ranges}, scorer, "cpu", tmp_path / "three")
+    assert len(per_range) == 3 and per_range[0] == one
+    second = [
+        scorer.measure(images)
+        for name, images, _ in sample_batches(model, named, cfg, (1, 8, 8), "cpu", start=10)
+        if name == "2step"
+    ]
+    assert per_range[1]["fd_2step"] == scorer.score(second)["fd"]  # indices 10..19: the second range
+    assert len({r["fd_2step"] for r in per_range}) == 3  # three different sample sets
+    pick = min if reduce == "min" else np.mean
+    for key in ("fd_1step", "fd_2step", "kid_2step"):
+        assert headline[key] == pytest.approx(pick([r[key] for r in per_range]), rel=1e-12)
+    assert headline["confidence_2step"] == pytest.approx(np.mean([r["confidence_2step"] for r in per_range]))

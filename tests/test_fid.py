@@ -15,14 +15,9 @@ from helpers.image_standins import write_image_folder, write_inception
 
 from cmt.data.dataset_tool import build
 from cmt.data.datasets import load_edm_zip
+from cmt.evaluation.detectors import DETECTORS
 from cmt.evaluation.frechet import feature_distance, frechet_distance, statistics
-from cmt.evaluation.inception_fid import (
-    InceptionFeatures,
-    fid,
-    load_statistics,
-    reference_statistics,
-    save_statistics,
-)
+from cmt.evaluation.reference_stats import distance_to, load_statistics, reference_statistics, save_statistics
 from cmt.formats.fetch import FetchError
 from cmt.formats.pretrained import INCEPTION_DIR_ENV
 from cmt.stages import fid_reference
@@ -44,10 +39,18 @@ def images_zip(tmp_path):
     return tmp_path / "d.zip"
 
 
+def inception_features(mode: str):
+    return DETECTORS["fid"].build(mode, CPU)
+
+
+def inception_statistics(data, mode: str, batch_size: int) -> dict:
+    return reference_statistics(data, inception_features(mode), mode, batch_size, workers=0)
+
+
 def test_missing_weights_fail_naming_the_file_and_nothing_is_downloaded(tmp_path, monkeypatch):
     monkeypatch.setenv(INCEPTION_DIR_ENV, str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty" / "inception-2015-12-05.pt")):
-        InceptionFeatures("legacy_tensorflow", CPU)
+        inception_features("legacy_tensorflow")
     assert not (tmp_path / "empty").exists()
 
 
@@ -84,25 +87,25 @@ def test_frechet_distance_agrees_with_clean_fid_sqrtm():
 
 def test_reference_of_the_training_set_scores_itself_zero_and_others_higher(inception, images_zip):
     data = load_edm_zip(images_zip)
-    stats = reference_statistics(data, "legacy_tensorflow", CPU, batch_size=7, workers=0)
+    stats = inception_statistics(data, "legacy_tensorflow", batch_size=7)
     assert stats["count"] == 40 and stats["mu"].shape == (2048,) and stats["sigma"].shape == (2048, 2048)
-    features = InceptionFeatures("legacy_tensorflow", CPU)
+    features = inception_features("legacy_tensorflow")
     same = np.concatenate([features(data.read(torch.arange(k, min(k + 16, 40)))) for k in range(0, 40, 16)])
     shifted = features((data.images * 0.5).clamp(-1, 1))
-    assert abs(fid(same, stats)) < 1e-3 * fid(shifted, stats)  # 0 up to sqrtm of a rank-39 covariance
+    assert abs(distance_to(same, stats)) < 1e-3 * distance_to(shifted, stats)  # 0 up to sqrtm of a rank-39 covariance
 
 
 def test_modes_differ_and_a_mismatch_is_refused(inception, images_zip, tmp_path):
     from cmt.stages.evaluate import Scorer
 
     data = load_edm_zip(images_zip)
-    legacy = reference_statistics(data, "legacy_tensorflow", CPU, 40, 0)
-    clean = reference_statistics(data, "clean", CPU, 40, 0)
+    legacy = inception_statistics(data, "legacy_tensorflow", 40)
+    clean = inception_statistics(data, "clean", 40)
     assert not np.allclose(legacy["mu"], clean["mu"])  # clean-fid's PIL bicubic resize outside the network
     save_statistics(tmp_path / "clean.npz", clean)
-    assert load_statistics(tmp_path / "clean.npz")["mode"] == "clean"
+    assert load_statistics(tmp_path / "clean.npz", "fid")["mode"] == "clean"
     with pytest.raises(ValueError, match="statistics of mode 'clean', evaluate.fid.mode is 'legacy_tensorflow'"):
-        Scorer(None, None, tmp_path / "clean.npz", "legacy_tensorflow")
+        Scorer(None, None, {"fid": tmp_path / "clean.npz"}, {"fid": "legacy_tensorflow"})
 
 
 def test_published_statistics_are_sha256_checked_and_validated(inception, tmp_path):
@@ -112,17 +115,18 @@ def test_published_statistics_are_sha256_checked_and_validated(inception, tmp_pa
     cfg = {"mode": "legacy_tensorflow", "batch_size": 10}
     url = (tmp_path / "cifar10-32x32.npz").as_uri()
     fid_reference.run(
-        {**cfg, "reference": {"url": url, "sha256": digest}}, {}, tmp_path / "ref.npz", tmp_path / "w", "cpu"
+        "fid", {**cfg, "reference": {"url": url, "sha256": digest}}, {}, tmp_path / "ref.npz", tmp_path / "w", "cpu"
     )
-    stats = load_statistics(tmp_path / "ref.npz")
+    stats = load_statistics(tmp_path / "ref.npz", "fid")
     assert stats["mode"] == "legacy_tensorflow" and np.array_equal(stats["sigma"], np.eye(2048))
     assert stats["source"] == url  # the statistics record which published file they are
     with pytest.raises(FetchError, match="sha256 mismatch"):
         fid_reference.run(
-            {**cfg, "reference": {"url": url, "sha256": "0" * 64}}, {}, tmp_path / "x.npz", tmp_path / "w", "cpu"
+            "fid", {**cfg, "reference": {"url": url, "sha256": "0" * 64}}, {}, tmp_path / "x.npz", tmp_path / "w", "cpu"
         )
     with pytest.raises(ValueError, match="published statistics are legacy_tensorflow mode"):
         fid_reference.run(
+            "fid",
             {**cfg, "mode": "clean", "reference": {"url": url, "sha256": digest}},
             {},
             tmp_path / "y.npz",
@@ -131,10 +135,10 @@ def test_published_statistics_are_sha256_checked_and_validated(inception, tmp_pa
         )
     np.savez(tmp_path / "bad.npz", mu=np.zeros(2048))
     with pytest.raises(ValueError, match="bad.npz: no array 'sigma'"):
-        load_statistics(tmp_path / "bad.npz")
+        load_statistics(tmp_path / "bad.npz", "fid", 2048)
     np.savez(tmp_path / "small.npz", mu=np.zeros(64), sigma=np.eye(64))
     with pytest.raises(ValueError, match=r"small.npz: mu must be finite of shape \(2048,\)"):
-        load_statistics(tmp_path / "small.npz")
+        load_statistics(tmp_path / "small.npz", "fid", 2048)
 
 
 def test_adms_reference_file_gives_its_mu_and_sigma_without_unpickling_or_reading_the_images(tmp_path):
@@ -145,7 +149,7 @@ def test_adms_reference_file_gives_its_mu_and_sigma_without_unpickling_or_readin
     arr_0 = np.empty(2, dtype=object)
     arr_0[:] = [{"payload": 1}, None]
     np.savez(tmp_path / "adm.npz", arr_0=arr_0, mu=mu, sigma=sigma, mu_s=mu[:7], sigma_s=sigma[:7, :7])
-    stats = load_statistics(tmp_path / "adm.npz")
+    stats = load_statistics(tmp_path / "adm.npz", "fid", 2048, mode="legacy_tensorflow")
     assert np.array_equal(stats["mu"], mu) and np.array_equal(stats["sigma"], sigma)
     assert stats["mode"] == "legacy_tensorflow" and stats["count"] == -1 and stats["source"] == "adm.npz"
     with pytest.raises(ValueError, match="allow_pickle"):
@@ -167,19 +171,26 @@ def test_edm2s_reference_pickle_is_read_as_plain_data_and_a_hostile_one_never_ru
     like any published reference; a pickle that names any other callable is refused before anything runs."""
     gen = np.random.default_rng(1)
     mu, sigma = gen.standard_normal(2048), np.diag(gen.uniform(0.1, 1.0, 2048))
-    edm2 = {"num_images": 1281167, "fid": {"mu": mu, "sigma": sigma}, "fd_dinov2": {"mu": mu[:1024]}}
+    dino_mu, dino_sigma = mu[:1024] + 1, sigma[:1024, :1024] * 2
+    edm2 = {"num_images": 1281167, "fid": {"mu": mu, "sigma": sigma}, "fd_dinov2": {"mu": dino_mu, "sigma": dino_sigma}}
     (tmp_path / "img512.pkl").write_bytes(pickle.dumps(edm2))
     url, digest = (tmp_path / "img512.pkl").as_uri(), hashlib.sha256((tmp_path / "img512.pkl").read_bytes()).hexdigest()
     cfg = {"mode": "legacy_tensorflow", "batch_size": 10, "reference": {"url": url, "sha256": digest}}
-    fid_reference.run(cfg, {}, tmp_path / "ref.npz", tmp_path / "w", "cpu")
-    stats = load_statistics(tmp_path / "ref.npz")
+    fid_reference.run("fid", cfg, {}, tmp_path / "ref.npz", tmp_path / "w", "cpu")
+    stats = load_statistics(tmp_path / "ref.npz", "fid")
     assert np.array_equal(stats["mu"], mu) and np.array_equal(stats["sigma"], sigma)
     assert stats["count"] == 1281167 and stats["source"] == url
+    # the same file's FD_DINOv2 statistics, under their own key and mode (docs/latent.md 8.7)
+    dino = {"mode": "torch", "batch_size": 10, "reference": cfg["reference"]}
+    fid_reference.run("fd_dinov2", dino, {}, tmp_path / "dino.npz", tmp_path / "w2", "cpu")
+    stats = load_statistics(tmp_path / "dino.npz", "fd_dinov2", 1024)
+    assert np.array_equal(stats["mu"], dino_mu) and np.array_equal(stats["sigma"], dino_sigma)
+    assert stats["mode"] == "torch" and stats["count"] == 1281167
     marker = tmp_path / "ran"
     (tmp_path / "hostile.pkl").write_bytes(pickle.dumps({"fid": {"mu": _Payload(marker)}}))
     with pytest.raises(ValueError, match="hostile.pkl: the pickle asks for pathlib"):
-        load_statistics(tmp_path / "hostile.pkl")
+        load_statistics(tmp_path / "hostile.pkl", "fid")
     assert not marker.exists()
     (tmp_path / "other.pkl").write_bytes(pickle.dumps({"mu": mu}))
     with pytest.raises(ValueError, match=r"other.pkl: no 'fid' statistics \(EDM2's layout; found: mu\)"):
-        load_statistics(tmp_path / "other.pkl")
+        load_statistics(tmp_path / "other.pkl", "fid")

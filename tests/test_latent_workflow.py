@@ -1,19 +1,24 @@
 """The latent DAGs through real Snakemake. config/smoke-latent.yaml (docs/latent.md 4 and 6): trained autoencoder ->
 latent zip -> MeanFlow teacher on a tiny DiT -> its 4-step paths -> CMT-MF -> MeanFlow from three inits -> decoded
 samples scored against the held-out digits -> the main table; a rerun plans nothing. config/smoke-latent-edm.yaml
-(docs/latent.md 8): an EDM teacher on the latents, CMT with the latent LPIPS, ECD with an autoguided teacher."""
+(docs/latent.md 8): an EDM teacher on the latents, CMT with the latent LPIPS, ECD with an autoguided teacher, scored
+with FD_DINOv2 over two seed ranges."""
 
 import csv
 import json
 import math
 import re
 
+import numpy as np
 import pytest
+import yaml
+from helpers.image_standins import write_dinov2
 from helpers.project import copy_project, planned_jobs, snakemake
 from PIL import Image
 
 from cmt.data.latent_zip import load_latent_zip
 from cmt.formats.fetch import file_sha256
+from cmt.formats.pretrained import DINOV2_DIR_ENV
 from cmt.latents.autoencoder import load_autoencoder
 
 pytestmark = pytest.mark.slow  # runs the real workflow
@@ -83,14 +88,23 @@ def test_the_latent_sweep_plans_flow_map_jobs_only(latent_project):
     assert sets == {("flowmap", "2"), ("flowmap", "4"), ("flowmap", "8")} and "--method" not in dry
 
 
-EDM_ARGS = ("--configfile", "config/smoke.yaml", "config/smoke-latent-edm.yaml")  # it extends smoke-latent
+# config/smoke-latent-edm.yaml (it extends smoke-latent), scored as EDM2 scores: FD_DINOv2 beside the feature net's
+# FD (a stand-in DINOv2 state dict where the weights are looked for), the minimum over two seed ranges of half the
+# smoke run's samples each
+EDM_ARGS = ("--configfile", "config/smoke.yaml", "config/smoke-latent-edm.yaml", "config/edm2-scores.yaml")
+EDM2_SCORES = {
+    "evaluate": {"metrics": ["featnet", "fd_dinov2"], "num_samples": 100, "seed_ranges": {"count": 2, "reduce": "min"}}
+}
 
 
 @pytest.fixture(scope="module")
 def edm_project(tmp_path_factory):
     """The embedded ImageNet-512 path (config/smoke-latent-edm.yaml, docs/latent.md 8) and its sweep, run for real."""
     work = copy_project(tmp_path_factory.mktemp("latent-edm"))
-    snakemake(work, "--cores", "2", "all_ablations", *EDM_ARGS)
+    (work / "config" / "edm2-scores.yaml").write_text(yaml.safe_dump(EDM2_SCORES))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(DINOV2_DIR_ENV, str(write_dinov2(work / "dinov2").parent))
+        snakemake(work, "--cores", "2", "all_ablations", *EDM_ARGS)
     return work
 
 
@@ -116,4 +130,24 @@ def test_guided_ecd_and_latent_lpips_cmt_run_end_to_end_on_the_digits_latents(ed
     assert backbone["classes"] == 10 and backbone["holdout_top1"] > 0.2  # chance: 0.1
     losses = {row["variant"]: row for row in csv.DictReader((results / "tables" / "loss.csv").open())}
     assert set(losses) == {"base", "l2"} and all(math.isfinite(float(r["FD 2-step"])) for r in losses.values())
+    assert all(math.isfinite(float(r["FD_DINOv2 2-step"])) for r in losses.values())
     assert "Nothing to be done" in snakemake(edm_project, "-n", "all_ablations", *EDM_ARGS).stdout
+
+
+def test_fd_dinov2_and_the_seed_protocol_are_scored_and_recorded(edm_project):
+    """Every evaluation scores FD_DINOv2 against the training images' statistics (rule fd_dinov2_reference, once),
+    over two disjoint seed ranges whose minimum is the headline; the protocol and the statistics are recorded, and
+    the main table carries FD_DINOv2 beside FD."""
+    results = edm_project / "results" / "smoke-latent-edm"
+    reference = np.load(results / "fd-dinov2-ref" / "torch.npz")
+    assert reference["mu"].shape == (64,) and str(reference["source"]) == "training set"
+    scores = json.loads((results / "eval" / "post" / "ecd-cmt" / "base" / "it40" / "s0" / "scores.json").read_text())
+    assert scores["seed_ranges"] == 2 and scores["seed_reduce"] == "min" and len(scores["ranges"]) == 2
+    assert scores["fd_dinov2_mode"] == "torch" and scores["fd_dinov2_reference"] == "training set"
+    for key in ("fd_dinov2_2step", "fd_2step"):
+        assert (
+            scores[key] == min(r[key] for r in scores["ranges"])
+            and scores["ranges"][0][key] != scores["ranges"][1][key]
+        )
+    header = (results / "tables" / "main.md").read_text().split("\n| model")[1].split("\n")[0]
+    assert "| FD 1-step | FD 2-step |" in header and "| FD_DINOv2 1-step | FD_DINOv2 2-step |" in header

@@ -122,11 +122,13 @@ def test_the_imagenet256_config_plans_the_latent_comparison_on_gpus(project):
 def test_the_imagenet512_config_plans_data_free_cmt_and_autoguided_ecd_on_gpus(project):
     """config/imagenet512.yaml (docs/latent.md 8): the unguided XXL teacher and the autoguided XXL + M pair as two
     teacher jobs, the latent LPIPS backbone, CMT that reads no dataset, ECD from CMT and from the EDM2 weights, and
-    50k-sample FID; GPUs on the jobs that run a network."""
+    FID and FD_DINOv2 against EDM2's statistics, the minimum over three 50k seed ranges; GPUs on the jobs that run a
+    network."""
     dry = snakemake(project, "-n", "-p", "--forceall", "all_ablations", "--configfile", "config/config.yaml",
                     "config/imagenet512.yaml").stdout  # fmt: skip
     jobs = planned_jobs(dry)
-    once = ("dataset", "vae", "encode", "latent_lpips", "teacher", "post_teacher", "midtrain", "fid_reference")
+    once = ("dataset", "vae", "encode", "latent_lpips", "teacher", "post_teacher", "midtrain", "fid_reference",
+            "fd_dinov2_reference")  # fmt: skip
     assert {k: jobs.get(k, 0) for k in once} == dict.fromkeys(once, 1)
     assert jobs["posttrain"] == 2 and jobs["evaluate"] == 5 and "trajectories" not in jobs
     commands = [line for line in dry.splitlines() if " -m cmt " in line]
@@ -150,12 +152,25 @@ def test_the_imagenet512_config_plans_data_free_cmt_and_autoguided_ecd_on_gpus(p
     assert post["fetch"]["url"].endswith("0.075.pkl") and post["guide"]["fetch"]["url"].endswith("m-0268435-0.155.pkl")
     inits = sorted(re.search(r"--init (\S+)", c)[1] for c in commands if "cmt posttrain" in c)
     assert inits == ["cmt", "diffusion"]
-    assert all(params(c)["evaluate"]["num_samples"] == 50000 for c in commands if "cmt evaluate" in c)
-    (reference,) = [params(c)["evaluate"]["fid"]["reference"] for c in commands if "cmt fid-reference" in c]
-    assert reference["url"] == "https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/img512.pkl"  # EDM2's statistics
+    evaluations = [c for c in commands if "cmt evaluate" in c]
+    protocol = {"count": 3, "reduce": "min"}  # EDM2's seeds 0-49999, 50000-99999, 100000-149999 (docs/latent.md 8.7)
+    assert all(params(c)["evaluate"]["num_samples"] == 50000 for c in evaluations)
+    assert all(params(c)["evaluate"]["seed_ranges"] == protocol for c in evaluations)
+    refs = (
+        "--fid-ref results/imagenet512/fid-ref/legacy_tensorflow.npz --fd-dinov2-ref results/imagenet512/fd-dinov2-ref/"
+    )
+    assert all(refs in c for c in evaluations)
+    references = {
+        re.search(r"--metric (\S+)", c)[1] if "--metric" in c else "fid": params(c)["evaluate"]
+        for c in commands
+        if "cmt fid-reference" in c
+    }
+    assert set(references) == {"fid", "fd_dinov2"}
+    for metric, section in references.items():  # one published file, EDM2's, for both
+        assert section[metric]["reference"]["url"] == "https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/img512.pkl"
     for rule, res in job_resources(dry).values():
         gpus = {"midtrain": 8, "posttrain": 8, "latent_lpips": 8, "teacher": 1, "post_teacher": 1, "evaluate": 1}
-        gpus |= {"fid_reference": 1, "vae": 1, "encode": 1}
+        gpus |= {"fid_reference": 1, "fd_dinov2_reference": 1, "vae": 1, "encode": 1}
         assert f"gpu={gpus.get(rule, 0)}" in res or (rule not in gpus and "gpu=" not in res), (rule, res)
 
 

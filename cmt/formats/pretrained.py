@@ -4,6 +4,8 @@ check its files before it imports torch (environment.md 4, 5).
 
 * Inception-v3 for FID (clean-fid's TorchScript file): ``$CMT_INCEPTION_DIR``, default clean-fid's own cache
   folder (``/tmp``, ``./`` on Windows).
+* DINOv2 ViT-L/14 for FD_DINOv2 (its released state dict): ``$CMT_DINOV2_DIR``, default the torch hub cache,
+  ``<torch hub dir>/checkpoints``, where ``torch.hub`` keeps it after EDM2's metric code has fetched it once.
 * An autoencoder (diffusers' ``AutoencoderKL``, docs/latent.md 4.2): a folder holding ``config.json`` and
   ``diffusion_pytorch_model.safetensors``, or a Hugging Face cache holding the repository at its revision.
 * LPIPS trunks (torchvision's ImageNet weights): the torch hub cache, ``<torch hub dir>/checkpoints``, under
@@ -22,6 +24,9 @@ from cmt.errors import BadInput, MissingInput
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = f"https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/{INCEPTION_FILE}"
 INCEPTION_DIR_ENV = "CMT_INCEPTION_DIR"
+DINOV2_FILE = "dinov2_vitl14_pretrain.pth"
+DINOV2_URL = f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/{DINOV2_FILE}"  # [A, dinov2 hub/backbones.py]
+DINOV2_DIR_ENV = "CMT_DINOV2_DIR"
 # torchvision's file names for the ImageNet trunks the lpips package loads (environment.md 5.1)
 LPIPS_TRUNK_FILES = {
     "alex": "alexnet-owt-7be5be79.pth",
@@ -88,6 +93,19 @@ def torch_hub_checkpoints() -> Path:
     ``$TORCH_HOME`` (default ``$XDG_CACHE_HOME/torch``, ``~/.cache/torch``) + ``/hub/checkpoints``."""
     home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "torch")
     return Path(home).expanduser() / "hub" / "checkpoints"
+
+
+def require_dinov2() -> Path:
+    """DINOv2 ViT-L/14's state dict: ``$CMT_DINOV2_DIR`` or the torch hub cache; raises ``MissingWeights`` naming
+    the path when it is not there."""
+    folder = os.environ.get(DINOV2_DIR_ENV)
+    path = (Path(folder) if folder else torch_hub_checkpoints()) / DINOV2_FILE
+    if not path.is_file():
+        raise MissingWeights(
+            f"FD_DINOv2 needs the DINOv2 ViT-L/14 weights at {path} (nothing is downloaded). Put {DINOV2_FILE} there "
+            f"(from {DINOV2_URL}) or point {DINOV2_DIR_ENV} at the folder holding it"
+        )
+    return path
 
 
 def lpips_trunk_path(net: str, source: str = "torchvision") -> Path:

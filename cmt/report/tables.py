@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cmt.evaluation.detectors import DETECTORS
 from cmt.formats.atomic import atomic_write_bytes
 from cmt.inits import INITS
 from cmt.objectives import registry
@@ -25,19 +26,27 @@ from cmt.workflow.jobs import POST_TEACHER, eval_path
 METHOD_NAMES = {name: registry.method("posttrain", name).display for name in registry.names("posttrain")}
 INIT_NAMES = {name: source.display for name, source in INITS.items()}
 KINDS = ("teacher", "mid", "post")
-# score prefix -> column name: the offline feature net's FD (cmt.evaluation.featnet_fd), Inception FID
-# (cmt.evaluation.inception_fid)
-SCORES = {"fd": "FD", "fid": "FID"}
+# score prefix -> column name: the offline feature net's FD (cmt.evaluation.featnet_fd), then each detector's
+# (cmt.evaluation.detectors: FID, FD_DINOv2)
+SCORES = {"fd": "FD", **{name: spec.display for name, spec in DETECTORS.items()}}
 SCORE_NOTE = (
     "FD: Frechet distance in the feature space of the offline evaluation net, against held-out data. "
-    "FID: Frechet distance of Inception features against the full training set's statistics (clean-fid; the mode "
-    "is each evaluation run's `fid_mode` param). Lower is better for both"
+    "FID and FD_DINOv2: Frechet distance of Inception and DINOv2 ViT-L/14 features against reference statistics (the "
+    "training set's or a published file's; the mode, reference and seed protocol are each evaluation run's params). "
+    "Lower is better for all"
 )
+
+
+def score_column(column) -> tuple[str, str]:
+    """(score prefix, sampler) of a metric column: ``metrics.fd_dinov2_2step`` -> (``fd_dinov2``, ``2step``)."""
+    prefix, _, sampler = str(column).removeprefix("metrics.").rpartition("_")
+    return prefix, sampler
 
 
 def scores_present(columns) -> list[str]:
     """The score prefixes (``SCORES``) the runs carry, in ``SCORES`` order."""
-    return [p for p in SCORES if any(str(c).startswith(f"metrics.{p}_") for c in columns)]
+    found = {score_column(c)[0] for c in columns if str(c).startswith("metrics.")}
+    return [p for p in SCORES if p in found]
 
 
 def _runs(db: str | Path, experiment: str) -> pd.DataFrame:
@@ -113,7 +122,7 @@ def _order(ev: pd.Series) -> tuple:
 def _nfe_samplers(columns) -> Iterator[str]:
     """The multi-step samplers (``<n>nfe``) of the score columns among ``columns``, in column order."""
     for column in columns:
-        prefix, _, sampler = str(column).removeprefix("metrics.").partition("_")
+        prefix, sampler = score_column(column)
         if prefix in SCORES and sampler.endswith("nfe"):
             yield sampler
 

@@ -168,8 +168,9 @@ def eval_path(job: str) -> str:
     return f"eval/{job}"
 
 
-def fid_ref_path(mode: str) -> str:
-    return f"fid-ref/{mode}.npz"
+def reference_path(metric: str, mode: str) -> str:
+    """A detector's reference statistics: ``fid-ref/<mode>.npz``, ``fd-dinov2-ref/<mode>.npz``."""
+    return f"{metric.replace('_', '-')}-ref/{mode}.npz"
 
 
 def uses_featnet(config: Mapping) -> bool:

@@ -1,5 +1,6 @@
 """Stand-ins for the files users bring, written in the official formats: the CIFAR-10 python tarball, a folder
-of images, and clean-fid's TorchScript Inception (same call interface, random small weights)."""
+of images, clean-fid's TorchScript Inception (same call interface, random small weights), and DINOv2's released
+state dict (its tensor names and position grid, a narrow and shallow random ViT)."""
 
 from __future__ import annotations
 
@@ -91,4 +92,46 @@ def write_inception(folder: Path, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "inception-2015-12-05.pt"
     torch.jit.script(_Inception().eval()).save(str(path))
+    return path
+
+
+def dinov2_state_dict(width: int = 64, depth: int = 2, patch: int = 14, grid: int = 37, seed: int = 0) -> dict:
+    """A state dict named and shaped as facebookresearch/dinov2's ``dinov2_vit*14_pretrain.pth`` (ViT-L/14: width
+    1024, depth 24; position embedding of the 518-pixel grid, 37 x 37 + 1; the training-only ``mask_token``),
+    random weights at a scale that keeps activations of order one."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 0.02) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * scale
+
+    state = {
+        "cls_token": rand(1, 1, width, scale=1.0),
+        "pos_embed": rand(1, 1 + grid * grid, width, scale=1.0),
+        "mask_token": torch.zeros(1, width),
+        "patch_embed.proj.weight": rand(width, 3, patch, patch, scale=0.1),
+        "patch_embed.proj.bias": rand(width),
+    }
+    for i in range(depth):
+        for norm in ("norm1", "norm2"):
+            state[f"blocks.{i}.{norm}.weight"] = 1 + rand(width, scale=0.1)
+            state[f"blocks.{i}.{norm}.bias"] = rand(width, scale=0.1)
+        for name, (out, inp) in {
+            "attn.qkv": (3 * width, width),
+            "attn.proj": (width, width),
+            "mlp.fc1": (4 * width, width),
+            "mlp.fc2": (width, 4 * width),
+        }.items():
+            state[f"blocks.{i}.{name}.weight"] = rand(out, inp, scale=inp**-0.5)
+            state[f"blocks.{i}.{name}.bias"] = rand(out)
+        state[f"blocks.{i}.ls1.gamma"] = rand(width, scale=0.5)
+        state[f"blocks.{i}.ls2.gamma"] = rand(width, scale=0.5)
+    state["norm.weight"], state["norm.bias"] = 1 + rand(width, scale=0.1), rand(width, scale=0.1)
+    return state
+
+
+def write_dinov2(folder: Path, state: dict | None = None) -> Path:
+    """``dinov2_vitl14_pretrain.pth`` in ``folder``: a plain ``torch.save`` of the state dict, as released."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "dinov2_vitl14_pretrain.pth"
+    torch.save(state or dinov2_state_dict(), path)
     return path

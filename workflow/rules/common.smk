@@ -8,6 +8,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from cmt.config import config_layers, merge_layers, resolve, scaled_resources, write_params
+from cmt.evaluation.detectors import DETECTORS
 from cmt.formats import names
 from cmt.inits import INITS
 from cmt.objectives import registry
@@ -39,7 +40,11 @@ if LATENTS:
 DATA = IMAGES + ([LATENTS] if LATENTS else [])  # the input of every job that reads the training data
 FEATNET = f"{RESULTS}/{jobs.FEATNET}/featnet.safetensors"
 FEATNET_INPUT = [FEATNET] if jobs.uses_featnet(config) else []  # FD along training and in evaluation
-FID_REF = f"{RESULTS}/{jobs.fid_ref_path(config['evaluate']['fid']['mode'])}"
+# each detector's reference statistics (rules fid_reference, fd_dinov2_reference), and those evaluate.metrics scores with
+REFERENCE_STATS = {
+    name: f"{RESULTS}/{jobs.reference_path(name, config['evaluate'][name]['mode'])}" for name in DETECTORS
+}
+SCORED_REFERENCES = {name: path for name, path in REFERENCE_STATS.items() if name in config["evaluate"]["metrics"]}
 WORK = f"work/{config['name']}"  # resume checkpoints: never a declared output, so never deleted by Snakemake
 MLFLOW_DB = f"{RESULTS}/mlflow.db"
 # Jobs run `python -m cmt <verb>`; a training rule with resources gpu > 1 runs `accelerate launch ... -m cmt <verb>`
@@ -104,6 +109,12 @@ def check_slurm_requests():
 def optional(flag, paths):
     """``--flag path`` for an input that a config may leave out (empty when it does)."""
     return f"--{flag} {paths[0]}" if paths else ""
+
+
+def scoring(wildcards, input):
+    """The evaluate verb's scoring options: the feature net, and each scored detector's reference statistics."""
+    references = " ".join(f"--{DETECTORS[name].reference_option} {path}" for name, path in SCORED_REFERENCES.items())
+    return f"{optional('featnet', input.featnet)} {references}"
 
 
 def result(path, name):

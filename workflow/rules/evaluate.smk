@@ -5,7 +5,7 @@ rule fid_reference:
     input:
         data=IMAGES,
     output:
-        FID_REF,
+        REFERENCE_STATS["fid"],
     params:
         cfg=subtree(*DEVICE, data=IMAGE_DATA, evaluate={"fid": config["evaluate"]["fid"]}),
         work=f"{WORK}/fid-ref",
@@ -19,14 +19,36 @@ rule fid_reference:
         " --out {output} --work {params.work} > {log} 2>&1"
 
 
+rule fd_dinov2_reference:
+    """FD_DINOv2 reference statistics of the full training set (or the published file of evaluate.fd_dinov2.reference)."""
+    conda:
+        "../../envs/cmt.yaml"
+    input:
+        data=IMAGES,
+    output:
+        REFERENCE_STATS["fd_dinov2"],
+    params:
+        cfg=subtree(*DEVICE, data=IMAGE_DATA, evaluate={"fd_dinov2": config["evaluate"]["fd_dinov2"]}),
+        work=f"{WORK}/fd-dinov2-ref",
+    threads: threads_of("evaluate")
+    resources:
+        **resources_of("evaluate"),
+    log:
+        f"{RESULTS}/logs/fd-dinov2-reference.log",
+    shell:
+        "OMP_NUM_THREADS={threads} python -m cmt fid-reference --metric fd_dinov2 --params {params.cfg:q}"
+        " --out {output} --work {params.work} > {log} 2>&1"
+
+
 rule evaluate:
-    """1- and 2-step sampling (the teacher: its own sampler), FD/KID/FID and grids of one trained job."""
+    """1- and 2-step sampling (the teacher: its own sampler), FD/KID and the detectors' distances (FID, FD_DINOv2) over
+    the seed ranges, and grids of one trained job."""
     conda:
         "../../envs/cmt.yaml"
     input:
         model=result("{job}", names.WEIGHTS),
         featnet=FEATNET_INPUT,
-        fid_ref=[FID_REF] if "fid" in config["evaluate"]["metrics"] else [],
+        references=list(SCORED_REFERENCES.values()),
         data=DATA,
     output:
         scores=result(jobs.eval_path("{job}"), "scores.json"),
@@ -35,7 +57,7 @@ rule evaluate:
         cfg=subtree("evaluate", "precond", "data", "seed", *DEVICE, teacher={"sample": config["teacher"]["sample"]}),
         out=subpath(output.scores, parent=True),
         model=subpath(input.model, parent=True),
-        scoring=lambda wildcards, input: f"{optional('featnet', input.featnet)} {optional('fid-ref', input.fid_ref)}",
+        scoring=scoring,
     threads: threads_of("evaluate")
     resources:
         **resources_of("evaluate"),
@@ -56,7 +78,7 @@ rule evaluate_teacher_alone:
     input:
         model=result(jobs.TEACHER, names.WEIGHTS),
         featnet=FEATNET_INPUT,
-        fid_ref=[FID_REF] if "fid" in config["evaluate"]["metrics"] else [],
+        references=list(SCORED_REFERENCES.values()),
         data=DATA,
     output:
         scores=result(jobs.eval_path("{teval}"), "scores.json"),
@@ -65,7 +87,7 @@ rule evaluate_teacher_alone:
         cfg=teacher_evaluation_params,
         out=subpath(output.scores, parent=True),
         model=subpath(input.model, parent=True),
-        scoring=lambda wildcards, input: f"{optional('featnet', input.featnet)} {optional('fid-ref', input.fid_ref)}",
+        scoring=scoring,
     wildcard_constraints:
         teval=jobs.TEACHER_EVALUATION,
     threads: threads_of("evaluate")
