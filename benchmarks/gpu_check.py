@@ -9,6 +9,8 @@
 * a MeanFlow step (forward + JVP + backward) against a flow-matching step of the same DiT (MF-B/4 at batch 64), in
   fp32 and bf16 autocast: ms, their ratio, and the MeanFlow step's achieved TFLOP/s (FLOPs from PyTorch's counter;
   benchmarks/meanflow_step.py);
+* FD_DINOv2's detector (DINOv2 ViT-L/14 on 512 x 512 samples resized to 224, fp32 as EDM2 runs it) in images/s,
+  and the GPU-hours of EDM2's protocol, three ranges of 50 000 samples (docs/latent.md 8.7);
 * peak GPU memory of every row;
 * the projected GPU-hours of the CIFAR-10 paper schedule (300k CMT + 100k ECT iterations, config/paper.yaml) on
   this GPU, for fp32 and for the fast paths.
@@ -36,6 +38,7 @@ import torch
 
 from cmt.config import load_config
 from cmt.data.datasets import ImageDataset
+from cmt.evaluation.dinov2 import DinoVit, VitShape, detector_input
 from cmt.formats.pretrained import MissingWeights, require_lpips_trunk
 from cmt.nets import add_second_time, build_network, network_config
 from cmt.numerics.precond import Denoiser
@@ -223,6 +226,23 @@ def meanflow_rows(s: Setting, quick: bool) -> list[str]:
     return rows
 
 
+def dinov2_row(s: Setting, quick: bool) -> str:
+    """Images/s of the FD_DINOv2 features (resize, normalisation, ViT) on uint8 samples, random weights."""
+    shape, batch, size = (VitShape(64, 2, 1, 14, 37), 4, 32) if quick else (VitShape(1024, 24, 16, 14, 37), 64, 512)
+    vit = DinoVit(shape).to(s.device).eval()
+    pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=s.device)
+
+    @torch.no_grad()
+    def step() -> None:
+        vit(detector_input(pixels))
+
+    rate, peak = timed(s, step, batch)
+    hours = 3 * 50_000 / rate / 3600
+    return row(
+        f"FD_DINOv2 features, width {shape.width}, {size}px", f"{rate:.0f} img/s", peak, f"3 x 50k: {hours:.2f} h"
+    )
+
+
 def row(name: str, value: str, peak: float | None, note: str = "") -> str:
     memory = f"{peak:.2f}" if peak is not None else "n/a"
     return f"| {name} | {value} | {memory} | {note} |"
@@ -277,6 +297,7 @@ def main() -> None:
                 )
                 print(row(f"{method} step, {label}", f"{1e3 * seconds:.1f} ms", peak, note), flush=True)
     print("\n".join(meanflow_rows(s, args.quick)), flush=True)
+    print(dinov2_row(s, args.quick), flush=True)
     mid, post = s.config["midtrain"]["iterations"], s.config["posttrain"]["ect"]["iterations"]
     for label in ("fp32", "fast"):
         hours = (mid * steps["cmt", label] + post * steps["ect", label]) / 3600

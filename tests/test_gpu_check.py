@@ -29,3 +29,4 @@ def test_gpu_check_quick_prints_every_row_of_its_table():
         for name in ("MeanFlow", "flow matching"):
             assert re.search(r"[0-9.]+ TFLOP/s", rows[f"{name} step, dit-digits-tiny batch 8, {mode}"])
         assert re.search(r"\| [0-9.]+x \|", rows[f"MeanFlow / flow-matching step, {mode}"])
+    assert re.search(r"\| [0-9]+ img/s \| n/a \| 3 x 50k: [0-9.]+ h \|", rows["FD_DINOv2 features, width 64, 32px"])
