@@ -72,11 +72,11 @@ def _lpips_trunk(p: dict) -> None:
             require_lpips_trunk(p["midtrain"]["lpips_net"], p["midtrain"]["lpips_trunk"])
 
 
-def _detector_weights(p: dict) -> None:
-    """The weights of every detector the evaluation scores with (``evaluate.metrics``)."""
-    for name in p["evaluate"]["metrics"]:
+def _detector_weights(names, key: str) -> None:
+    """The weights of each detector among ``names``; a missing file's error starts with the config ``key``."""
+    for name in names:
         if name in DETECTORS:
-            with about("evaluate.metrics"):
+            with about(key):
                 DETECTORS[name].weights()
 
 
@@ -157,7 +157,7 @@ def _posttrain(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    p = _params(args, needs=_detector_weights)
+    p = _params(args, needs=lambda p: _detector_weights(p["evaluate"]["metrics"], "evaluate.metrics"))
     from cmt.stages import evaluate
     from cmt.training.loop import resolve_device
 
@@ -243,12 +243,9 @@ def _encode(args: argparse.Namespace) -> None:
 
 
 def _fid_reference(args: argparse.Namespace) -> None:
-    section = f"evaluate.{args.metric}"
-
-    def weights(p: dict) -> None:
+    def weights(p: dict) -> None:  # published statistics need no network
         if not p["evaluate"][args.metric]["reference"]:
-            with about(section):
-                DETECTORS[args.metric].weights()
+            _detector_weights([args.metric], f"evaluate.{args.metric}")
 
     p = _params(args, needs=weights)
     from cmt.stages import fid_reference

@@ -64,7 +64,7 @@ class Scorer:
             self.net = load_feature_net(self.featnet_path)
             self.ref_feats = extract(self.net, self.reference.images)
         for name, path in self.references.items():
-            mode = self.modes.get(name, DETECTORS[name].modes[0])
+            mode = self.modes[name]
             features = DETECTORS[name].build(mode, self.device)
             stats = load_statistics(path, name, features.features)
             if stats["mode"] != mode:
